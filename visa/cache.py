@@ -1,0 +1,173 @@
+"""Content-addressed store of stage results.
+
+One SQLite file under `cache_dir`, in WAL mode so that several runs (a Hydra multirun with parallel jobs)
+read and write it at once. A key is the SHA-256 of everything that can change a result: the stage, the
+identity of the model (id, dtype, generation parameters, ...), the prompt and the inputs. Results are
+written as they arrive, so an interrupted run loses at most the results not yet flushed (one batch).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from visa.errors import VisaError
+
+_SCHEMA = "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, stage TEXT, value BLOB, created REAL)"
+
+
+def default_cache_dir() -> Path:
+    """`$VISA_CACHE` if set, else the user's cache folder (e.g. ~/.cache/visa)."""
+    if os.environ.get("VISA_CACHE"):
+        return Path(os.environ["VISA_CACHE"])
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("visa"))
+
+
+def make_key(stage: str, identity: Any, inputs: Any) -> str:
+    """SHA-256 over a canonical JSON encoding of (stage, model identity, inputs)."""
+    blob = json.dumps([stage, identity, inputs], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _encode(value: Any) -> bytes:
+    if isinstance(value, np.ndarray):
+        buf = io.BytesIO()
+        np.save(buf, value, allow_pickle=False)
+        return b"N" + buf.getvalue()
+    return b"J" + json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def _decode(blob: bytes) -> Any:
+    if blob[:1] == b"N":
+        return np.load(io.BytesIO(blob[1:]), allow_pickle=False)
+    return json.loads(blob[1:].decode("utf-8"))
+
+
+class Cache:
+    """Key -> value store (JSON-serialisable values or numpy arrays)."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root).expanduser()
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.path = self.root / "visa-cache.sqlite"
+            self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as e:
+            raise VisaError(f"cannot open the cache in {self.root}: {e}; set cache_dir=... or VISA_CACHE") from e
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        keys = list(dict.fromkeys(keys))
+        for start in range(0, len(keys), 500):  # SQLite limits the number of bound parameters
+            chunk = keys[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for key, blob in self._db.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", chunk):
+                found[key] = _decode(blob)
+        return found
+
+    def put_many(self, stage: str, items: dict[str, Any]) -> None:
+        if not items:
+            return
+        now = time.time()
+        rows = [(k, stage, _encode(v), now) for k, v in items.items()]
+        with self._db:  # one transaction
+            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", rows)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+@dataclass
+class StageStats:
+    computed: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+
+
+Stream = Callable[[list[Any]], Iterator[tuple[int, Any]]]
+
+
+def batched(fn: Callable[[list[Any]], list[Any]], batch_size: int) -> Stream:
+    """Turn a list -> list function into a stream of (index, result), one batch at a time."""
+
+    def stream(inputs: list[Any]) -> Iterator[tuple[int, Any]]:
+        for start in range(0, len(inputs), batch_size):
+            outputs = fn(inputs[start : start + batch_size])
+            if len(outputs) != len(inputs[start : start + batch_size]):
+                raise RuntimeError(f"{fn} returned {len(outputs)} results for {batch_size} inputs")
+            yield from ((start + j, out) for j, out in enumerate(outputs))
+
+    return stream
+
+
+def run_stage(
+    cache: Cache,
+    stage: str,
+    keys: Sequence[str],
+    inputs: Sequence[Any],
+    compute: Stream,
+    stats: StageStats,
+    *,
+    progress: bool = True,
+    flush_every: int = 64,
+    flush_seconds: float = 2.0,
+) -> list[Any]:
+    """Results for `inputs`, computing only the keys the cache lacks.
+
+    `compute` receives the missing inputs (each distinct key once) and yields (index, result) pairs in any
+    order; results are flushed to the cache every `flush_every` results or `flush_seconds`, and on exit,
+    also when the stage is interrupted.
+    """
+    t0 = time.perf_counter()
+    first_input = dict(zip(keys, inputs))
+    found = cache.get_many(list(first_input))
+    missing = [k for k in first_input if k not in found]
+    stats.cached += len(first_input) - len(missing)
+    pending: dict[str, Any] = {}
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        cache.put_many(stage, pending)
+        found.update(pending)
+        stats.computed += len(pending)
+        pending.clear()
+        last_flush = time.monotonic()
+
+    if missing:
+        bar = tqdm(total=len(missing), desc=stage, unit="call", disable=not progress, dynamic_ncols=True)
+        try:
+            for index, result in compute([first_input[k] for k in missing]):
+                pending[missing[index]] = result
+                bar.update(1)
+                if len(pending) >= flush_every or time.monotonic() - last_flush > flush_seconds:
+                    flush()
+        finally:
+            flush()
+            bar.close()
+        lost = [k for k in missing if k not in found]
+        if lost:
+            raise RuntimeError(f"stage {stage}: {len(lost)} inputs got no result")
+    stats.seconds += time.perf_counter() - t0
+    return [found[k] for k in keys]
+
+
+def chunks(seq: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]

@@ -1,0 +1,118 @@
+"""Structured configs: the schema of the top-level config, and checks of each part's keys against the
+signature of the class its `_target_` names, so a typo or a wrong type stops the run at start-up."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from visa.errors import VisaError
+
+GROUPS = ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "scorer", "fusion", "logger")
+
+
+@dataclass
+class RetrievalConfig:
+    top_k: int = 20  # K: candidates per query that VISA re-ranks
+    chunk_size: int = 1024  # queries (and gallery items) scored per block in the top-K search
+
+
+@dataclass
+class QuestionsConfig:
+    num: int = 3  # questions used per query
+    max: int = 3  # questions generated per query (a sweep over num reuses them)
+
+
+@dataclass
+class VisaConfig:
+    dataset: Any = MISSING
+    backbone: Any = MISSING
+    question_llm: Any = MISSING
+    answer_mllm: Any = MISSING
+    describer: Any = MISSING
+    scorer: Any = MISSING
+    fusion: Any = MISSING
+    logger: Any = MISSING
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    questions: QuestionsConfig = field(default_factory=QuestionsConfig)
+    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
+    cache_dir: str | None = None  # None: $VISA_CACHE, else the user cache folder
+    data_dir: str = "./data"
+    progress: bool = True  # progress bars per stage
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="visa_schema", node=VisaConfig)
+    if not OmegaConf.has_resolver("pkg"):
+        # ${pkg:name} -> the folder where an installed package lives (demo weights ship in packages).
+        from visa.data.media import package_dir
+
+        OmegaConf.register_new_resolver("pkg", lambda name: str(package_dir(name)))
+
+
+def _import_target(path: str, where: str):
+    module_name, _, attr = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise VisaError(f"{where}._target_={path!r} cannot be imported: {e}") from e
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    if origin in (list, tuple) or annotation in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if origin is dict or annotation is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def check_part(node: DictConfig, where: str) -> None:
+    """Every key of a part's config must be a parameter of its class, of the annotated type."""
+    if "_target_" not in node:
+        raise VisaError(f"{where} has no _target_; each part's yaml names the class it builds")
+    target = _import_target(node._target_, where)
+    signature = inspect.signature(target)
+    hints = typing.get_type_hints(target.__init__) if inspect.isclass(target) else typing.get_type_hints(target)
+    params = {n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    values = OmegaConf.to_container(node, resolve=True)
+    for key, value in values.items():
+        if key.startswith("_"):
+            continue
+        if key not in params:
+            raise VisaError(
+                f"{where}.{key} is not a setting of {node._target_}; valid keys: {', '.join(params) or '(none)'}"
+            )
+        if not _type_ok(value, hints.get(key, params[key].annotation)):
+            expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
+            raise VisaError(f"{where}.{key}={value!r} has the wrong type; expected {expected}")
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in values]
+    if missing:
+        raise VisaError(f"{where} lacks required key(s) {', '.join(missing)} for {node._target_}")
+
+
+def instantiate_part(cfg: DictConfig, group: str) -> Any:
+    from hydra.utils import instantiate
+
+    node = cfg[group]
+    check_part(node, group)
+    return instantiate(node, _convert_="all")

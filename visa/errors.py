@@ -1,0 +1,6 @@
+class VisaError(Exception):
+    """A problem with the user's input or setup.
+
+    The message is one line that names the file, key or value and says what to do; `visa.run` prints it
+    without a stack trace and exits with status 1.
+    """

@@ -1,0 +1,259 @@
+"""The VISA stage graph: retrieve -> describe -> ask -> answer -> score -> fuse -> evaluate.
+
+Every model stage goes through `visa.cache.run_stage`, keyed by the model's identity and the stage's inputs,
+so a repeated run, a sweep or a resumed run recomputes nothing it already has. The pipeline knows the
+interfaces of the parts (backbone, generators, scorer, fusion), never a particular model.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from visa import prompts
+from visa.cache import Cache, StageStats, batched, make_key, run_stage
+from visa.data import Dataset, Item
+from visa.errors import VisaError
+from visa.fusion import MinMaxFusion, rerank
+from visa.metrics import recall_at_k
+from visa.retrieval import topk_search
+
+MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
+
+
+@dataclass
+class Components:
+    backbone: Any
+    question_llm: Any
+    answer_mllm: Any
+    describer: Any
+    scorer: Any
+    fusion: MinMaxFusion
+
+
+@dataclass
+class Settings:
+    top_k: int = 20
+    chunk_size: int = 1024
+    num_questions: int = 3
+    max_questions: int = 3
+    recall_at: Sequence[int] = (1, 5, 10)
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise VisaError(f"retrieval.top_k={self.top_k} must be at least 1")
+        if not 0 <= self.num_questions <= self.max_questions:
+            raise VisaError(
+                f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
+            )
+
+
+def item_fingerprint(item: Item) -> dict:
+    """What identifies an item's content in cache keys: its path, size and modification time."""
+    try:
+        st = os.stat(item.path)
+    except OSError as e:
+        raise VisaError(f"{item.kind} not found or unreadable: {item.path} (item {item.id!r}): {e.strerror}") from e
+    return {"path": os.path.abspath(item.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+class Run:
+    """One evaluation of a dataset; holds the per-stage statistics reported in metrics.json."""
+
+    def __init__(self, dataset: Dataset, settings: Settings, cache: Cache | None):
+        self.dataset, self.settings, self.cache = dataset, settings, cache
+        self.stats: dict[str, StageStats] = {}
+        self.times: dict[str, float] = {}
+
+    def _stage(self, name: str, keys: list[str], inputs: list[Any], stream) -> list[Any]:
+        stats = self.stats.setdefault(name, StageStats())
+        out = run_stage(self.cache, name, keys, inputs, stream, stats, progress=self.settings.progress)
+        self.times[name] = self.times.get(name, 0.0) + stats.seconds - self.times.get(name, 0.0)
+        return out
+
+    def _timed(self, name: str, t0: float) -> None:
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+
+    # -- stages -----------------------------------------------------------------------------------------
+    def retrieve(self, backbone) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base scores, candidate indices) per query; enough columns for K and for the largest R@k."""
+        ident = backbone.identity()
+        texts = [q.text for q in self.dataset.queries]
+        text_emb = self._stage(
+            "encode_text", [make_key("encode_text", ident, t) for t in texts], texts,
+            batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
+        )
+        items = self.dataset.gallery
+        visual_emb = self._stage(
+            "encode_visual", [make_key("encode_visual", ident, item_fingerprint(i)) for i in items], items,
+            batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
+        )
+        t0 = time.perf_counter()
+        depth = max(self.settings.top_k, *self.settings.recall_at)
+        result = topk_search(
+            torch.from_numpy(np.stack(text_emb)), torch.from_numpy(np.stack(visual_emb)), depth,
+            self.settings.chunk_size,
+        )
+        self._timed("retrieve", t0)
+        return result
+
+    def describe(self, describer, items: list[Item]) -> dict[str, str]:
+        ident = describer.identity()
+        ps = [prompts.Prompt(prompts.DESCRIBE_PROMPT, (i.path,), i.kind) for i in items]
+        keys = [make_key("describe", ident, [p.as_key(), item_fingerprint(i)]) for p, i in zip(ps, items)]
+        texts = self._stage("describe", keys, ps, batched(describer.generate, describer.batch_size))
+        return {i.id: t for i, t in zip(items, texts)}
+
+    def ask(self, question_llm) -> list[prompts.Questions]:
+        """Questions for every query, generated once at questions.max; the first questions.num are used."""
+        n = self.settings.max_questions
+        ps = [prompts.question_prompt(q.text, n) for q in self.dataset.queries]
+        keys = [make_key("ask", question_llm.identity(), p.as_key()) for p in ps]
+        replies = self._stage("ask", keys, ps, batched(question_llm.generate, question_llm.batch_size))
+        parsed = [prompts.parse_questions(r, n) for r in replies]
+        for p in parsed:
+            p.questions = p.questions[: self.settings.num_questions]
+        return parsed
+
+    def answer(
+        self, answer_mllm, questions: list[prompts.Questions], candidates: torch.Tensor, descriptions: dict[str, str]
+    ) -> list[list[list[str]]]:
+        """answers[query][rank][question]; queries whose questions fell back are not asked (their answers
+        are ignored at scoring time, as in the method)."""
+        ident = answer_mllm.identity()
+        use_context = getattr(answer_mllm, "uses_context", False)
+        slots, ps, keys = [], [], []
+        for qi, qs in enumerate(questions):
+            if not qs.parsed:
+                continue
+            for rank, gi in enumerate(candidates[qi].tolist()):
+                item = self.dataset.gallery[gi]
+                fp = item_fingerprint(item)
+                for question in qs.questions:
+                    p = prompts.answer_prompt(question, qs.key_phrases, (item.path,), item.kind)
+                    if use_context:
+                        p = prompts.Prompt(p.text, p.media, p.media_kind, context=descriptions[item.id])
+                    slots.append((qi, rank))
+                    ps.append(p)
+                    keys.append(make_key("answer", ident, [p.as_key(), fp]))
+        texts = self._stage("answer", keys, ps, batched(answer_mllm.generate, answer_mllm.batch_size))
+        k = candidates.shape[1]
+        answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
+        for (qi, rank), text in zip(slots, texts):
+            answers[qi][rank].append(text)
+        return answers
+
+    def score(self, scorer, pairs: list[tuple[str, str]]) -> list[float]:
+        keys = [make_key("score", scorer.identity(), list(p)) for p in pairs]
+        return self._stage("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+
+    def evaluate(self, base_order: torch.Tensor, visa_order: torch.Tensor) -> dict[str, float]:
+        t0 = time.perf_counter()
+        relevant = [q.relevant for q in self.dataset.queries]
+        metrics = {}
+        for prefix, order in (("base", base_order), ("visa", visa_order)):
+            for name, value in recall_at_k(order, relevant, self.settings.recall_at).items():
+                metrics[f"{prefix}/{name}"] = value
+        self._timed("evaluate", t0)
+        return metrics
+
+    def report(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for stage in MODEL_STAGES:
+            s = self.stats.get(stage, StageStats())
+            out[f"calls/{stage}/computed"] = s.computed
+            out[f"calls/{stage}/cached"] = s.cached
+        for stage, seconds in self.times.items():
+            out[f"time/{stage}"] = round(seconds, 4)
+        return out
+
+
+def run_visa(dataset: Dataset, parts: Components, settings: Settings, cache: Cache) -> tuple[dict, list[dict]]:
+    """Run every stage; returns (metrics, one result record per query)."""
+    run = Run(dataset, settings, cache)
+    base_scores, candidates = run.retrieve(parts.backbone)
+    k = min(settings.top_k, candidates.shape[1])
+    top = candidates[:, :k]
+    in_top = sorted(set(top.flatten().tolist()))
+    descriptions = run.describe(parts.describer, [dataset.gallery[i] for i in in_top])
+    questions = run.ask(parts.question_llm)
+    answers = run.answer(parts.answer_mllm, questions, top, descriptions)
+    passages = [
+        [
+            prompts.build_passage(answers[qi][r], descriptions[dataset.gallery[gi].id], questions[qi].parsed)
+            for r, gi in enumerate(top[qi].tolist())
+        ]
+        for qi in range(len(dataset.queries))
+    ]
+    flat_pairs = [(q.text, p) for q, row in zip(dataset.queries, passages) for p in row]
+    text_scores = torch.tensor(run.score(parts.scorer, flat_pairs), dtype=torch.float32).view(len(passages), k)
+    t0 = time.perf_counter()
+    fused = parts.fusion(base_scores[:, :k], text_scores)
+    visa_order = rerank(candidates, fused)
+    run._timed("fuse", t0)
+    metrics = run.evaluate(candidates, visa_order)
+    metrics["questions/fallback"] = sum(not q.parsed for q in questions)
+    metrics.update(run.report())
+    results = _records(dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages)
+    return metrics, results
+
+
+def evaluate_precomputed(dataset: Dataset, fusion: MinMaxFusion, settings: Settings) -> tuple[dict, list[dict]]:
+    """Base and fused recall from precomputed score matrices (the reference release); loads no model."""
+    pre = dataset.precomputed
+    assert pre is not None
+    run = Run(dataset, settings, cache=None)
+    t0 = time.perf_counter()
+    base = torch.from_numpy(pre.base_scores)
+    depth = min(max(settings.top_k, *settings.recall_at), base.shape[1])
+    base_scores, candidates = base.topk(depth, dim=1)
+    run._timed("retrieve", t0)
+    t0 = time.perf_counter()
+    k = min(settings.top_k, depth)
+    text_scores = torch.from_numpy(pre.text_scores).gather(1, candidates[:, :k])
+    fused = fusion(base_scores[:, :k], text_scores)
+    visa_order = rerank(candidates, fused)
+    run._timed("fuse", t0)
+    metrics = run.evaluate(candidates, visa_order)
+    metrics.update({f"time/{s}": round(t, 4) for s, t in run.times.items()})
+    questions = [
+        prompts.Questions([], qs, True) for qs in (pre.questions or [[] for _ in dataset.queries])
+    ]
+    results = _records(dataset, candidates, base_scores, visa_order, fused, text_scores, questions, None, None)
+    return metrics, results
+
+
+def _records(dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages):
+    k = fused.shape[1]
+    gallery = dataset.gallery
+    records = []
+    for qi, query in enumerate(dataset.queries):
+        top_ids = [gallery[g].id for g in candidates[qi, :k].tolist()]
+        by_id = {
+            top_ids[r]: {"base": round(base_scores[qi, r].item(), 6), "text": round(text_scores[qi, r].item(), 6),
+                         "fused": round(fused[qi, r].item(), 6)}
+            for r in range(k)
+        }
+        record = {
+            "index": qi,
+            "query": query.text,
+            "ground_truth": [gallery[g].id for g in query.relevant],
+            "key_phrases": questions[qi].key_phrases,
+            "questions": questions[qi].questions,
+            "questions_parsed": questions[qi].parsed,
+            "base_top": [{"id": i, "score": by_id[i]["base"]} for i in top_ids],
+            "visa_top": [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in visa_order[qi, :k].tolist()],
+        }
+        if answers is not None:
+            record["candidates"] = [
+                {"id": top_ids[r], "answers": answers[qi][r], "passage": passages[qi][r]} for r in range(k)
+            ]
+        records.append(record)
+    return records

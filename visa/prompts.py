@@ -1,0 +1,130 @@
+"""The prompts of the method (written for this project) and the parsing of the models' replies."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+UNCERTAIN = "Uncertain"
+
+# Used when a question LLM's reply cannot be parsed; such a query's answers are left out at scoring time.
+FALLBACK_QUESTIONS = (
+    "What is the main subject of this image?",
+    "What actions are taking place in this image?",
+    "How do the objects in this image interact with each other?",
+)
+
+DESCRIBE_PROMPT = (
+    "Describe this image in detail. Cover the main objects and people, their attributes (colour, size, "
+    "number), what they are doing, how they relate to each other, and the place and setting."
+)
+
+_QUESTION_PROMPT = """\
+We want to check whether a picture matches a search query.
+First list the key phrases of the query: its objects, attributes, actions, places and interactions.
+Then write {n} short questions about those key phrases. Each question must be answerable by looking at \
+the picture: the thing asked about is either visible or clearly missing. Ask "how many" only if the query \
+states a number. Do not simply turn the query into a question.
+Reply in this format and nothing else:
+key phrases:
+- <phrase>
+questions:
+1. <question>
+
+Example query: "Two dogs run across a snowy field."
+key phrases:
+- two dogs
+- running
+- snowy field
+questions:
+1. How many dogs are in the picture?
+2. Are the animals running?
+3. Is the ground covered with snow?
+
+Query: "{query}"
+"""
+
+_ANSWER_PROMPT = """\
+Answer the question about this {kind} in one full sentence, not just yes or no. \
+If the {kind} does not let you tell, or shows nothing related to {phrases}, answer with the single word \
+"{uncertain}".
+Question: {question}"""
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One generation request: media first (for prefix caching), then the text."""
+
+    text: str
+    media: tuple[str, ...] = ()  # image paths, or a single video path
+    media_kind: str | None = None  # "image" | "video" | None
+    context: str | None = None  # a text stand-in for the media, for text-only ("Socratic") answerers
+
+    def as_key(self) -> dict:
+        return {"text": self.text, "media": list(self.media), "media_kind": self.media_kind, "context": self.context}
+
+
+@dataclass
+class Questions:
+    key_phrases: list[str]
+    questions: list[str]
+    parsed: bool  # False: the generic fallback questions are used and the answers are ignored
+    raw: str = field(default="", repr=False)
+
+
+def question_prompt(query: str, n: int) -> Prompt:
+    return Prompt(text=_QUESTION_PROMPT.format(n=n, query=query.replace('"', "'")))
+
+
+_PREFIX = re.compile(r"^\s*(?:[-*\u2022]\s*|\d+[.):]\s*|q(?:uestion)?\s*\d*\s*[:.)]\s*)+", re.IGNORECASE)
+_EXAMPLE_QUESTIONS = {
+    line.split(". ", 1)[1] for line in _QUESTION_PROMPT.splitlines() if re.match(r"^\d\. \S.*\?$", line)
+}
+
+
+def _items(block: str) -> list[str]:
+    """The entries of a list, with bullets, numbers, "Question:" labels and quotes stripped."""
+    return [_PREFIX.sub("", line).strip().strip("\"'").strip() for line in block.splitlines()]
+
+
+def _split(reply: str) -> tuple[str, str]:
+    """(key phrase block, question block) of a reply; the question block is the whole reply if unlabelled."""
+    heading = re.search(r"questions?\s*:\s*$", reply, re.IGNORECASE | re.MULTILINE)
+    phrases = re.search(r"key\s*phrases\s*:", reply, re.IGNORECASE)
+    if heading is None:
+        return (reply[phrases.end() :] if phrases else ""), reply
+    start = phrases.end() if phrases and phrases.end() <= heading.start() else heading.start()
+    return reply[start : heading.start()], reply[heading.end() :]
+
+
+def parse_questions(reply: str, n: int) -> Questions:
+    """Key phrases and the first n distinct questions of a reply; the generic fallback if fewer than n.
+
+    Questions copied from the prompt's worked example do not count.
+    """
+    phrase_block, question_block = _split(reply)
+    phrases = [p for p in _items(phrase_block) if p and not p.endswith("?") and len(p.split()) <= 8]
+    questions = [
+        q for q in _items(question_block) if q.endswith("?") and len(q.split()) >= 3 and q not in _EXAMPLE_QUESTIONS
+    ]
+    questions = list(dict.fromkeys(questions))  # drop repeats, keep order
+    if len(questions) < n:
+        return Questions(key_phrases=phrases, questions=list(FALLBACK_QUESTIONS[:n]), parsed=False, raw=reply)
+    return Questions(key_phrases=phrases, questions=questions[:n], parsed=True, raw=reply)
+
+
+def answer_prompt(question: str, key_phrases: list[str], media: tuple[str, ...], kind: str) -> Prompt:
+    phrases = ", ".join(f'"{p}"' for p in key_phrases) if key_phrases else "the question"
+    text = _ANSWER_PROMPT.format(kind=kind, phrases=phrases, uncertain=UNCERTAIN, question=question)
+    return Prompt(text=text, media=media, media_kind=kind)
+
+
+def build_passage(answers: list[str], description: str, use_answers: bool) -> str:
+    """The re-ranker's passage: the answers joined, with the word "Uncertain" removed, then the description."""
+    kept = []
+    if use_answers:
+        for answer in answers:
+            answer = re.sub(rf"\b{UNCERTAIN}\b[.!]?", "", answer, flags=re.IGNORECASE).strip()
+            if answer:
+                kept.append(answer)
+    return " ".join([*kept, description.strip()]).strip()

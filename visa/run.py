@@ -1,0 +1,103 @@
+"""The single entry point: `python -m visa.run key=value ...` (Hydra; `-m` for multirun sweeps)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from visa.cache import Cache, default_cache_dir
+from visa.config import GROUPS, check_part, instantiate_part, register
+from visa.errors import VisaError
+from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa
+
+log = logging.getLogger("visa")
+register()
+
+
+def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
+    header = f"{'':<12}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
+    rows = [header]
+    for label, prefix in (("backbone", "base"), ("+ VISA", "visa")):
+        rows.append(f"{label:<12}" + "".join(f"{metrics[f'{prefix}/R@{k}']:>8.1f}" for k in ks))
+    return "\n".join(rows)
+
+
+def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with open(run_dir / "results.jsonl", "w", encoding="utf-8") as f:
+        for record in results:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    for group in GROUPS:  # every part's keys are checked before anything is loaded
+        check_part(cfg[group], group)
+    settings = Settings(
+        top_k=cfg.retrieval.top_k,
+        chunk_size=cfg.retrieval.chunk_size,
+        num_questions=cfg.questions.num,
+        max_questions=cfg.questions.max,
+        recall_at=list(cfg.recall_at),
+        progress=cfg.progress,
+    )
+    fusion = instantiate_part(cfg, "fusion")
+    dataset = instantiate_part(cfg, "dataset").load()
+    log.info("dataset %s: %d queries over %d items", dataset.name, len(dataset.queries), len(dataset.gallery))
+    logger = instantiate_part(cfg, "logger")
+    logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    try:
+        if dataset.precomputed is not None:
+            metrics, results = evaluate_precomputed(dataset, fusion, settings)
+        else:
+            parts = Components(
+                backbone=instantiate_part(cfg, "backbone"),
+                question_llm=instantiate_part(cfg, "question_llm"),
+                answer_mllm=instantiate_part(cfg, "answer_mllm"),
+                describer=instantiate_part(cfg, "describer"),
+                scorer=instantiate_part(cfg, "scorer"),
+                fusion=fusion,
+            )
+            cache = Cache(cfg.cache_dir or default_cache_dir())
+            try:
+                metrics, results = run_visa(dataset, parts, settings, cache)
+            finally:
+                cache.close()
+        metrics = {
+            **metrics,
+            "data/queries": len(dataset.queries),
+            "data/gallery": len(dataset.gallery),
+            "time/total": round(time.perf_counter() - t_start, 3),
+        }
+        write_outputs(run_dir, metrics, results)
+        print(format_table(metrics, list(cfg.recall_at)))
+        print(f"run folder: {run_dir}")
+        logger.log(metrics, results, dataset)
+    finally:
+        logger.finish()
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+    except VisaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except OmegaConfBaseException as e:
+        print(f"error: config: {str(e).splitlines()[0]}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

