@@ -55,6 +55,11 @@ class Settings:
             )
 
 
+def _stream(model) -> Any:
+    """The model's own stream of results if it has one (servers), else its batched generate."""
+    return getattr(model, "stream", None) or batched(model.generate, model.batch_size)
+
+
 def item_fingerprint(item: Item) -> dict:
     """What identifies an item's content in cache keys: its path, size and modification time."""
     try:
@@ -75,7 +80,7 @@ class Run:
     def _stage(self, name: str, keys: list[str], inputs: list[Any], stream) -> list[Any]:
         stats = self.stats.setdefault(name, StageStats())
         out = run_stage(self.cache, name, keys, inputs, stream, stats, progress=self.settings.progress)
-        self.times[name] = self.times.get(name, 0.0) + stats.seconds - self.times.get(name, 0.0)
+        self.times[name] = stats.seconds  # run_stage accumulates
         return out
 
     def _timed(self, name: str, t0: float) -> None:
@@ -108,7 +113,7 @@ class Run:
         ident = describer.identity()
         ps = [prompts.Prompt(prompts.DESCRIBE_PROMPT, (i.path,), i.kind) for i in items]
         keys = [make_key("describe", ident, [p.as_key(), item_fingerprint(i)]) for p, i in zip(ps, items)]
-        texts = self._stage("describe", keys, ps, batched(describer.generate, describer.batch_size))
+        texts = self._stage("describe", keys, ps, _stream(describer))
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm) -> list[prompts.Questions]:
@@ -116,7 +121,7 @@ class Run:
         n = self.settings.max_questions
         ps = [prompts.question_prompt(q.text, n) for q in self.dataset.queries]
         keys = [make_key("ask", question_llm.identity(), p.as_key()) for p in ps]
-        replies = self._stage("ask", keys, ps, batched(question_llm.generate, question_llm.batch_size))
+        replies = self._stage("ask", keys, ps, _stream(question_llm))
         parsed = [prompts.parse_questions(r, n) for r in replies]
         for p in parsed:
             p.questions = p.questions[: self.settings.num_questions]
@@ -143,7 +148,7 @@ class Run:
                     slots.append((qi, rank))
                     ps.append(p)
                     keys.append(make_key("answer", ident, [p.as_key(), fp]))
-        texts = self._stage("answer", keys, ps, batched(answer_mllm.generate, answer_mllm.batch_size))
+        texts = self._stage("answer", keys, ps, _stream(answer_mllm))
         k = candidates.shape[1]
         answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
         for (qi, rank), text in zip(slots, texts):
