@@ -41,6 +41,19 @@ def make_generator(
     trust_remote_code: bool = False,
     seed: int = 0,
     url: str | None = None,
+    # sglang: attach to `url`, or launch a server from `server` (model_path, tp, mem_fraction, port, host,
+    # python, extra_args, startup_timeout); see docs/sglang.md.
+    launch: bool = False,
+    server: dict | None = None,
+    max_concurrency: int = 64,
+    request_timeout: float = 600.0,
+    max_retries: int = 5,
+    retry_backoff: float = 1.0,
+    # Media sent to vision-language models: videos as frames at video_fps (at most max_frames), every
+    # image or frame scaled down to at most max_pixels pixels (None: images as they are).
+    video_fps: float = 3.0,
+    max_frames: int = 64,
+    max_pixels: int | None = None,
 ) -> Any:
     """Build the generator of `backend` ("hf": transformers in this process; "sglang": a server)."""
     if backend == "hf":
@@ -50,5 +63,15 @@ def make_generator(
             model=model, gguf_file=gguf_file, dtype=dtype, device=device, batch_size=batch_size,
             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, system_prompt=system_prompt,
             uses_context=uses_context, trust_remote_code=trust_remote_code, seed=seed,
+        )
+    if backend == "sglang":
+        from visa.generation.sglang import SGLangGenerator
+
+        return SGLangGenerator(
+            model=model, url=url, launch=launch, server=server, max_concurrency=max_concurrency,
+            request_timeout=request_timeout, max_retries=max_retries, retry_backoff=retry_backoff,
+            batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            system_prompt=system_prompt, uses_context=uses_context, seed=seed, video_fps=video_fps,
+            max_frames=max_frames, max_pixels=max_pixels,
         )
     raise VisaError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
