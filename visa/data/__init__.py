@@ -41,6 +41,7 @@ class Dataset:
     gallery: list[Item]
     queries: list[Query]
     precomputed: Precomputed | None = field(default=None, repr=False)
+    skipped: list[str] = field(default_factory=list, repr=False)  # bad items left out (on_bad_item=skip)
 
 
 def build_dataset(

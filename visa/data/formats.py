@@ -1,0 +1,300 @@
+"""Loaders for the paper's benchmarks, in the formats they are distributed in.
+
+One class, `AnnotatedDataset`, reads every benchmark: `format` picks the reader of the annotation file, which
+yields (media path relative to `media_dir`, captions) entries; the class then resolves paths, checks the
+items, and builds the gallery and the queries (each caption is one query; its relevant item is the entry's
+image or video).
+
+Formats (`dataset.format`):
+- karpathy: Karpathy's split json (`images[]` with `filepath`, `filename`, `split`, `sentences[].raw`);
+- lavis: BLIP/LAVIS-style test json, a list of `{"image": relpath, "caption": [texts]}`;
+- msrvtt_csv: `MSRVTT_JSFUSION_test.csv` (`key, vid_key, video_id, sentence`);
+- internvideo: InternVideo2-style json, a list of `{"video": file, "caption": text or [texts]}`;
+- lotlip: long-caption json/jsonl: `{"image": file, "caption": text}`; also ShareGPT4V's
+  `{"image", "conversations": [..., {"from": "gpt", "value": text}]}` and IIW's `{"image/key", "IIW"}`;
+- dci: DCI's `splits.json` (`{split: [annotation files]}`), each file in `annotations/` beside it with
+  `image`, `short_caption`, `extra_caption`;
+- paired_folders: `annotation` is a folder of `<name>.txt` captions, `media_dir` holds `<name>.<ext>`
+  (Urban1k's `caption/` and `image/`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from visa.data import Dataset, Item, build_dataset
+from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_media, media_kind
+from visa.errors import VisaError
+
+log = logging.getLogger("visa")
+
+Entry = tuple[str, list[str]]  # (media path relative to media_dir, captions)
+ON_BAD_ITEM = ("fail", "skip")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        # utf-8-sig: annotation files saved by Windows tools start with a byte-order mark
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise VisaError(f"cannot read {path}: {e}") from e
+
+
+def _read_json(path: Path) -> Any:
+    text = _read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise VisaError(f"{path} is not valid json ({e}); check dataset.annotation and dataset.format") from e
+
+
+def _read_json_or_jsonl(path: Path) -> list:
+    if path.suffix.lower() == ".jsonl":
+        rows = []
+        for n, line in enumerate(_read_text(path).splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise VisaError(f"{path}:{n} is not valid json ({e})") from e
+        return rows
+    data = _read_json(path)
+    if not isinstance(data, list):
+        raise VisaError(
+            f"{path}: expected a json list of entries, got {type(data).__name__}; check dataset.format"
+        )
+    return data
+
+
+def _field(entry: Any, keys: tuple[str, ...], path: Path) -> Any:
+    if isinstance(entry, dict):
+        for key in keys:
+            if key in entry:
+                return entry[key]
+    raise VisaError(
+        f"{path}: entry without any of the keys {', '.join(keys)}: {str(entry)[:100]}; check dataset.format"
+    )
+
+
+def _texts(value: Any, path: Path) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise VisaError(f"{path}: a caption must be a string or a list of strings, got {str(value)[:80]}")
+
+
+# -- readers: (annotation path, split) -> entries ------------------------------------------------------------
+def read_karpathy(path: Path, split: str) -> Iterator[Entry]:
+    data = _read_json(path)
+    images = data.get("images") if isinstance(data, dict) else None
+    if not isinstance(images, list):
+        raise VisaError(
+            f"{path}: no `images` list; is it Karpathy's dataset_<name>.json? check dataset.format"
+        )
+    for image in images:
+        if image.get("split") != split:
+            continue
+        rel = os.path.join(image.get("filepath", ""), _field(image, ("filename",), path))
+        yield rel, [_field(s, ("raw",), path) for s in _field(image, ("sentences",), path)]
+
+
+def read_lavis(path: Path, split: str) -> Iterator[Entry]:
+    for entry in _read_json_or_jsonl(path):
+        yield _field(entry, ("image",), path), _texts(_field(entry, ("caption",), path), path)
+
+
+def read_internvideo(path: Path, split: str) -> Iterator[Entry]:
+    for entry in _read_json_or_jsonl(path):
+        yield _field(entry, ("video",), path), _texts(_field(entry, ("caption",), path), path)
+
+
+def read_msrvtt_csv(path: Path, split: str) -> Iterator[Entry]:
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        missing = {"video_id", "sentence"} - set(reader.fieldnames or [])
+        if missing:
+            raise VisaError(
+                f"{path}: no column(s) {', '.join(sorted(missing))}; expected key,vid_key,video_id,sentence"
+            )
+        for row in reader:
+            yield row["video_id"], [row["sentence"]]
+
+
+def _lotlip_caption(entry: Any, path: Path) -> str:
+    if isinstance(entry, dict) and isinstance(entry.get("conversations"), list):  # ShareGPT4V
+        replies = [
+            t.get("value") for t in entry["conversations"] if isinstance(t, dict) and t.get("from") == "gpt"
+        ]
+        if replies and isinstance(replies[0], str):
+            return replies[0]
+    value = _field(entry, ("caption", "IIW", "text"), path)
+    return value if isinstance(value, str) else " ".join(_texts(value, path))
+
+
+def read_lotlip(path: Path, split: str) -> Iterator[Entry]:
+    for entry in _read_json_or_jsonl(path):
+        yield str(_field(entry, ("image", "image/key"), path)), [_lotlip_caption(entry, path)]
+
+
+def read_dci(path: Path, split: str) -> Iterator[Entry]:
+    splits = _read_json(path)
+    if not isinstance(splits, dict):
+        raise VisaError(f"{path}: expected DCI's splits.json, an object of split name -> annotation files")
+    names = [n for files in splits.values() for n in files] if split == "all" else splits.get(split)
+    if names is None:
+        raise VisaError(f"{path}: no split {split!r}; choose dataset.split from {', '.join(splits)} or all")
+    for name in names:
+        anno = _read_json(path.parent / "annotations" / name)
+        text = f"{_field(anno, ('short_caption',), path)}\n{anno.get('extra_caption', '')}".strip()
+        yield _field(anno, ("image",), path), [text]
+
+
+def _read_pairs(caption_dir: Path, media_dir: Path) -> Iterator[Entry]:
+    if not caption_dir.is_dir():
+        raise VisaError(f"caption folder not found: {caption_dir}; check dataset.annotation")
+    media = {}
+    if media_dir.is_dir():
+        media = {p.stem: p.name for p in media_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS}
+    for txt in sorted(caption_dir.glob("*.txt")):
+        yield media.get(txt.stem, txt.stem + ".jpg"), [_read_text(txt).strip()]
+
+
+READERS: dict[str, Callable[[Path, str], Iterator[Entry]]] = {
+    "karpathy": read_karpathy,
+    "lavis": read_lavis,
+    "msrvtt_csv": read_msrvtt_csv,
+    "internvideo": read_internvideo,
+    "lotlip": read_lotlip,
+    "dci": read_dci,
+    "paired_folders": lambda path, split: iter(()),  # handled in load(): it needs media_dir
+}
+
+
+def _join_paragraph(texts: list[str]) -> str:
+    """Sentences of a paragraph query joined with one space, each ending with punctuation."""
+    parts = [t.strip() for t in texts if t.strip()]
+    return " ".join(p if p[-1] in ".!?" else p + "." for p in parts)
+
+
+class AnnotatedDataset:
+    """A benchmark under `root`: `annotation` (relative to root) in `format`, media in `media_dir`."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        annotation: str,
+        media_dir: str,
+        format: str,
+        on_bad_item: str = "fail",
+        split: str = "test",
+        max_captions: int | None = None,
+        max_items: int | None = None,
+        paragraph: bool = False,
+        default_ext: str = ".mp4",
+        check_items: bool = True,
+        published: str = "",
+    ):
+        self.name = name
+        self.root = Path(root).expanduser()
+        self.annotation = annotation
+        self.media_dir = media_dir
+        self.format = format
+        self.on_bad_item = on_bad_item
+        self.split = split
+        self.max_captions = (
+            max_captions  # first N captions per item (COCO: 5, as in the 25,000-query protocol)
+        )
+        self.max_items = max_items  # first N items (ShareGPT4V: 1k)
+        self.paragraph = paragraph  # join an item's captions into one query (DiDeMo paragraph retrieval)
+        self.default_ext = default_ext  # appended to media names without an extension (MSRVTT video ids)
+        self.check_items = check_items  # open every item's header at load time
+        self.published = published  # where to get the data, for the missing-data message
+        self.skipped: list[str] = []
+
+    def _missing(self, what: str, path: Path, key: str) -> VisaError:
+        root_note = "" if self.root.is_dir() else ", a folder that does not exist"
+        where = f" The dataset is published at {self.published}." if self.published else ""
+        return VisaError(
+            f"dataset {self.name}: {what} not found: expected {path} (dataset.{key}={getattr(self, key)} "
+            f"under dataset.root={self.root}{root_note}).{where} Put it there, or point data_dir (env "
+            "VISA_DATA) or dataset.root at the folder that holds it."
+        )
+
+    def _resolve(self, rel: str, media_root: Path) -> str:
+        rel = rel.replace("\\", "/")
+        # LAVIS' flickr30k_test.json writes "flickr30k-images/x.jpg" while Karpathy's json writes "x.jpg":
+        # a leading folder named like media_dir itself is dropped, so both work with one media_dir.
+        head, _, tail = rel.partition("/")
+        if tail and head == media_root.name:
+            rel = tail
+        if not Path(rel).suffix:
+            rel += self.default_ext
+        return str(media_root / rel)
+
+    def entries(self) -> list[Entry]:
+        """The annotation's (relative media path, captions) entries, in file order."""
+        if self.format not in READERS:
+            raise VisaError(f"dataset.format={self.format!r} is not one of {', '.join(READERS)}")
+        annotation = self.root / self.annotation
+        if self.format == "paired_folders":
+            if not annotation.is_dir():
+                raise self._missing("caption folder", annotation, "annotation")
+            return list(_read_pairs(annotation, self.root / self.media_dir))
+        if not annotation.is_file():
+            raise self._missing("annotation file", annotation, "annotation")
+        return list(READERS[self.format](annotation, self.split))
+
+    def load(self) -> Dataset:
+        if self.on_bad_item not in ON_BAD_ITEM:
+            raise VisaError(
+                f"dataset.on_bad_item={self.on_bad_item!r} must be one of {', '.join(ON_BAD_ITEM)}"
+            )
+        entries = self.entries()
+        media_root = self.root / self.media_dir
+        if not media_root.is_dir():
+            raise self._missing("media folder", media_root, "media_dir")
+        # Merge entries that name the same file (some json files list one caption per row).
+        merged: dict[str, list[str]] = {}
+        for rel, texts in entries:
+            merged.setdefault(self._resolve(rel, media_root), []).extend(texts)
+        if self.max_items:
+            merged = dict(list(merged.items())[: self.max_items])
+        gallery: list[Item] = []
+        captions: list[tuple[str, list[str]]] = []
+        self.skipped = []
+        for path, texts in merged.items():
+            kind = media_kind(path)
+            if self.check_items:
+                problem = check_media(path, kind)
+                if problem is not None:
+                    if self.on_bad_item == "fail":
+                        raise VisaError(
+                            f"dataset {self.name}: bad {kind} {path}: {problem}; fix or remove it, or set "
+                            "dataset.on_bad_item=skip"
+                        )
+                    self.skipped.append(path)
+                    continue
+            item_id = os.path.relpath(path, media_root)
+            gallery.append(Item(id=item_id, path=path, kind=kind))
+            if self.max_captions:
+                texts = texts[: self.max_captions]
+            captions.append((item_id, [_join_paragraph(texts)] if self.paragraph else texts))
+        if self.skipped:
+            log.warning(
+                "dataset %s: skipped %d bad item(s) (dataset.on_bad_item=skip), e.g. %s",
+                self.name,
+                len(self.skipped),
+                ", ".join(self.skipped[:3]),
+            )
+        source = str(self.root / self.annotation)
+        dataset = build_dataset(self.name, gallery, captions, source)
+        dataset.skipped = list(self.skipped)
+        return dataset
