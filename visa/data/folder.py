@@ -1,0 +1,138 @@
+"""A user's own collection: every image and video under a folder (recursively) plus a captions file.
+
+The captions file (`annotation`, relative to root) is either
+- jsonl: one object a line, `{"path": "trips/beach.jpg", "caption": "..."}` or `"captions": ["...", ...]`;
+- csv: a header with a `path` column and one or more caption columns (any column whose name starts with
+  `caption`); empty cells are ignored, and a path may appear on several rows.
+Paths are relative to `root / media_dir`. Items without a caption stay in the gallery as distractors.
+The same caption text given for several items is one query with all of them relevant.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+from visa.data import Dataset, Item, Query
+from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_media, media_kind
+from visa.errors import VisaError
+
+log = logging.getLogger("visa")
+
+
+def read_captions(path: Path, fmt: str = "jsonl") -> list[tuple[str, str]]:
+    """(relative path, caption) pairs from a captions file in `fmt` (jsonl | csv)."""
+    if not path.is_file():
+        raise VisaError(
+            f"captions file not found: {path}; write one (jsonl or csv) or set dataset.annotation"
+        )
+    pairs: list[tuple[str, str]] = []
+    if fmt == "csv":
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            text_columns = [c for c in columns if c.strip().lower().startswith("caption")]
+            if "path" not in columns or not text_columns:
+                raise VisaError(
+                    f"{path}: the header needs a `path` column and a `caption` column; it has {columns}"
+                )
+            for row in reader:
+                pairs += [(row["path"], row[c]) for c in text_columns if row[c] and row[c].strip()]
+        return pairs
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise VisaError(f"cannot read {path}: {e}") from e
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise VisaError(f"{path}:{n} is not valid json ({e}); each line is one object") from e
+        texts = row.get("captions", row.get("caption")) if isinstance(row, dict) else None
+        if not isinstance(row, dict) or "path" not in row or texts is None:
+            raise VisaError(f'{path}:{n}: expected {{"path": ..., "caption": ... or "captions": [...]}}')
+        pairs += [(row["path"], t) for t in ([texts] if isinstance(texts, str) else texts)]
+    return pairs
+
+
+class FolderDataset:
+    def __init__(
+        self,
+        root: str,
+        annotation: str = "captions.jsonl",
+        media_dir: str = ".",
+        format: str = "auto",
+        on_bad_item: str = "fail",
+        name: str = "folder",
+    ):
+        self.root = Path(root).expanduser()
+        self.annotation = annotation
+        self.media_dir = media_dir
+        self.format = format  # auto (from the file extension) | jsonl | csv
+        self.on_bad_item = on_bad_item
+        self.name = name
+
+    def _scan(self, media_root: Path) -> list[str]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(media_root):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))  # skip .git, .cache, ...
+            for f in sorted(filenames):
+                if Path(f).suffix.lower() in IMAGE_EXTS | VIDEO_EXTS:
+                    found.append(os.path.relpath(os.path.join(dirpath, f), media_root).replace(os.sep, "/"))
+        return found
+
+    def load(self) -> Dataset:
+        if self.on_bad_item not in ("fail", "skip"):
+            raise VisaError(f"dataset.on_bad_item={self.on_bad_item!r} must be fail or skip")
+        media_root = self.root / self.media_dir
+        if not media_root.is_dir():
+            raise VisaError(f"folder not found: {media_root}; set dataset.root to your collection's folder")
+        annotation = self.root / self.annotation
+        fmt = self.format if self.format != "auto" else annotation.suffix.lower().lstrip(".")
+        if fmt not in ("jsonl", "csv"):
+            raise VisaError(
+                f"{annotation}: dataset.format={self.format!r}; the captions file must be jsonl or csv"
+            )
+        pairs = read_captions(annotation, fmt)
+        files = self._scan(media_root)
+        captioned = {os.path.normpath(p).replace(os.sep, "/") for p, _ in pairs}
+        unknown = sorted(captioned - set(files))
+        # A captioned path that the scan did not find (missing, or not an image/video) is a bad item.
+        bad: list[str] = [f"{media_root / p} (not found, or not an image/video file)" for p in unknown]
+        gallery: list[Item] = []
+        index: dict[str, int] = {}
+        for rel in files:
+            path = str(media_root / rel)
+            problem = check_media(path, media_kind(path))
+            if problem is not None:
+                bad.append(f"{path} ({problem})")
+                continue
+            index[rel] = len(gallery)
+            gallery.append(Item(id=rel, path=path, kind=media_kind(path)))
+        if bad and self.on_bad_item == "fail":
+            raise VisaError(
+                f"{bad[0]}: fix or remove it, or set dataset.on_bad_item=skip ({len(bad)} bad item(s))"
+            )
+        if bad:
+            log.warning(
+                "dataset %s: skipped %d bad item(s), e.g. %s", self.name, len(bad), "; ".join(bad[:3])
+            )
+        relevant: dict[str, list[int]] = {}  # caption text -> items, in first-appearance order
+        for rel, text in pairs:
+            rel = os.path.normpath(rel).replace(os.sep, "/")
+            text = " ".join(text.split())
+            if rel in index and text:
+                items = relevant.setdefault(text, [])
+                if index[rel] not in items:
+                    items.append(index[rel])
+        if not gallery:
+            raise VisaError(f"no readable images or videos under {media_root}")
+        if not relevant:
+            raise VisaError(f"{annotation}: no caption matches an item under {media_root}; check the paths")
+        queries = [Query(text=t, relevant=tuple(sorted(items))) for t, items in relevant.items()]
+        return Dataset(name=self.name, gallery=gallery, queries=queries, skipped=bad)
