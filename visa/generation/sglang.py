@@ -7,7 +7,7 @@ Two ways to get a server:
   (sglang pins its own torch, so it usually lives in its own environment), its log goes to the run folder,
   and it is stopped when the run ends, on Ctrl-C, on an exception and at interpreter exit.
 
-Requests: up to `max_concurrency` in flight (asyncio + httpx), results handed to the stage cache as they
+Requests: up to `max_concurrency` in flight (asyncio + aiohttp), results handed to the stage cache as they
 complete (`stream`). Images go as base64 `data:` URLs before the text, and the text puts the fixed
 instructions first and the question last, so that the server's prefix cache shares the image and the
 instructions between the questions about one item. Videos are sent as frames sampled at `video_fps`.
@@ -25,6 +25,7 @@ import asyncio
 import atexit
 import base64
 import io
+import json
 import logging
 import mimetypes
 import os
@@ -39,9 +40,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 from urllib.parse import urlparse
+from urllib.request import urlopen
 
-import httpx
+import aiohttp
 
 from visa.errors import VisaError
 from visa.prompts import Prompt
@@ -181,11 +184,12 @@ class SGLangServer:
                     f"see {self.log_path}"
                 )
             try:
-                if httpx.get(f"{self.base_url}/health", timeout=5.0).status_code == 200:
-                    log.info("sglang is up at %s", self.url)
-                    return
-            except httpx.TransportError:
-                pass  # not listening yet
+                with urlopen(f"{self.base_url}/health", timeout=5.0) as response:
+                    if response.status == 200:
+                        log.info("sglang is up at %s", self.url)
+                        return
+            except (URLError, OSError):
+                pass  # not listening yet, or not ready (HTTP errors are URLErrors too)
             time.sleep(1.0)
         raise VisaError(
             f"sglang at {self.base_url} was not healthy after server.startup_timeout="
@@ -376,17 +380,15 @@ class SGLangGenerator:
             body["seed"] = self.seed
         return body
 
-    def _reply_text(self, response: httpx.Response) -> str:
+    def _reply_text(self, url: str, body: str) -> str:
         try:
-            content = response.json()["choices"][0]["message"]["content"]
+            content = json.loads(body)["choices"][0]["message"]["content"]
         except (ValueError, KeyError, IndexError, TypeError):
             content = None
         if not isinstance(content, str):
             self.malformed += 1
             if self.malformed <= 3:
-                log.warning(
-                    "malformed reply from %s (kept as an empty answer): %.200r", response.url, response.text
-                )
+                log.warning("malformed reply from %s (kept as an empty answer): %.200r", url, body)
             return ""
         return content.strip()
 
@@ -400,7 +402,9 @@ class SGLangGenerator:
                 pass  # an HTTP date: keep the backoff
         return delay
 
-    async def _one(self, client: httpx.AsyncClient, url: str, index: int, prompt: Prompt) -> tuple[int, str]:
+    async def _one(
+        self, client: aiohttp.ClientSession, url: str, index: int, prompt: Prompt
+    ) -> tuple[int, str]:
         if prompt.media and not self.uses_context:
             body = await asyncio.to_thread(self.request_body, prompt)  # reading and encoding pixels
         else:
@@ -409,19 +413,20 @@ class SGLangGenerator:
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
-                response = await client.post(f"{url}/chat/completions", json=body)
-            except httpx.TransportError as e:  # refused, timed out, dropped, broken HTTP
+                async with client.post(f"{url}/chat/completions", json=body) as response:
+                    status, text = response.status, await response.text(errors="replace")
+                    retry_after = response.headers.get("Retry-After")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # refused, timed out, dropped, bad HTTP
                 last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
             else:
-                if response.status_code == 200:
-                    return index, self._reply_text(response)
-                if response.status_code not in _RETRY_STATUS:
+                if status == 200:
+                    return index, self._reply_text(url, text)
+                if status not in _RETRY_STATUS:
                     raise VisaError(
-                        f"{url}/chat/completions answered HTTP {response.status_code} for model "
-                        f"{self.model!r}: {response.text.strip()[:200]!r}; check model= against {url}/models"
+                        f"{url}/chat/completions answered HTTP {status} for model {self.model!r}: "
+                        f"{text.strip()[:200]!r}; check model= against {url}/models"
                     )
-                last = f"HTTP {response.status_code}"
-                retry_after = response.headers.get("retry-after")
+                last = f"HTTP {status}"
             if attempt < self.max_retries:
                 self.retried += 1
                 await asyncio.sleep(self._delay(attempt, retry_after))
@@ -432,10 +437,9 @@ class SGLangGenerator:
 
     async def _run(self, url: str, prompts: list[Prompt], put) -> None:
         """Keep up to max_concurrency requests in flight; hand each reply to `put` as it completes."""
-        n = self.max_concurrency
-        limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
-        timeout = httpx.Timeout(self.request_timeout, connect=min(self.request_timeout, 30.0))
-        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout, connect=min(self.request_timeout, 30.0))
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as client:
             todo = iter(enumerate(prompts))
             in_flight: set[asyncio.Task] = set()
 
