@@ -3,13 +3,26 @@
     start(config: dict, run_dir: Path) -> None
     log(metrics: dict, results: list[dict], dataset: Dataset) -> None
     finish() -> None
+
+`logger=none` (NullLogger) writes nothing beyond the run folder's own files; `logger=wandb` (WandbLogger)
+sends one W&B run per Hydra job. wandb is imported only by WandbLogger, so `logger=none` needs neither the
+package nor an account.
 """
 
 from __future__ import annotations
 
+import netrc
+import os
+import re
+import struct
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
-from visa.data import Dataset
+from visa.data import Dataset, Item
+from visa.errors import VisaError
 
 
 class NullLogger:
@@ -23,3 +36,265 @@ class NullLogger:
 
     def finish(self) -> None:
         pass
+
+
+# Config keys whose values must never leave the machine (an sglang server's api_key, a hub token, ...).
+SECRET_KEY = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential|private[_-]?key|auth", re.I)
+
+
+def redact(config: Any) -> Any:
+    """`config` without the entries whose key looks like a secret, at any depth."""
+    if isinstance(config, dict):
+        return {k: redact(v) for k, v in config.items() if not SECRET_KEY.search(str(k))}
+    if isinstance(config, list):
+        return [redact(v) for v in config]
+    return config
+
+
+def hydra_job() -> dict[str, Any]:
+    """What Hydra knows about the current job: its sweep folder (None outside a multirun), job number,
+    override string and the command-line/sweep overrides as {key: value}. Empty outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    overrides = OverridesParser.create().parse_overrides(list(hc.overrides.task))
+    multirun = hc.mode == RunMode.MULTIRUN
+    return {
+        "sweep_dir": str(hc.sweep.dir) if multirun else None,
+        "job_num": int(hc.job.num) if multirun else None,
+        "override_dirname": hc.job.override_dirname,
+        # A group choice (`scorer=x`) and a value (`fusion.alpha=0.5`) alike become one column each.
+        "overrides": {o.key_or_group: o.value() for o in overrides if not o.is_delete()},
+    }
+
+
+def has_wandb_key() -> bool:
+    """Whether wandb could log in without asking: a key in the environment or in ~/.netrc for the host."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    try:
+        return netrc.netrc().authenticators(host) is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def thumbnail(item: Item | None, size: int):
+    """A small RGB PIL thumbnail of an item: the image, or a video's middle frame; None when unreadable."""
+    if item is None:
+        return None
+    try:
+        if item.kind == "video":
+            from visa.data.video import sample_uniform
+
+            image = sample_uniform(item.path, 1)[0]  # one segment: its middle frame
+        else:
+            from visa.data.media import load_image
+
+            image = load_image(item.path)
+    except VisaError:
+        return None
+    image.thumbnail((size, size))
+    return image
+
+
+def pick_samples(results: list[dict], n: int) -> list[dict]:
+    """Up to `n` query records for the sample table: first those whose top-1 VISA changed (the interesting
+    ones on a dashboard), then the others, shown in query order."""
+    changed = [r for r in results if r["base_top"][:1] and r["base_top"][0]["id"] != r["visa_top"][0]["id"]]
+    chosen = {r["index"] for r in changed}
+    same = [r for r in results if r["index"] not in chosen]
+    return sorted((changed + same)[:n], key=lambda r: r["index"])
+
+
+class WandbLogger:
+    """logger=wandb: one W&B run per job, grouped by Hydra multirun.
+
+    Logs the resolved config (secrets removed) plus the job's overrides under `sweep` (the columns to compare
+    runs by), the metrics, a table of sample queries with thumbnails of the top items before and after
+    re-ranking, and metrics.json + results.jsonl as an artifact. Without an API key it logs offline into the
+    run folder and prints the `wandb sync` command that uploads it later.
+    """
+
+    def __init__(
+        self,
+        project: str = "visa",
+        entity: str | None = None,
+        mode: str = "auto",
+        group: str | None = None,
+        name: str | None = None,
+        tags: list[str] | None = None,
+        dir: str | None = None,
+        num_samples: int = 16,
+        top_items: int = 5,
+        thumb_size: int = 96,
+        log_artifact: bool = True,
+    ):
+        if mode not in ("auto", "online", "offline", "disabled"):
+            raise VisaError(f"logger.mode={mode!r} must be one of auto, online, offline, disabled")
+        self.project, self.entity, self.mode, self.group, self.name = project, entity, mode, group, name
+        self.tags = list(tags or [])
+        self.dir, self.num_samples, self.top_items, self.thumb_size = dir, num_samples, top_items, thumb_size
+        self.log_artifact = log_artifact
+        self.run = None
+        self.run_dir: Path | None = None
+        self.logged = False
+
+    def _mode(self) -> str:
+        if self.mode != "auto":
+            return self.mode
+        if os.environ.get("WANDB_MODE"):  # the user's explicit choice wins
+            return os.environ["WANDB_MODE"]
+        return "online" if has_wandb_key() else "offline"
+
+    def start(self, config: dict, run_dir: Path) -> None:
+        try:
+            import wandb
+        except ImportError as e:
+            raise VisaError("logger=wandb needs wandb: pip install 'visa-retrieval[tracking]'") from e
+        self.run_dir = Path(run_dir)
+        job = hydra_job()
+        sweep_dir = job.get("sweep_dir")
+        # A multirun is one group; its folder is unique and names the sweep on disk too. W&B caps it at 128.
+        group = self.group or (str(sweep_dir)[-128:] if sweep_dir else None)
+        name = self.name
+        if name is None and job.get("override_dirname"):
+            prefix = f"{job['job_num']}:" if job.get("job_num") is not None else ""
+            name = (prefix + job["override_dirname"])[:128]
+        logged_config = redact(config)
+        logged_config["sweep"] = redact(job.get("overrides", {}))
+        logged_config["run_dir"] = str(self.run_dir)
+        mode = self._mode()
+        # Offline files go beside metrics.json unless the user points WANDB_DIR (or logger.dir) elsewhere.
+        directory = self.dir or os.environ.get("WANDB_DIR") or str(self.run_dir)
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        self.run = wandb.init(
+            project=self.project,
+            entity=self.entity,
+            group=group,
+            name=name,
+            job_type="eval",
+            tags=self.tags,
+            config=logged_config,
+            dir=directory,
+            mode=mode,
+        )
+        if mode == "offline":
+            print(
+                "W&B: no API key found (or offline mode chosen): logging offline. Upload later with\n"
+                f"  wandb login && wandb sync {self.offline_dir()}",
+                file=sys.stderr,
+            )
+
+    def offline_dir(self) -> Path | None:
+        """The run's local W&B folder (the argument `wandb sync` takes)."""
+        return Path(self.run.dir).parent if self.run is not None else None
+
+    def log(self, metrics: dict, results: list[dict], dataset: Dataset) -> None:
+        import wandb
+
+        if self.run is None:
+            raise VisaError("WandbLogger.log called before start")
+        gains = {
+            f"gain/{k.split('/', 1)[1]}": round(metrics[k] - metrics[f"base/{k.split('/', 1)[1]}"], 4)
+            for k in metrics
+            if k.startswith("visa/R@") and f"base/{k.split('/', 1)[1]}" in metrics
+        }
+        self.run.log({**metrics, **gains})
+        if self.num_samples > 0 and results:
+            self.run.log({"samples": self.sample_table(results, dataset)})
+        if self.log_artifact:
+            artifact = wandb.Artifact(f"outputs-{self.run.id}", type="run-outputs")
+            for filename in ("metrics.json", "results.jsonl"):
+                if (self.run_dir / filename).exists():
+                    artifact.add_file(str(self.run_dir / filename))
+            self.run.log_artifact(artifact)
+        self.logged = True
+
+    def sample_table(self, results: list[dict], dataset: Dataset):
+        """wandb.Table: query, questions, then the top items before (base_i) and after (visa_i) re-ranking
+        as thumbnails whose captions give the id, the scores and, after re-ranking, the MLLM's answers."""
+        import wandb
+
+        items = {item.id: item for item in dataset.gallery}
+        thumbs: dict[str, Any] = {}
+
+        def image(item_id: str, caption: str):
+            if item_id not in thumbs:
+                thumbs[item_id] = thumbnail(items.get(item_id), self.thumb_size)
+            picture = thumbs[item_id]
+            if picture is None:  # unreadable media: a blank tile, the path in the caption
+                from PIL import Image
+
+                picture = Image.new("RGB", (self.thumb_size, self.thumb_size), "lightgray")
+                caption += f"\n{items[item_id].path if item_id in items else item_id}"
+            return wandb.Image(picture, caption=caption)
+
+        samples = pick_samples(results, self.num_samples)
+        n = min([self.top_items] + [len(r["base_top"]) for r in samples])
+        columns = ["index", "query", "ground_truth", "key_phrases", "questions"]
+        columns += [f"base_{i + 1}" for i in range(n)] + [f"visa_{i + 1}" for i in range(n)]
+        table = wandb.Table(columns=columns)
+        for r in samples:
+            truth = set(r["ground_truth"])
+            answers = {c["id"]: c["answers"] for c in r.get("candidates", [])}
+            mark = {True: " ✓", False: ""}
+            row: list[Any] = [
+                r["index"],
+                r["query"],
+                ", ".join(r["ground_truth"]),
+                ", ".join(r["key_phrases"]),
+                "\n".join(r["questions"]) + ("" if r["questions_parsed"] else "\n(fallback, not used)"),
+            ]
+            for t in r["base_top"][:n]:
+                row.append(image(t["id"], f"{t['id']}{mark[t['id'] in truth]} base {t['score']:.3f}"))
+            for t in r["visa_top"][:n]:
+                lines = [f"{t['id']}{mark[t['id'] in truth]} fused {t['fused']:.3f} (text {t['text']:.2f})"]
+                lines += [f"A{j + 1}: {a}" for j, a in enumerate(answers.get(t["id"], []))]
+                row.append(image(t["id"], "\n".join(lines)))
+            table.add_data(*row)
+        return table
+
+    def finish(self) -> None:
+        if self.run is None:
+            return
+        # A run that never reached log() failed: mark it so on the dashboard (wandb itself prints, for an
+        # offline run, the `wandb sync` command again).
+        self.run.finish(exit_code=0 if self.logged else 1)
+        self.run = None
+
+
+# -- reading offline runs back ----------------------------------------------------------------------
+# A `.wandb` file is a LevelDB-style log: a 7-byte header (":W&B", 0xBEE1, version 0), then 32 KiB blocks of
+# records (crc32 4 bytes, length 2 bytes, type 1 byte) whose payloads join into wandb's `Record` protobufs.
+_BLOCK = 32768
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_transaction_log(path: str | Path) -> Iterator[Any]:
+    """The `wandb.proto.wandb_internal_pb2.Record`s of an offline run's `.wandb` file, in order; lets tests
+    and users inspect what a run will upload without any network."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise VisaError(f"{path} is not a W&B transaction log")
+    pos, payload = 7, b""
+    while pos + 7 <= len(data):
+        if _BLOCK - pos % _BLOCK < 7:  # a block's tail too short for a header is padding
+            pos += _BLOCK - pos % _BLOCK
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if kind == 0 and length == 0:  # zero padding at the end of the file
+            break
+        payload += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (_FULL, _LAST):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            payload = b""
+            yield record
