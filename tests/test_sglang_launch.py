@@ -145,7 +145,8 @@ def test_a_port_in_use_points_to_attaching():
             launched(running.port).generate([Prompt("hello")])
 
 
-def test_a_missing_python_is_a_one_line_error(tmp_path):
+def test_a_missing_python_is_a_one_line_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     with pytest.raises(VisaError, match="server.python='/nonexistent/python'"):
         launched(free_port(), python="/nonexistent/python").generate([Prompt("hello")])
 
