@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
+import functools
 import io
 import json
 import logging
@@ -515,6 +516,8 @@ class SGLangGenerator:
         return out  # type: ignore[return-value]
 
 
+# The questions about one item are sent one after another: encode each image once for all of them.
+@functools.lru_cache(maxsize=32)
 def _image_url(path: str, max_pixels: int | None) -> str:
     """A data: URL of the image file; re-encoded only when its format is unusual or it is too large."""
     mime = mimetypes.guess_type(path)[0]
