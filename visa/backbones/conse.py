@@ -11,21 +11,26 @@ import functools
 
 import torch
 
-from visa.backbones.imagenet import class_probabilities, classnames
+from visa.backbones.imagenet import classnames, media_probabilities
 from visa.backbones.text_embedder import embed_sentences, minilm_path
 from visa.data import Item
-from visa.errors import VisaError
 
 
 class ConSEBackbone:
-    def __init__(self, top_classes: int = 10, batch_size: int = 32, device: str = "cpu"):
+    def __init__(self, top_classes: int = 10, batch_size: int = 32, device: str = "cpu", num_frames: int = 8):
         self.top_classes = top_classes
+        self.num_frames = num_frames  # a video's probabilities: the mean over this many sampled frames
         self.batch_size = batch_size
         self.device = device
 
     def identity(self) -> dict:
-        return {"backbone": "conse", "classifier": "efficientnet-lite0", "text": "all-MiniLM-L6-v2",
-                "top_classes": self.top_classes}
+        return {
+            "backbone": "conse",
+            "classifier": "efficientnet-lite0",
+            "text": "all-MiniLM-L6-v2",
+            "top_classes": self.top_classes,
+            "video_frames": self.num_frames,
+        }
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         return embed_sentences(texts, minilm_path(), self.device)
@@ -35,9 +40,7 @@ class ConSEBackbone:
         return embed_sentences([f"a photo of a {c}." for c in classnames()], minilm_path(), self.device)
 
     def encode_visual(self, items: list[Item]) -> torch.Tensor:
-        if any(item.kind != "image" for item in items):
-            raise VisaError("backbone=demo encodes images only; pick a video backbone for video datasets")
-        probs = class_probabilities([item.path for item in items], self.device)
+        probs = media_probabilities([(item.path, item.kind) for item in items], self.num_frames, self.device)
         top = probs.topk(self.top_classes, dim=1)
         weights = top.values / top.values.sum(1, keepdim=True)
         mixed = (weights.unsqueeze(-1) * self._class_embeddings[top.indices]).sum(1)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import functools
 
 import torch
+from PIL import Image
 from torchvision import transforms
 
 from visa.data.media import load_image, package_dir
+from visa.data.video import sample_uniform
 
 IMAGE_SIZE = 224
 
@@ -44,5 +46,27 @@ _PREPROCESS = transforms.Compose(
 @torch.no_grad()
 def class_probabilities(paths: list[str], device: str = "cpu") -> torch.Tensor:
     """[n, 1000] softmax probabilities over the ImageNet classes."""
-    batch = torch.stack([_PREPROCESS(load_image(p)) for p in paths]).to(device)
+    return image_probabilities([load_image(p) for p in paths], device)
+
+
+@torch.no_grad()
+def image_probabilities(images: list[Image.Image], device: str = "cpu") -> torch.Tensor:
+    """[n, 1000] softmax probabilities of in-memory RGB images."""
+    batch = torch.stack([_PREPROCESS(img) for img in images]).to(device)
     return load_classifier(device)(batch).softmax(-1).float().cpu()
+
+
+@torch.no_grad()
+def media_probabilities(
+    media: list[tuple[str, str]], num_frames: int = 8, device: str = "cpu"
+) -> torch.Tensor:
+    """[n, 1000] probabilities of (path, kind) items: an image's own, or for a video the mean over
+    `num_frames` uniformly sampled frames."""
+    images: list[Image.Image] = []
+    counts: list[int] = []
+    for path, kind in media:
+        frames = sample_uniform(path, num_frames) if kind == "video" else [load_image(path)]
+        images += frames
+        counts.append(len(frames))
+    probs = image_probabilities(images, device)
+    return torch.stack([chunk.mean(0) for chunk in probs.split(counts)])
