@@ -111,8 +111,14 @@ def check_part(node: DictConfig, where: str) -> None:
 
 
 def instantiate_part(cfg: DictConfig, group: str) -> Any:
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     node = cfg[group]
     check_part(node, group)
-    return instantiate(node, _convert_="all")
+    try:
+        return instantiate(node, _convert_="all")
+    except InstantiationException as e:  # Hydra wraps what the constructor raised
+        if isinstance(e.__cause__, VisaError):
+            raise e.__cause__ from None
+        raise VisaError(f"{group}: cannot build {node._target_}: {e.__cause__ or e}") from e

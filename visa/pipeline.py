@@ -182,6 +182,8 @@ class Run:
 
 def run_visa(dataset: Dataset, parts: Components, settings: Settings, cache: Cache) -> tuple[dict, list[dict]]:
     """Run every stage; returns (metrics, one result record per query)."""
+    for item in dataset.gallery:  # a missing file stops the run here, before any model loads
+        item_fingerprint(item)
     run = Run(dataset, settings, cache)
     base_scores, candidates = run.retrieve(parts.backbone)
     k = min(settings.top_k, candidates.shape[1])

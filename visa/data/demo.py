@@ -16,8 +16,8 @@ DEMO_ANNOTATION = Path(__file__).with_name("demo_images.json")
 
 
 class DemoDataset:
-    def __init__(self, annotation: str = str(DEMO_ANNOTATION), limit: int | None = None):
-        self.annotation = annotation
+    def __init__(self, annotation: str | None = None, limit: int | None = None):
+        self.annotation = annotation or str(DEMO_ANNOTATION)
         self.limit = limit  # first N images only (quick tries)
 
     def load(self) -> Dataset:

@@ -1,0 +1,88 @@
+"""The reference release's files, written in their published layout, read back and evaluated."""
+
+import json
+
+import numpy as np
+import pytest
+
+from visa.data.release import VisaRelease
+from visa.errors import VisaError
+from visa.fusion import MinMaxFusion
+from visa.pipeline import Settings, evaluate_precomputed
+
+
+def write_release(root, name, base, text, n_items, captions_per_item=2):
+    recap = [{"image_id": f"img{i}.jpg", "captions": [f"description {i}"]} for i in range(n_items)]
+    queries = [
+        {"image_id": f"img{i}.jpg", "captions": [f"caption {i}.{c}"]}
+        for i in range(n_items)
+        for c in range(captions_per_item)
+    ]
+    (root / f"{name}_recap.json").write_text(json.dumps(recap))
+    (root / f"{name}_query.json").write_text(json.dumps(queries))
+    np.savetxt(root / f"sim_{name}.txt", base, fmt="%.6f")
+    np.savetxt(root / "sim_text.txt", text, fmt="%.6f")
+
+
+def reference_fusion_ranks(base, text, k):
+    """The method's formula, written independently: top-K by base, min-max each score, add, sort."""
+    ranks = []
+    for b, t in zip(base, text):
+        top = np.argsort(-b, kind="stable")[:k]
+        def mm(v):
+            return (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros_like(v)
+        fused = mm(b[top]) + mm(t[top])
+        ranks.append(list(top[np.argsort(-fused, kind="stable")]) + list(np.argsort(-b, kind="stable")[k:]))
+    return np.array(ranks)
+
+
+def test_release_reproduction_matches_the_formula(tmp_path):
+    rng = np.random.default_rng(0)
+    n_items, k = 12, 4
+    base = rng.normal(size=(2 * n_items, n_items)).astype(np.float32)
+    text = np.zeros_like(base)
+    for q in range(len(base)):  # the re-ranker's scores exist only inside the top-K
+        top = np.argsort(-base[q])[:k]
+        text[q, top] = rng.normal(size=k) * 5
+    write_release(tmp_path, "flickr", base, text, n_items)
+    data = VisaRelease(str(tmp_path), "flickr").load()
+    assert len(data.queries) == 24 and len(data.gallery) == 12 and data.queries[3].relevant == (1,)
+    settings = Settings(top_k=k, recall_at=(1, 5, 10), progress=False)
+    metrics, results = evaluate_precomputed(data, MinMaxFusion(0.5), settings)
+
+    ref = reference_fusion_ranks(base.astype(np.float64), text.astype(np.float64), k)
+    gt = np.array([q.relevant[0] for q in data.queries])
+    for cut in (1, 5, 10):
+        expected = 100 * np.mean([gt[i] in ref[i, :cut] for i in range(len(gt))])
+        assert metrics[f"visa/R@{cut}"] == pytest.approx(expected, abs=1e-3)
+        base_expected = 100 * np.mean([gt[i] in np.argsort(-base[i])[:cut] for i in range(len(gt))])
+        assert metrics[f"base/R@{cut}"] == pytest.approx(base_expected, abs=1e-3)
+    assert [r["id"] for r in results[0]["visa_top"]] == [f"img{i}.jpg" for i in ref[0, :k]]
+
+
+def test_wrong_matrix_shape_is_a_clear_error(tmp_path):
+    write_release(tmp_path, "coco", np.zeros((4, 3)), np.zeros((4, 3)), n_items=2)
+    with pytest.raises(VisaError, match=r"sim_coco.txt has shape \[4 x 3\], expected \[4 x 2\]"):
+        VisaRelease(str(tmp_path), "coco").load()
+
+
+def test_missing_release_file_names_it(tmp_path):
+    with pytest.raises(VisaError, match="msrvtt_query.json"):
+        VisaRelease(str(tmp_path), "msrvtt").load()
+
+
+def test_precomputed_scores_keep_base_order_beyond_k(tmp_path):
+    base = np.array([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
+    text = np.array([[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
+    write_release(tmp_path, "x", base, text, n_items=2, captions_per_item=1)
+    (tmp_path / "x_recap.json").write_text(json.dumps([{"image_id": f"i{i}", "captions": ["d"]} for i in range(4)]))
+    (tmp_path / "x_query.json").write_text(json.dumps([{"image_id": "i1", "captions": ["a"]},
+                                                       {"image_id": "i0", "captions": ["b"]}]))
+    data = VisaRelease(str(tmp_path), "x").load()
+    metrics, results = evaluate_precomputed(data, MinMaxFusion(0.5), Settings(top_k=3, recall_at=(1, 3, 4)))
+    # query 0: fused = 0.5 * minmax(base) + 0.5 * minmax(text) = [0.5, 0.75, 0] over i0, i1, i2
+    assert [r["id"] for r in results[0]["visa_top"]] == ["i1", "i0", "i2"]
+    # query 1: no text signal, so the base order; its item i0 is 4th, beyond K, where the base order holds
+    assert [r["id"] for r in results[1]["visa_top"]] == ["i3", "i2", "i1"]
+    assert metrics["base/R@1"] == 0.0 and metrics["visa/R@1"] == 50.0
+    assert metrics["visa/R@3"] == 50.0 and metrics["visa/R@4"] == 100.0
