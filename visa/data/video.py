@@ -100,7 +100,8 @@ def _frames_at(path: str, times: list[float]) -> list[Image.Image]:
                     frames = container.decode(stream)
                     previous = None
                     continue
-                while i < len(times) and t > times[i]:
+                # 1 us of slack: a wanted time computed as 0.8999.. still gets the frame that starts at 0.9
+                while i < len(times) and t > times[i] + 1e-6:
                     out.append((previous if previous is not None else frame).to_image())
                     i += 1
                 previous = frame
