@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs VISA and everything the offline demo needs into the active Python environment.
 set -euo pipefail
-PYTHON=${PYTHON:-python3}
+PYTHON=${PYTHON:-python}
 
 # torch and torchvision from the registry, as a matching pair (the CUDA build runs on CPU too).
 "$PYTHON" -m pip install "torch==2.14.1" "torchvision==0.29.2"
