@@ -84,7 +84,7 @@ class FolderDataset:
             for f in sorted(filenames):
                 if Path(f).suffix.lower() in IMAGE_EXTS | VIDEO_EXTS:
                     found.append(os.path.relpath(os.path.join(dirpath, f), media_root).replace(os.sep, "/"))
-        return found
+        return sorted(found)  # gallery order = path order, whatever the file system's listing order
 
     def load(self) -> Dataset:
         if self.on_bad_item not in ("fail", "skip"):
