@@ -13,7 +13,7 @@ from PIL import Image
 from visa.data import Dataset, Item, Query
 from visa.tracking import NullLogger, WandbLogger, pick_samples, read_transaction_log, redact
 
-pytest.importorskip("wandb")
+wandb = pytest.importorskip("wandb")
 
 
 @pytest.fixture
@@ -35,6 +35,9 @@ def wandb_offline_env(tmp_path, monkeypatch) -> Path:
 
 
 def records(wandb_file: Path) -> dict[str, list]:
+    # wandb's service writes the file in the background; shutting it down flushes and closes the file, as
+    # the end of a real `python -m visa.run` process does.
+    wandb.teardown()
     by_type: dict[str, list] = {}
     for record in read_transaction_log(wandb_file):
         by_type.setdefault(record.WhichOneof("record_type"), []).append(record)
