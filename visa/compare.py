@@ -38,7 +38,7 @@ def find_run_dirs(path: Path) -> list[Path]:
     """Run folders at or under `path`: the folders that hold a metrics.json, W&B's own folders excluded."""
     if (path / "metrics.json").is_file():
         return [path]
-    found = [m.parent for m in path.rglob("metrics.json") if "wandb" not in m.parent.parts]
+    found = [m.parent for m in path.rglob("metrics.json") if "wandb" not in m.parent.relative_to(path).parts]
     return sorted(found, key=_natural_key)
 
 
