@@ -21,7 +21,9 @@ def session_cache(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("visa-cache")
 
 
-def run_cli(*overrides: str, cache: Path, run_dir: Path, module: str = "visa.run") -> subprocess.CompletedProcess:
+def run_cli(
+    *overrides: str, cache: Path, run_dir: Path, module: str = "visa.run"
+) -> subprocess.CompletedProcess:
     """`python -m visa.run overrides...` in a fresh process, as a user would type it."""
     env = {**os.environ, "VISA_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     cmd = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={run_dir}"]

@@ -8,7 +8,9 @@ from visa.cache import Cache, StageStats, batched, make_key, run_stage
 
 def test_key_covers_stage_identity_and_inputs():
     base = make_key("answer", {"model": "m", "temperature": 0.0}, {"q": "a"})
-    assert base == make_key("answer", {"temperature": 0.0, "model": "m"}, {"q": "a"})  # key order is irrelevant
+    assert base == make_key(
+        "answer", {"temperature": 0.0, "model": "m"}, {"q": "a"}
+    )  # key order is irrelevant
     assert base != make_key("ask", {"model": "m", "temperature": 0.0}, {"q": "a"})
     assert base != make_key("answer", {"model": "m", "temperature": 0.2}, {"q": "a"})
     assert base != make_key("answer", {"model": "m", "temperature": 0.0}, {"q": "b"})
@@ -34,7 +36,12 @@ def test_run_stage_computes_only_missing_and_dedupes(tmp_path):
 
     stats = StageStats()
     keys = [f"k{x}" for x in [1, 2, 2, 3]]
-    assert run_stage(cache, "sq", keys, [1, 2, 2, 3], batched(square, 2), stats, progress=False) == [1, 4, 4, 9]
+    assert run_stage(cache, "sq", keys, [1, 2, 2, 3], batched(square, 2), stats, progress=False) == [
+        1,
+        4,
+        4,
+        9,
+    ]
     assert (stats.computed, stats.cached) == (3, 0)
     assert sorted(x for c in calls for x in c) == [1, 2, 3]
 
@@ -58,8 +65,9 @@ def test_interrupted_stage_keeps_finished_results(tmp_path):
     assert cache.get_many(keys) == {"k0": 0, "k1": 10, "k2": 20}
 
     stats = StageStats()
-    done = run_stage(cache, "s", keys, list(range(5)), batched(lambda xs: [x * 10 for x in xs], 8), stats,
-                     progress=False)
+    done = run_stage(
+        cache, "s", keys, list(range(5)), batched(lambda xs: [x * 10 for x in xs], 8), stats, progress=False
+    )
     assert done == [0, 10, 20, 30, 40] and (stats.computed, stats.cached) == (2, 3)
 
 

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
 
-from conftest import REPO, run_cli
 from visa.config import check_part, register
 from visa.data import Item, build_dataset
 from visa.errors import VisaError
@@ -20,7 +20,16 @@ def compose_cfg(*overrides):
 
 def test_default_config_composes_with_every_part_checked():
     cfg = compose_cfg()
-    for group in ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "scorer", "fusion", "logger"):
+    for group in (
+        "dataset",
+        "backbone",
+        "question_llm",
+        "answer_mllm",
+        "describer",
+        "scorer",
+        "fusion",
+        "logger",
+    ):
         check_part(cfg[group], group)
     assert cfg.retrieval.top_k == 5  # the demo profile's K; the schema default is the paper's 20
     assert compose_cfg("dataset=visa_release").retrieval.top_k == 20
@@ -28,7 +37,9 @@ def test_default_config_composes_with_every_part_checked():
 
 def test_unknown_key_in_a_part_names_the_key_and_the_valid_ones():
     cfg = compose_cfg("+backbone.batchsize=4")
-    with pytest.raises(VisaError, match=r"backbone.batchsize is not a setting of .*ConSEBackbone; valid keys: "):
+    with pytest.raises(
+        VisaError, match=r"backbone.batchsize is not a setting of .*ConSEBackbone; valid keys: "
+    ):
         check_part(cfg.backbone, "backbone")
 
 

@@ -41,7 +41,9 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     metrics2, results2 = read_run(tmp_path / "second")
     assert all(metrics2[f"calls/{s}/computed"] == 0 for s in MODEL_STAGES)
     assert metrics2["calls/encode_visual/cached"] == 3
-    assert {k: v for k, v in metrics2.items() if "/R@" in k} == {k: v for k, v in metrics.items() if "/R@" in k}
+    assert {k: v for k, v in metrics2.items() if "/R@" in k} == {
+        k: v for k, v in metrics.items() if "/R@" in k
+    }
     assert [r["visa_top"] for r in results2] == [r["visa_top"] for r in results]
 
 

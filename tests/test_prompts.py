@@ -21,11 +21,16 @@ def test_parses_the_requested_format():
     q = parse_questions(WELL_FORMED, 3)
     assert q.parsed
     assert q.key_phrases == ["red bus", "parked", "city street"]
-    assert q.questions == ["What colour is the bus?", "Is the bus parked or moving?", "Is the scene a city street?"]
+    assert q.questions == [
+        "What colour is the bus?",
+        "Is the bus parked or moving?",
+        "Is the scene a city street?",
+    ]
 
 
 def test_parses_loose_formats_and_keeps_first_n_distinct():
-    reply = 'Question: "Is there a dog here?"\nQ2: Is there a dog here?\n- Is the dog brown or black?\n3) Where is it?'
+    reply = 'Question: "Is there a dog here?"\nQ2: Is there a dog here?\n'
+    reply += "- Is the dog brown or black?\n3) Where is it?"
     q = parse_questions(reply, 2)
     assert q.parsed and q.questions == ["Is there a dog here?", "Is the dog brown or black?"]
 

@@ -36,8 +36,12 @@ def test_fusion_formula_and_bounds():
     fused = MinMaxFusion(alpha=0.25)(base, text)
     expected = 0.75 * np.array([1.0, 0.5, 0.0]) + 0.25 * np.array([0.0, 1.0, 0.5])
     np.testing.assert_allclose(fused.numpy()[0], expected, rtol=1e-6)
-    assert torch.equal(rerank(torch.tensor([[7, 8, 9]]), MinMaxFusion(0.0)(base, text)), torch.tensor([[7, 8, 9]]))
-    assert torch.equal(rerank(torch.tensor([[7, 8, 9]]), MinMaxFusion(1.0)(base, text)), torch.tensor([[8, 9, 7]]))
+    assert torch.equal(
+        rerank(torch.tensor([[7, 8, 9]]), MinMaxFusion(0.0)(base, text)), torch.tensor([[7, 8, 9]])
+    )
+    assert torch.equal(
+        rerank(torch.tensor([[7, 8, 9]]), MinMaxFusion(1.0)(base, text)), torch.tensor([[8, 9, 7]])
+    )
     with pytest.raises(VisaError, match="fusion.alpha"):
         MinMaxFusion(1.5)
 
@@ -52,4 +56,8 @@ def test_recall_at_k_counts_any_relevant_item():
     ranking = torch.tensor([[3, 1, 2, 0], [0, 1, 2, 3], [2, 3, 0, 1]])
     relevant = [(1,), (3, 0), (1,)]
     r = recall_at_k(ranking, relevant, [1, 2, 4])
-    assert r == {"R@1": pytest.approx(100 / 3, abs=1e-3), "R@2": pytest.approx(200 / 3, abs=1e-3), "R@4": 100.0}
+    assert r == {
+        "R@1": pytest.approx(100 / 3, abs=1e-3),
+        "R@2": pytest.approx(200 / 3, abs=1e-3),
+        "R@4": 100.0,
+    }

@@ -29,8 +29,10 @@ def reference_fusion_ranks(base, text, k):
     ranks = []
     for b, t in zip(base, text):
         top = np.argsort(-b, kind="stable")[:k]
+
         def mm(v):
             return (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros_like(v)
+
         fused = mm(b[top]) + mm(t[top])
         ranks.append(list(top[np.argsort(-fused, kind="stable")]) + list(np.argsort(-b, kind="stable")[k:]))
     return np.array(ranks)
@@ -75,9 +77,12 @@ def test_precomputed_scores_keep_base_order_beyond_k(tmp_path):
     base = np.array([[0.9, 0.8, 0.7, 0.6], [0.1, 0.2, 0.3, 0.4]], dtype=np.float32)
     text = np.array([[0.0, 5.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]], dtype=np.float32)
     write_release(tmp_path, "x", base, text, n_items=2, captions_per_item=1)
-    (tmp_path / "x_recap.json").write_text(json.dumps([{"image_id": f"i{i}", "captions": ["d"]} for i in range(4)]))
-    (tmp_path / "x_query.json").write_text(json.dumps([{"image_id": "i1", "captions": ["a"]},
-                                                       {"image_id": "i0", "captions": ["b"]}]))
+    (tmp_path / "x_recap.json").write_text(
+        json.dumps([{"image_id": f"i{i}", "captions": ["d"]} for i in range(4)])
+    )
+    (tmp_path / "x_query.json").write_text(
+        json.dumps([{"image_id": "i1", "captions": ["a"]}, {"image_id": "i0", "captions": ["b"]}])
+    )
     data = VisaRelease(str(tmp_path), "x").load()
     metrics, results = evaluate_precomputed(data, MinMaxFusion(0.5), Settings(top_k=3, recall_at=(1, 3, 4)))
     # query 0: fused = 0.5 * minmax(base) + 0.5 * minmax(text) = [0.5, 0.75, 0] over i0, i1, i2

@@ -69,7 +69,9 @@ class Cache:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
         except (OSError, sqlite3.Error) as e:
-            raise VisaError(f"cannot open the cache in {self.root}: {e}; set cache_dir=... or VISA_CACHE") from e
+            raise VisaError(
+                f"cannot open the cache in {self.root}: {e}; set cache_dir=... or VISA_CACHE"
+            ) from e
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
@@ -77,7 +79,9 @@ class Cache:
         for start in range(0, len(keys), 500):  # SQLite limits the number of bound parameters
             chunk = keys[start : start + 500]
             marks = ",".join("?" * len(chunk))
-            for key, blob in self._db.execute(f"SELECT key, value FROM results WHERE key IN ({marks})", chunk):
+            for key, blob in self._db.execute(
+                f"SELECT key, value FROM results WHERE key IN ({marks})", chunk
+            ):
                 found[key] = _decode(blob)
         return found
 

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 import torch
 
 
-def recall_at_k(ranking: torch.Tensor, relevant: Sequence[Sequence[int]], ks: Sequence[int]) -> dict[str, float]:
+def recall_at_k(
+    ranking: torch.Tensor, relevant: Sequence[Sequence[int]], ks: Sequence[int]
+) -> dict[str, float]:
     """R@k in percent: the share of queries with a relevant item among their first k ranked items.
 
     `ranking` is [queries, n] gallery indices, best first; it must hold at least max(ks) columns, or the

@@ -61,7 +61,12 @@ class Prompt:
     context: str | None = None  # a text stand-in for the media, for text-only ("Socratic") answerers
 
     def as_key(self) -> dict:
-        return {"text": self.text, "media": list(self.media), "media_kind": self.media_kind, "context": self.context}
+        return {
+            "text": self.text,
+            "media": list(self.media),
+            "media_kind": self.media_kind,
+            "context": self.context,
+        }
 
 
 @dataclass
@@ -105,7 +110,9 @@ def parse_questions(reply: str, n: int) -> Questions:
     phrase_block, question_block = _split(reply)
     phrases = [p for p in _items(phrase_block) if p and not p.endswith("?") and len(p.split()) <= 8]
     questions = [
-        q for q in _items(question_block) if q.endswith("?") and len(q.split()) >= 3 and q not in _EXAMPLE_QUESTIONS
+        q
+        for q in _items(question_block)
+        if q.endswith("?") and len(q.split()) >= 3 and q not in _EXAMPLE_QUESTIONS
     ]
     questions = list(dict.fromkeys(questions))  # drop repeats, keep order
     if len(questions) < n:
@@ -120,7 +127,7 @@ def answer_prompt(question: str, key_phrases: list[str], media: tuple[str, ...],
 
 
 def build_passage(answers: list[str], description: str, use_answers: bool) -> str:
-    """The re-ranker's passage: the answers joined, with the word "Uncertain" removed, then the description."""
+    """The re-ranker's passage: the answers joined, the word "Uncertain" removed, then the description."""
     kept = []
     if use_answers:
         for answer in answers:

@@ -24,7 +24,9 @@ def _load(path: str, device: str):
 @torch.no_grad()
 def embed_sentences(texts: list[str], path: str, device: str = "cpu", max_length: int = 256) -> torch.Tensor:
     tokenizer, model = _load(path, device)
-    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(device)
+    enc = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(
+        device
+    )
     hidden = model(**enc).last_hidden_state
     mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
     pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)

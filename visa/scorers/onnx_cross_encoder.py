@@ -18,7 +18,9 @@ def _load(model_dir: str):
 
     path = Path(model_dir)
     if not (path / "model.onnx").is_file():
-        raise VisaError(f"no model.onnx in {model_dir}; scorer.model_dir must be a folder with model.onnx and a tokenizer")
+        raise VisaError(
+            f"no model.onnx in {model_dir}; scorer.model_dir must be a folder with model.onnx and a tokenizer"
+        )
     session = onnxruntime.InferenceSession(str(path / "model.onnx"), providers=["CPUExecutionProvider"])
     return AutoTokenizer.from_pretrained(model_dir), session
 
@@ -30,13 +32,21 @@ class OnnxCrossEncoder:
         self.batch_size = batch_size
 
     def identity(self) -> dict:
-        return {"scorer": "onnx-cross-encoder", "model": Path(self.model_dir).name, "max_length": self.max_length}
+        return {
+            "scorer": "onnx-cross-encoder",
+            "model": Path(self.model_dir).name,
+            "max_length": self.max_length,
+        }
 
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         tokenizer, session = _load(self.model_dir)
         enc = tokenizer(
-            [q for q, _ in pairs], [p for _, p in pairs],
-            padding=True, truncation="only_second", max_length=self.max_length, return_tensors="np",
+            [q for q, _ in pairs],
+            [p for _, p in pairs],
+            padding=True,
+            truncation="only_second",
+            max_length=self.max_length,
+            return_tensors="np",
         )
         names = {i.name for i in session.get_inputs()}
         feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
