@@ -98,7 +98,9 @@ class Run:
         items = self.dataset.gallery
         visual_emb = self._stage(
             "encode_visual", [make_key("encode_visual", ident, item_fingerprint(i)) for i in items], items,
-            batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
+            # a backbone's own stream_visual (data-parallel gallery encoding) when it has one
+            getattr(backbone, "stream_visual", None)
+            or batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
         )
         t0 = time.perf_counter()
         depth = max(self.settings.top_k, *self.settings.recall_at)

@@ -1,0 +1,122 @@
+"""Gallery encoding, data-parallel across devices with Lightning Fabric, and the precision settings that
+the real backbones share.
+
+A backbone that mixes in `FabricEncoding` gets a `stream_visual(items)` that the pipeline's encode_visual
+stage uses instead of plain batching. With `devices: 1` it is plain batching in this process. With more,
+Fabric starts one process per device (`strategy: ddp_spawn`, the default: it works from inside a Hydra run
+and from a notebook), each process loads its own copy of the model, encodes every world_size-th item, and
+the embeddings are gathered back in gallery order. The embeddings are the same as a single-process run.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from visa.data import Item
+from visa.devices import resolve_device
+from visa.errors import VisaError
+
+# Fabric's precision names. "-true": the weights are loaded in that dtype; "-mixed": fp32 weights, autocast.
+PRECISIONS = {
+    "32-true": (torch.float32, None),
+    "16-true": (torch.float16, None),
+    "bf16-true": (torch.bfloat16, None),
+    "16-mixed": (torch.float32, torch.float16),
+    "bf16-mixed": (torch.float32, torch.bfloat16),
+}
+# Launchers that work from inside a running program (Hydra run, notebook). Fabric's "ddp" re-executes the
+# command line once per device, which is for scripts written around Fabric, not for this pipeline.
+STRATEGIES = ("ddp_spawn", "ddp_fork")
+
+
+def check_precision(precision: str, where: str) -> None:
+    if precision not in PRECISIONS:
+        raise VisaError(f"{where}.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def weight_dtype(precision: str) -> torch.dtype:
+    return PRECISIONS[precision][0]
+
+
+def autocast(precision: str, device: torch.device):
+    """torch.autocast for the "-mixed" precisions, nothing otherwise."""
+    dtype = PRECISIONS[precision][1]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def oom_hint(error: BaseException, model: str, key: str) -> VisaError:
+    """A one-line VisaError for an out-of-memory, naming the batch-size key to lower."""
+    first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+    return VisaError(f"out of memory running {model} ({first}); lower {key} (e.g. {key}=8)")
+
+
+def _encode_shard(fabric, backbone: Any, rows: list[tuple[str, str, str]], batch_size: int) -> np.ndarray:
+    """Runs in every process: encode this rank's share, gather all shares, restore gallery order."""
+    items = [Item(*row) for row in rows]
+    backbone.device = str(fabric.device)  # each process loads the model onto its own device
+    world, rank = fabric.world_size, fabric.global_rank
+    shard = items[rank::world]
+    starts = range(0, len(shard), batch_size)
+    parts = [backbone.encode_visual(shard[i : i + batch_size]).float() for i in starts]
+    local = torch.cat(parts).to(fabric.device)
+    # all_gather needs the same shape on every rank: pad each share to the largest one
+    rows = math.ceil(len(items) / world)
+    padded = torch.zeros(rows, local.shape[1], device=fabric.device)
+    padded[: len(local)] = local
+    gathered = fabric.all_gather(padded)  # [world, rows, d]
+    order = torch.arange(len(items))
+    # numpy, not a tensor: a tensor would come back through shared memory that dies with the worker
+    return gathered[order % world, order // world].cpu().numpy()
+
+
+def encode_parallel(
+    backbone: Any, items: list[Item], devices: int, strategy: str = "ddp_spawn", accelerator: str = "auto"
+) -> torch.Tensor:
+    """Embeddings of `items` computed by `devices` processes; same values and order as one process."""
+    from lightning.fabric import Fabric
+
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
+    # items travel as plain tuples: Fabric walks the arguments and refuses frozen dataclasses
+    rows = [(item.id, item.path, item.kind) for item in items]
+    return torch.from_numpy(fabric.launch(_encode_shard, backbone, rows, backbone.batch_size))
+
+
+class FabricEncoding:
+    """Mixin: `stream_visual` for the pipeline; needs `encode_visual`, `batch_size`, `devices`, `strategy`,
+    `device`. Loaded weights are not pickled into the worker processes (each loads its own)."""
+
+    devices: int
+    strategy: str
+    device: str
+    batch_size: int
+
+    def check_parallel(self, where: str) -> None:
+        if not isinstance(self.devices, int) or self.devices < 1:
+            raise VisaError(f"{where}.devices={self.devices!r} must be a number of devices >= 1")
+        if self.strategy not in STRATEGIES:
+            raise VisaError(f"{where}.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
+
+    def stream_visual(self, items: list[Item]) -> Iterator[tuple[int, Any]]:
+        if self.devices == 1 or len(items) < self.devices:
+            for start in range(0, len(items), self.batch_size):
+                embeddings = self.encode_visual(items[start : start + self.batch_size])
+                for offset, row in enumerate(embeddings.float().numpy()):
+                    yield start + offset, row
+            return
+        accelerator = resolve_device(self.device).type if self.device != "auto" else "auto"
+        embeddings = encode_parallel(self, items, self.devices, self.strategy, accelerator)
+        yield from enumerate(embeddings.numpy())
+
+    def __getstate__(self) -> dict:
+        # settings only: a model already loaded in the parent is not sent to the worker processes
+        return {k: v for k, v in self.__dict__.items() if not k.startswith("_loaded")}
