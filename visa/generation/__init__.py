@@ -54,8 +54,21 @@ def make_generator(
     video_fps: float = 3.0,
     max_frames: int = 64,
     max_pixels: int | None = None,
+    # hf: "text" (AutoModelForCausalLM) or "vision" (AutoProcessor + AutoModelForImageTextToText)
+    kind: str = "text",
 ) -> Any:
     """Build the generator of `backend` ("hf": transformers in this process; "sglang": a server)."""
+    if backend == "hf" and kind == "vision":
+        from visa.generation.hf import HFVisionGenerator
+
+        return HFVisionGenerator(
+            model=model, dtype=dtype, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens,
+            temperature=temperature, top_p=top_p, system_prompt=system_prompt,
+            trust_remote_code=trust_remote_code, seed=seed, video_fps=video_fps, max_frames=max_frames,
+            max_pixels=max_pixels,
+        )
+    if kind not in ("text", "vision"):
+        raise VisaError(f"kind={kind!r} is not one of text, vision")
     if backend == "hf":
         from visa.generation.hf import HFTextGenerator
 
