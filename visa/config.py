@@ -31,6 +31,13 @@ class QuestionsConfig:
 
 
 @dataclass
+class AnswersConfig:
+    # per_question: one MLLM call per (candidate, question), as the method does;
+    # per_candidate: one call per candidate answering all its questions (the item is encoded once)
+    mode: str = "per_question"
+
+
+@dataclass
 class VisaConfig:
     dataset: Any = MISSING
     backbone: Any = MISSING
@@ -42,6 +49,7 @@ class VisaConfig:
     logger: Any = MISSING
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     questions: QuestionsConfig = field(default_factory=QuestionsConfig)
+    answers: AnswersConfig = field(default_factory=AnswersConfig)
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     cache_dir: str | None = None  # None: $VISA_CACHE, else the user cache folder
     data_dir: str = "./data"

@@ -24,6 +24,7 @@ from visa.fusion import MinMaxFusion, rerank
 from visa.metrics import recall_at_k
 from visa.retrieval import topk_search
 
+ANSWER_MODES = ("per_question", "per_candidate")
 MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
 
 
@@ -45,6 +46,7 @@ class Settings:
     max_questions: int = 3
     recall_at: Sequence[int] = (1, 5, 10)
     progress: bool = True
+    answer_mode: str = "per_question"  # or "per_candidate" (all of a query's questions in one call)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -53,6 +55,8 @@ class Settings:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
             )
+        if self.answer_mode not in ANSWER_MODES:
+            raise VisaError(f"answers.mode={self.answer_mode!r} is not one of {', '.join(ANSWER_MODES)}")
 
 
 def _stream(model) -> Any:
@@ -136,25 +140,33 @@ class Run:
         are ignored at scoring time, as in the method)."""
         ident = answer_mllm.identity()
         use_context = getattr(answer_mllm, "uses_context", False)
+        mode = self.settings.answer_mode
         slots, ps, keys = [], [], []
         for qi, qs in enumerate(questions):
-            if not qs.parsed:
+            if not qs.parsed or not qs.questions:
                 continue
             for rank, gi in enumerate(candidates[qi].tolist()):
                 item = self.dataset.gallery[gi]
                 fp = item_fingerprint(item)
-                for question in qs.questions:
-                    p = prompts.answer_prompt(question, qs.key_phrases, (item.path,), item.kind)
+                media = (item.path,)
+                if mode == "per_candidate":  # one request for all the questions: the item is seen once
+                    batch = [prompts.all_answers_prompt(qs.questions, qs.key_phrases, media, item.kind)]
+                else:
+                    batch = [prompts.answer_prompt(q, qs.key_phrases, media, item.kind) for q in qs.questions]
+                for p in batch:
                     if use_context:
                         p = prompts.Prompt(p.text, p.media, p.media_kind, context=descriptions[item.id])
                     slots.append((qi, rank))
                     ps.append(p)
-                    keys.append(make_key("answer", ident, [p.as_key(), fp]))
+                    keys.append(make_key("answer", ident, [{"mode": mode}, p.as_key(), fp]))
         texts = self._stage("answer", keys, ps, _stream(answer_mllm))
         k = candidates.shape[1]
         answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
         for (qi, rank), text in zip(slots, texts):
-            answers[qi][rank].append(text)
+            if mode == "per_candidate":
+                answers[qi][rank].extend(prompts.parse_all_answers(text, len(questions[qi].questions)))
+            else:
+                answers[qi][rank].append(text)
         return answers
 
     def score(self, scorer, pairs: list[tuple[str, str]]) -> list[float]:
@@ -209,6 +221,7 @@ def run_visa(dataset: Dataset, parts: Components, settings: Settings, cache: Cac
     run._timed("fuse", t0)
     metrics = run.evaluate(candidates, visa_order)
     metrics["questions/fallback"] = sum(not q.parsed for q in questions)
+    metrics["answers/mode"] = settings.answer_mode
     metrics.update(run.report())
     results = _records(dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages)
     return metrics, results

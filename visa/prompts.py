@@ -126,6 +126,47 @@ def answer_prompt(question: str, key_phrases: list[str], media: tuple[str, ...],
     return Prompt(text=text, media=media, media_kind=kind)
 
 
+_ALL_ANSWERS_PROMPT = """\
+Answer each question about this {kind} in one full sentence, not just yes or no. \
+If the {kind} does not let you tell, or shows nothing related to {phrases}, answer that question with the \
+single word "{uncertain}".
+Reply with one numbered line per question, in order, and nothing else:
+{numbered}"""
+
+
+def all_answers_prompt(
+    questions: list[str], key_phrases: list[str], media: tuple[str, ...], kind: str
+) -> Prompt:
+    """One request for all of a query's questions about one item (answers.mode=per_candidate): the model
+    sees the item once instead of once per question."""
+    phrases = ", ".join(f'"{p}"' for p in key_phrases) if key_phrases else "the questions"
+    numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
+    text = _ALL_ANSWERS_PROMPT.format(kind=kind, phrases=phrases, uncertain=UNCERTAIN, numbered=numbered)
+    return Prompt(text=text, media=media, media_kind=kind)
+
+
+_NUMBERED = re.compile(r"^\s*(?:answer\s*)?(\d+)\s*[.):]\s*(.*)$", re.IGNORECASE)
+
+
+def parse_all_answers(reply: str, n: int) -> list[str]:
+    """The n answers of a numbered reply to `all_answers_prompt`; a missing number reads "Uncertain".
+
+    Lines without a number continue the answer above them; an unnumbered single-answer reply to a single
+    question is taken whole."""
+    answers: dict[int, list[str]] = {}
+    current = None
+    for line in reply.splitlines():
+        match = _NUMBERED.match(line)
+        if match and 1 <= int(match.group(1)) <= n and int(match.group(1)) not in answers:
+            current = int(match.group(1))
+            answers[current] = [match.group(2).strip()]
+        elif current is not None and line.strip():
+            answers[current].append(line.strip())
+    if not answers and n == 1 and reply.strip():
+        return [reply.strip()]
+    return [" ".join(answers.get(i, [])).strip() or UNCERTAIN for i in range(1, n + 1)]
+
+
 def build_passage(answers: list[str], description: str, use_answers: bool) -> str:
     """The re-ranker's passage: the answers joined, the word "Uncertain" removed, then the description."""
     kept = []
