@@ -1,4 +1,4 @@
-"""Every paper cell composes on a machine without its data or weights, and every part's keys match its class."""
+"""Every paper cell composes without its data or weights, and every part's keys match its class."""
 
 from __future__ import annotations
 
