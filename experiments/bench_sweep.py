@@ -9,7 +9,8 @@ and reports wall time and model calls computed. The issue's target: B <= 1.5 x A
     python experiments/bench_sweep.py                      # the whole demo (slow on a small CPU)
     python experiments/bench_sweep.py --limit 6 --top-k 3  # a slice of it
 
-Writes experiments/bench_sweep.json (append-only list of measurements) unless --no-save.
+Writes experiments/bench_sweep.json (append-only list of measurements) unless --no-save; --keep DIR keeps
+the sweep's run folders (experiments/runs/... feeds the results ledger).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +55,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N demo images (default: all 45)")
     parser.add_argument("--top-k", type=int, default=None, help="retrieval.top_k (default: the demo's 5)")
     parser.add_argument("--no-save", action="store_true")
+    parser.add_argument("--keep", type=Path, help="copy the sweep's multirun folder here (for the ledger)")
     args = parser.parse_args()
     common = ["progress=false", "questions.max=3"]
     if args.limit:
@@ -69,6 +72,8 @@ def main() -> None:
             ["-m", "sweep=alpha_questions", *common, f"hydra.sweep.dir={sweep_dir}"], tmp_path / "cache-b"
         )
         jobs = sorted(p.parent for p in sweep_dir.glob("*/metrics.json"))
+        if args.keep:
+            shutil.copytree(sweep_dir, args.keep, ignore=shutil.ignore_patterns("wandb"), dirs_exist_ok=True)
         result = {
             "date": time.strftime("%Y-%m-%d %H:%M"),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",

@@ -136,22 +136,18 @@ def test_cli_reports_errors(tmp_path):
 
 def test_recall_plot_lines_per_question_count(tmp_path):
     rows = compare.load_runs([fake_sweep(tmp_path)])
-    import matplotlib.pyplot as plt
-
-    figures = []
-    original = plt.close
-    try:
-        plt.close = figures.append  # keep the figure to inspect it
-        assert compare.plot_recall_vs_alpha(rows, tmp_path / "r.png")
-    finally:
-        plt.close = original
-    axes = figures[0].axes
+    figure = compare.plot_recall_vs_alpha(rows, tmp_path / "r.png")
+    assert (tmp_path / "r.png").is_file()
+    axes = figure.axes
     assert [ax.get_title() for ax in axes] == ["R@1 (dashed: backbone)", "R@5 (dashed: backbone)"]
     solid = [line for line in axes[0].get_lines() if line.get_linestyle() == "-"]
     assert sorted(line.get_label() for line in solid) == ["questions.num=1", "questions.num=2"]
     q2 = next(line for line in solid if line.get_label() == "questions.num=2")
     assert list(q2.get_xdata()) == [0.0, 0.5, 1.0] and list(q2.get_ydata()) == [52.0, 57.0, 62.0]
-    plt.close("all")
+    # Runs without a fusion weight: no plot, no file
+    no_alpha = [{**r, "params": {}} for r in rows]
+    assert compare.plot_recall_vs_alpha(no_alpha, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
 
 
 def _chromium() -> str | None:

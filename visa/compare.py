@@ -19,9 +19,12 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visa.errors import VisaError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 # Settings that explain a run, read from its config when they are not overridden (always shown).
 KEY_SETTINGS = ("fusion.alpha", "questions.num", "questions.max", "retrieval.top_k", "answers.mode")
@@ -214,26 +217,25 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 # -- plots ---------------------------------------------------------------------------------------------------
-def _pyplot():
-    import matplotlib
+def _figure(figsize: tuple[float, float]):
+    # A bare Figure (matplotlib's Agg canvas) rather than pyplot: no global backend or figure state, so a
+    # notebook that calls these keeps its own inline backend, and servers need no display.
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")  # files only; no display on servers and in CI
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(figsize=figsize)
 
 
 def _label(params: dict[str, Any], keys: Sequence[str]) -> str:
     return ", ".join(f"{k}={params.get(k)}" for k in keys) or "runs"
 
 
-def plot_recall_vs_alpha(rows: list[dict[str, Any]], path: Path) -> bool:
+def plot_recall_vs_alpha(rows: list[dict[str, Any]], path: Path) -> Figure | None:
     """R@K against the fusion weight, one line per questions.num (and per value of the other swept
-    parameters), one panel per K; the backbone's R@K dashed. False (no file) without fusion.alpha values."""
+    parameters), one panel per K; the backbone's R@K dashed. Saved to `path` and returned; None (no file)
+    without fusion.alpha values."""
     rows = [r for r in rows if isinstance(r["params"].get("fusion.alpha"), (int, float))]
     if not rows:
-        return False
-    plt = _pyplot()
+        return None
     ks = recall_ks(rows)
     line_keys = [k for k in swept_params(rows) if k != "fusion.alpha"]
     if "questions.num" not in line_keys and "questions.num" in rows[0]["params"]:
@@ -241,7 +243,8 @@ def plot_recall_vs_alpha(rows: list[dict[str, Any]], path: Path) -> bool:
     lines: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         lines.setdefault(_label(row["params"], line_keys), []).append(row)
-    fig, axes = plt.subplots(1, len(ks), figsize=(4.2 * len(ks), 3.6), squeeze=False)
+    fig = _figure((4.2 * len(ks), 3.6))
+    axes = fig.subplots(1, len(ks), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
         for label, members in lines.items():
             members = sorted(members, key=lambda r: r["params"]["fusion.alpha"])
@@ -263,17 +266,16 @@ def plot_recall_vs_alpha(rows: list[dict[str, Any]], path: Path) -> bool:
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return fig
 
 
-def plot_gain(rows: list[dict[str, Any]], path: Path) -> bool:
+def plot_gain(rows: list[dict[str, Any]], path: Path) -> Figure | None:
     """VISA's gain over the backbone (R@K points) per run, one bar per K."""
     ks = recall_ks(rows)
     if not ks:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(rows) * len(ks)), 3.6))
+        return None
+    fig = _figure((max(5.0, 0.5 * len(rows) * len(ks)), 3.6))
+    ax = fig.subplots()
     width = 0.8 / len(ks)
     for i, k in enumerate(ks):
         xs = [j + i * width for j in range(len(rows))]
@@ -286,17 +288,16 @@ def plot_gain(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return fig
 
 
-def plot_stage_time(rows: list[dict[str, Any]], path: Path) -> bool:
+def plot_stage_time(rows: list[dict[str, Any]], path: Path) -> Figure | None:
     """Seconds per stage per run, stacked: where the time goes, and what the cache saved."""
     names = stages(rows)
     if not names:
-        return False
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, max(2.5, 0.3 * len(rows) + 1.2)))
+        return None
+    fig = _figure((7.5, max(2.5, 0.3 * len(rows) + 1.2)))
+    ax = fig.subplots()
     left = [0.0] * len(rows)
     for name in names:
         widths = [float(r["metrics"].get(f"time/{name}", 0.0)) for r in rows]
@@ -310,8 +311,7 @@ def plot_stage_time(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return fig
 
 
 PLOTS = (
@@ -417,7 +417,7 @@ def compare(sources: Sequence[str | Path], out: Path) -> list[dict[str, Any]]:
     rows = load_runs(sources)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "runs.csv")
-    plots = [(name, title) for name, title, plot in PLOTS if plot(rows, out / name)]
+    plots = [(name, title) for name, title, plot in PLOTS if plot(rows, out / name) is not None]
     write_html(rows, plots, out / "index.html")
     return rows
 
