@@ -1,0 +1,70 @@
+"""answers.mode: per_question (a call per candidate and question) or per_candidate (a call per candidate)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models  # noqa: E402
+
+from visa.cache import Cache  # noqa: E402
+from visa.data import Dataset, Item, Query  # noqa: E402
+from visa.errors import VisaError  # noqa: E402
+from visa.generation import make_generator  # noqa: E402
+from visa.pipeline import Run, Settings  # noqa: E402
+from visa.prompts import Questions, all_answers_prompt, parse_all_answers  # noqa: E402
+
+QUESTIONS = ["Is there a dog in the picture?", "What colour is the car?", "How many people are there?"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("modes")
+    paths = tiny_models.write_images(root / "imgs", 3)
+    gallery = [Item(f"i{n}", str(p)) for n, p in enumerate(paths)]
+    dataset = Dataset("tiny", gallery, [Query("a dog and a red car", (0,)), Query("three people", (1,))])
+    vlm = tiny_models.qwen2_vl_dir(root / "vlm")
+    return dataset, vlm, root
+
+
+@pytest.mark.parametrize("mode,calls_per_candidate", [("per_question", 3), ("per_candidate", 1)])
+def test_calls_and_media_per_mode(setup, mode, calls_per_candidate, tmp_path):
+    dataset, vlm, _ = setup
+    gen = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=3, batch_size=8)
+    run = Run(dataset, Settings(top_k=2, answer_mode=mode, progress=False), Cache(tmp_path / "cache"))
+    questions = [Questions(["dog"], QUESTIONS, True), Questions(["people"], QUESTIONS, True)]
+    candidates = torch.tensor([[0, 1], [1, 2]])
+    answers = run.answer(gen, questions, candidates, {})
+    assert run.stats["answer"].computed == 2 * 2 * calls_per_candidate
+    assert gen.media_encoded == 2 * 2 * calls_per_candidate  # the vision encoder sees each item this often
+    assert all(len(per_rank) == 3 for per_query in answers for per_rank in per_query)
+
+
+def test_mode_is_part_of_the_cache_key(setup, tmp_path):
+    dataset, vlm, _ = setup
+    gen = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=3)
+    cache = Cache(tmp_path / "cache")
+    questions = [Questions([], QUESTIONS[:1], True), Questions([], QUESTIONS[:1], True)]
+    candidates = torch.tensor([[0], [1]])
+    for mode, computed in (("per_question", 2), ("per_candidate", 2), ("per_question", 0)):
+        run = Run(dataset, Settings(top_k=1, answer_mode=mode, progress=False), cache)
+        run.answer(gen, questions, candidates, {})
+        assert run.stats["answer"].computed == computed, mode
+
+
+def test_all_answers_prompt_and_parsing():
+    prompt = all_answers_prompt(QUESTIONS, ["dog"], ("x.png",), "image")
+    assert all(f"{i}. {q}" in prompt.text for i, q in enumerate(QUESTIONS, 1)) and prompt.media == ("x.png",)
+    reply = "1. Yes, a dog sits on the grass.\n2) The car is red\nand shiny.\nnoise"
+    assert parse_all_answers(reply, 3) == [
+        "Yes, a dog sits on the grass.",
+        "The car is red and shiny. noise",
+        "Uncertain",
+    ]
+    assert parse_all_answers("A dog.", 1) == ["A dog."]
+    with pytest.raises(VisaError, match="answers.mode"):
+        Settings(answer_mode="per_item")
