@@ -100,16 +100,19 @@ def check_part(node: DictConfig, where: str) -> None:
         raise VisaError(f"{where} has no _target_; each part's yaml names the class it builds")
     target = _import_target(node._target_, where)
     signature = inspect.signature(target)
-    hints = typing.get_type_hints(target.__init__) if inspect.isclass(target) else typing.get_type_hints(target)
-    params = {n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    hints = (
+        typing.get_type_hints(target.__init__) if inspect.isclass(target) else typing.get_type_hints(target)
+    )
+    params = {
+        n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
     values = OmegaConf.to_container(node, resolve=True)
     for key, value in values.items():
         if key.startswith("_"):
             continue
         if key not in params:
-            raise VisaError(
-                f"{where}.{key} is not a setting of {node._target_}; valid keys: {', '.join(params) or '(none)'}"
-            )
+            valid = ", ".join(params) or "(none)"
+            raise VisaError(f"{where}.{key} is not a setting of {node._target_}; valid keys: {valid}")
         if not _type_ok(value, hints.get(key, params[key].annotation)):
             expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
             raise VisaError(f"{where}.{key}={value!r} has the wrong type; expected {expected}")

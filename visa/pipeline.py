@@ -69,7 +69,9 @@ def item_fingerprint(item: Item) -> dict:
     try:
         st = os.stat(item.path)
     except OSError as e:
-        raise VisaError(f"{item.kind} not found or unreadable: {item.path} (item {item.id!r}): {e.strerror}") from e
+        raise VisaError(
+            f"{item.kind} not found or unreadable: {item.path} (item {item.id!r}): {e.strerror}"
+        ) from e
     return {"path": os.path.abspath(item.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
@@ -96,12 +98,16 @@ class Run:
         ident = backbone.identity()
         texts = [q.text for q in self.dataset.queries]
         text_emb = self._stage(
-            "encode_text", [make_key("encode_text", ident, t) for t in texts], texts,
+            "encode_text",
+            [make_key("encode_text", ident, t) for t in texts],
+            texts,
             batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
         )
         items = self.dataset.gallery
         visual_emb = self._stage(
-            "encode_visual", [make_key("encode_visual", ident, item_fingerprint(i)) for i in items], items,
+            "encode_visual",
+            [make_key("encode_visual", ident, item_fingerprint(i)) for i in items],
+            items,
             # a backbone's own stream_visual (data-parallel gallery encoding) when it has one
             getattr(backbone, "stream_visual", None)
             or batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
@@ -109,7 +115,9 @@ class Run:
         t0 = time.perf_counter()
         depth = max(self.settings.top_k, *self.settings.recall_at)
         result = topk_search(
-            torch.from_numpy(np.stack(text_emb)), torch.from_numpy(np.stack(visual_emb)), depth,
+            torch.from_numpy(np.stack(text_emb)),
+            torch.from_numpy(np.stack(visual_emb)),
+            depth,
             self.settings.chunk_size,
         )
         self._timed("retrieve", t0)
@@ -134,7 +142,11 @@ class Run:
         return parsed
 
     def answer(
-        self, answer_mllm, questions: list[prompts.Questions], candidates: torch.Tensor, descriptions: dict[str, str]
+        self,
+        answer_mllm,
+        questions: list[prompts.Questions],
+        candidates: torch.Tensor,
+        descriptions: dict[str, str],
     ) -> list[list[list[str]]]:
         """answers[query][rank][question]; queries whose questions fell back are not asked (their answers
         are ignored at scoring time, as in the method)."""
@@ -194,7 +206,9 @@ class Run:
         return out
 
 
-def run_visa(dataset: Dataset, parts: Components, settings: Settings, cache: Cache) -> tuple[dict, list[dict]]:
+def run_visa(
+    dataset: Dataset, parts: Components, settings: Settings, cache: Cache
+) -> tuple[dict, list[dict]]:
     """Run every stage; returns (metrics, one result record per query)."""
     for item in dataset.gallery:  # a missing file stops the run here, before any model loads
         item_fingerprint(item)
@@ -214,7 +228,9 @@ def run_visa(dataset: Dataset, parts: Components, settings: Settings, cache: Cac
         for qi in range(len(dataset.queries))
     ]
     flat_pairs = [(q.text, p) for q, row in zip(dataset.queries, passages) for p in row]
-    text_scores = torch.tensor(run.score(parts.scorer, flat_pairs), dtype=torch.float32).view(len(passages), k)
+    text_scores = torch.tensor(run.score(parts.scorer, flat_pairs), dtype=torch.float32).view(
+        len(passages), k
+    )
     t0 = time.perf_counter()
     fused = parts.fusion(base_scores[:, :k], text_scores)
     visa_order = rerank(candidates, fused)
@@ -223,11 +239,15 @@ def run_visa(dataset: Dataset, parts: Components, settings: Settings, cache: Cac
     metrics["questions/fallback"] = sum(not q.parsed for q in questions)
     metrics["answers/mode"] = settings.answer_mode
     metrics.update(run.report())
-    results = _records(dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages)
+    results = _records(
+        dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages
+    )
     return metrics, results
 
 
-def evaluate_precomputed(dataset: Dataset, fusion: MinMaxFusion, settings: Settings) -> tuple[dict, list[dict]]:
+def evaluate_precomputed(
+    dataset: Dataset, fusion: MinMaxFusion, settings: Settings
+) -> tuple[dict, list[dict]]:
     """Base and fused recall from precomputed score matrices (the reference release); loads no model."""
     pre = dataset.precomputed
     assert pre is not None
@@ -245,10 +265,10 @@ def evaluate_precomputed(dataset: Dataset, fusion: MinMaxFusion, settings: Setti
     run._timed("fuse", t0)
     metrics = run.evaluate(candidates, visa_order)
     metrics.update({f"time/{s}": round(t, 4) for s, t in run.times.items()})
-    questions = [
-        prompts.Questions([], qs, True) for qs in (pre.questions or [[] for _ in dataset.queries])
-    ]
-    results = _records(dataset, candidates, base_scores, visa_order, fused, text_scores, questions, None, None)
+    questions = [prompts.Questions([], qs, True) for qs in (pre.questions or [[] for _ in dataset.queries])]
+    results = _records(
+        dataset, candidates, base_scores, visa_order, fused, text_scores, questions, None, None
+    )
     return metrics, results
 
 
@@ -259,8 +279,11 @@ def _records(dataset, candidates, base_scores, visa_order, fused, text_scores, q
     for qi, query in enumerate(dataset.queries):
         top_ids = [gallery[g].id for g in candidates[qi, :k].tolist()]
         by_id = {
-            top_ids[r]: {"base": round(base_scores[qi, r].item(), 6), "text": round(text_scores[qi, r].item(), 6),
-                         "fused": round(fused[qi, r].item(), 6)}
+            top_ids[r]: {
+                "base": round(base_scores[qi, r].item(), 6),
+                "text": round(text_scores[qi, r].item(), 6),
+                "fused": round(fused[qi, r].item(), 6),
+            }
             for r in range(k)
         }
         record = {

@@ -62,9 +62,18 @@ def make_generator(
         from visa.generation.hf import HFVisionGenerator
 
         return HFVisionGenerator(
-            model=model, dtype=dtype, device=device, batch_size=batch_size, max_new_tokens=max_new_tokens,
-            temperature=temperature, top_p=top_p, system_prompt=system_prompt,
-            trust_remote_code=trust_remote_code, seed=seed, video_fps=video_fps, max_frames=max_frames,
+            model=model,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            system_prompt=system_prompt,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
+            video_fps=video_fps,
+            max_frames=max_frames,
             max_pixels=max_pixels,
         )
     if kind not in ("text", "vision"):
@@ -73,18 +82,40 @@ def make_generator(
         from visa.generation.hf import HFTextGenerator
 
         return HFTextGenerator(
-            model=model, gguf_file=gguf_file, dtype=dtype, device=device, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, system_prompt=system_prompt,
-            uses_context=uses_context, trust_remote_code=trust_remote_code, seed=seed,
+            model=model,
+            gguf_file=gguf_file,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            system_prompt=system_prompt,
+            uses_context=uses_context,
+            trust_remote_code=trust_remote_code,
+            seed=seed,
         )
     if backend == "sglang":
         from visa.generation.sglang import SGLangGenerator
 
         return SGLangGenerator(
-            model=model, url=url, launch=launch, server=server, max_concurrency=max_concurrency,
-            request_timeout=request_timeout, max_retries=max_retries, retry_backoff=retry_backoff,
-            batch_size=batch_size, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-            system_prompt=system_prompt, uses_context=uses_context, seed=seed, video_fps=video_fps,
-            max_frames=max_frames, max_pixels=max_pixels,
+            model=model,
+            url=url,
+            launch=launch,
+            server=server,
+            max_concurrency=max_concurrency,
+            request_timeout=request_timeout,
+            max_retries=max_retries,
+            retry_backoff=retry_backoff,
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            system_prompt=system_prompt,
+            uses_context=uses_context,
+            seed=seed,
+            video_fps=video_fps,
+            max_frames=max_frames,
+            max_pixels=max_pixels,
         )
     raise VisaError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
