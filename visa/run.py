@@ -84,6 +84,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             **metrics,
             "data/queries": len(dataset.queries),
             "data/gallery": len(dataset.gallery),
+            "data/skipped": len(dataset.skipped),  # bad items left out with dataset.on_bad_item=skip
             "time/total": round(time.perf_counter() - t_start, 3),
         }
         write_outputs(run_dir, metrics, results)
