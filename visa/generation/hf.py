@@ -36,27 +36,30 @@ def _oom(model: str, batch_size: int) -> VisaError:
     )
 
 
+def _pad_left(tokenizer):
+    tokenizer.padding_side = "left"  # decoder-only models generate after the prompt
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _load_lm(loader, model: str, dtype: str, device: str, trust_remote_code: bool, **kwargs):
+    """The model in eval mode: spread over the GPUs on "auto" with GPUs, else moved to `device`."""
+    placement, _ = _load_device_map(device)
+    lm = load_pretrained(
+        loader, model, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code, **kwargs, **placement
+    )
+    return (lm if placement else lm.to(resolve_device(device))).eval()
+
+
 @functools.lru_cache(maxsize=4)
 def _load_causal_lm(model: str, gguf_file: str | None, dtype: str, device: str, trust_remote_code: bool):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = load_pretrained(AutoTokenizer, model, trust_remote_code=trust_remote_code, **kwargs)
-    tokenizer.padding_side = "left"  # decoder-only models generate after the prompt
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    placement, _ = _load_device_map(device)
-    lm = load_pretrained(
-        AutoModelForCausalLM,
-        model,
-        dtype=_DTYPES[dtype],
-        trust_remote_code=trust_remote_code,
-        **kwargs,
-        **placement,
-    )
-    if not placement:
-        lm = lm.to(resolve_device(device))
-    return tokenizer, lm.eval()
+    lm = _load_lm(AutoModelForCausalLM, model, dtype, device, trust_remote_code, **kwargs)
+    return _pad_left(tokenizer), lm
 
 
 class HFTextGenerator:
@@ -159,21 +162,8 @@ def _load_vision_lm(model: str, dtype: str, device: str, trust_remote_code: bool
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     processor = load_pretrained(AutoProcessor, model, trust_remote_code=trust_remote_code)
-    tokenizer = processor.tokenizer
-    tokenizer.padding_side = "left"  # decoder-only models generate after the prompt
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    placement, _ = _load_device_map(device)
-    lm = load_pretrained(
-        AutoModelForImageTextToText,
-        model,
-        dtype=_DTYPES[dtype],
-        trust_remote_code=trust_remote_code,
-        **placement,
-    )
-    if not placement:
-        lm = lm.to(resolve_device(device))
-    return processor, lm.eval()
+    _pad_left(processor.tokenizer)
+    return processor, _load_lm(AutoModelForImageTextToText, model, dtype, device, trust_remote_code)
 
 
 class HFVisionGenerator(HFTextGenerator):
