@@ -125,6 +125,10 @@ class HFTextGenerator:
             for p in prompts
         ]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+        return self._complete(lm, enc, tokenizer)
+
+    def _complete(self, lm, enc, tokenizer) -> list[str]:
+        """Generate after the (left-padded) prompts in `enc`; the new tokens decoded, per prompt."""
         sampling = self.temperature > 0
         if sampling:
             torch.manual_seed(self.seed)
@@ -140,10 +144,8 @@ class HFTextGenerator:
             )
         except torch.OutOfMemoryError as e:
             raise _oom(self.model, self.batch_size) from e
-        return [
-            t.strip()
-            for t in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        ]
+        replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [t.strip() for t in replies]
 
 
 VIDEO_MAX_PIXELS = 360 * 420  # per frame when max_pixels is not set: the method's video setting
@@ -261,20 +263,4 @@ class HFVisionGenerator(HFTextGenerator):
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(lm.dtype)
         self.media_encoded += len(images) + len(videos)
-        sampling = self.temperature > 0
-        if sampling:
-            torch.manual_seed(self.seed)
-        try:
-            out = lm.generate(
-                **enc,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=sampling,
-                temperature=self.temperature if sampling else None,
-                top_p=self.top_p if sampling else None,
-                top_k=None,
-                pad_token_id=processor.tokenizer.pad_token_id,
-            )
-        except torch.OutOfMemoryError as e:
-            raise _oom(self.model, self.batch_size) from e
-        replies = processor.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        return [t.strip() for t in replies]
+        return self._complete(lm, enc, processor.tokenizer)
