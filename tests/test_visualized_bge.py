@@ -119,3 +119,17 @@ def test_identity_follows_what_changes_embeddings(model):
     a = make(model).identity()
     assert a == make(model, batch_size=3).identity()
     assert a != make(model, max_text_length=16).identity()
+
+
+@pytest.mark.parametrize("name", ["visualized_bge", "visualized_bge_m3"])
+def test_configs_match_the_class(name):
+    from conftest import REPO
+    from hydra import compose, initialize_config_dir
+
+    from visa.config import check_part, register
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=[f"backbone={name}"])
+    check_part(cfg.backbone, "backbone")
+    assert cfg.backbone.weights.endswith(".pth") and "BAAI/" in cfg.backbone.text_model
