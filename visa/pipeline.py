@@ -37,6 +37,29 @@ class Components:
     scorer: Any
     fusion: MinMaxFusion
 
+    def generators(self) -> dict[str, Any]:
+        return {
+            "question_llm": self.question_llm,
+            "answer_mllm": self.answer_mllm,
+            "describer": self.describer,
+        }
+
+    def close(self) -> None:
+        """Let every part that started something (a launched server) stop it."""
+        for part in (self.backbone, *self.generators().values(), self.scorer):
+            close = getattr(part, "close", None)  # an optional ability (visa.generation.ClosableGenerator)
+            if close is not None:
+                close()
+
+    def counters(self) -> dict[str, int]:
+        """The generators' own counters (e.g. malformed replies, retried requests) as metrics."""
+        out = {}
+        for group, part in self.generators().items():
+            counters = getattr(part, "counters", None)  # optional ability (ClosableGenerator)
+            for name, value in (counters() if counters else {}).items():
+                out[f"generation/{group}/{name}"] = value
+        return out
+
 
 @dataclass
 class Settings:
