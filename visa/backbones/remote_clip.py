@@ -19,7 +19,7 @@ from visa.backbones.hf_dual import HFDualEncoder
 from visa.backbones.parallel import autocast, oom_hint, weight_dtype
 from visa.devices import resolve_device
 from visa.errors import VisaError
-from visa.generation.hf import load_pretrained
+from visa.loading import load_pretrained
 
 
 class RemoteCodeClip(HFDualEncoder):
