@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from visa import prompts
+from visa.backbones import Backbone
 from visa.cache import Cache, StageStats, batched, make_key, run_stage
 from visa.data import Dataset, Item
 from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
+from visa.generation import Generator
 from visa.metrics import recall_at_k
 from visa.retrieval import topk_search
+from visa.scorers import Scorer
 
 ANSWER_MODES = ("per_question", "per_candidate")
 MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
@@ -30,12 +33,37 @@ MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "sc
 
 @dataclass
 class Components:
-    backbone: Any
-    question_llm: Any
-    answer_mllm: Any
-    describer: Any
-    scorer: Any
+    """The parts of a run, each a class that satisfies its group's Protocol."""
+
+    backbone: Backbone
+    question_llm: Generator
+    answer_mllm: Generator
+    describer: Generator
+    scorer: Scorer
     fusion: MinMaxFusion
+
+    def generators(self) -> dict[str, Generator]:
+        return {
+            "question_llm": self.question_llm,
+            "answer_mllm": self.answer_mllm,
+            "describer": self.describer,
+        }
+
+    def close(self) -> None:
+        """Let every part that started something (a launched server) stop it."""
+        for part in (self.backbone, *self.generators().values(), self.scorer):
+            close = getattr(part, "close", None)  # an optional ability (visa.generation.ClosableGenerator)
+            if close is not None:
+                close()
+
+    def counters(self) -> dict[str, int]:
+        """The generators' own counters (e.g. malformed replies, retried requests) as metrics."""
+        out = {}
+        for group, part in self.generators().items():
+            counters = getattr(part, "counters", None)  # optional ability (ClosableGenerator)
+            for name, value in (counters() if counters else {}).items():
+                out[f"generation/{group}/{name}"] = value
+        return out
 
 
 @dataclass

@@ -83,13 +83,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 metrics, results = run_visa(dataset, parts, settings, cache)
             finally:
                 cache.close()
-                for part in (parts.question_llm, parts.answer_mllm, parts.describer):
-                    if hasattr(part, "close"):  # stop the servers this run launched
-                        part.close()
-            for group in ("question_llm", "answer_mllm", "describer"):
-                for counter in ("malformed", "retried"):  # server replies without a text; failed tries
-                    if hasattr(getattr(parts, group), counter):
-                        metrics[f"generation/{group}/{counter}"] = getattr(getattr(parts, group), counter)
+                parts.close()  # stops the servers this run launched
+            metrics.update(parts.counters())
         metrics = {
             **metrics,
             "data/queries": len(dataset.queries),
