@@ -80,6 +80,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 for counter in ("malformed", "retried"):  # server replies without a text; failed tries
                     if hasattr(getattr(parts, group), counter):
                         metrics[f"generation/{group}/{counter}"] = getattr(getattr(parts, group), counter)
+            for counter in ("truncated_queries", "truncated_passages"):  # pairs cut to the scorer's budgets
+                if hasattr(parts.scorer, counter):
+                    metrics[f"score/{counter}"] = getattr(parts.scorer, counter)
         metrics = {
             **metrics,
             "data/queries": len(dataset.queries),

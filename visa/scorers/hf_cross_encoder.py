@@ -1,5 +1,6 @@
 """Any transformers cross-encoder (a sequence-classification model over (query, passage) pairs) by hub id or
-local folder; bge-reranker-v2-m3 is one. The score is the raw logit of the first output."""
+local folder; bge-reranker-v2-m3 is one. The score is the raw logit of the first output. The query is cut to
+`query_max_length` tokens (default 3/4 of `max_length`), then the passage to what is left of `max_length`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from visa.devices import resolve_device
 from visa.errors import VisaError
 from visa.generation.hf import load_pretrained
+from visa.scorers.budget import PairBudget
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -26,11 +28,12 @@ def _load(model: str, dtype: str, device: str, trust_remote_code: bool):
     return tokenizer, net.to(resolve_device(device)).eval()
 
 
-class HFCrossEncoder:
+class HFCrossEncoder(PairBudget):
     def __init__(
         self,
         model: str,
         max_length: int = 512,
+        query_max_length: int | None = None,
         dtype: str = "float32",
         device: str = "auto",
         batch_size: int = 32,
@@ -38,7 +41,8 @@ class HFCrossEncoder:
     ):
         if dtype not in _DTYPES:
             raise VisaError(f"scorer.dtype={dtype!r} is not one of {', '.join(_DTYPES)}")
-        self.model, self.max_length, self.dtype, self.device = model, max_length, dtype, device
+        super().__init__(query_max_length, max_length)
+        self.model, self.dtype, self.device = model, dtype, device
         self.batch_size, self.trust_remote_code = batch_size, trust_remote_code
 
     def identity(self) -> dict:
@@ -46,15 +50,17 @@ class HFCrossEncoder:
             "scorer": "hf-cross-encoder",
             "model": Path(self.model).name if Path(self.model).exists() else self.model,
             "max_length": self.max_length,
+            "query_max_length": self.query_max_length,
             "dtype": self.dtype,
         }
 
     @torch.no_grad()
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         tokenizer, net = _load(self.model, self.dtype, self.device, self.trust_remote_code)
+        queries, passages = self.cut_queries(tokenizer, pairs)
         enc = tokenizer(
-            [q for q, _ in pairs],
-            [p for _, p in pairs],
+            queries,
+            passages,
             padding=True,
             truncation="only_second",
             max_length=self.max_length,
