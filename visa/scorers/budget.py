@@ -32,6 +32,9 @@ class PairBudget:
         self.truncated_queries = 0
         self.truncated_passages = 0
 
+    def counters(self) -> dict[str, int]:
+        return {"truncated_queries": self.truncated_queries, "truncated_passages": self.truncated_passages}
+
     def cut_queries(self, tokenizer, pairs: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
         """(queries, passages) ready for `tokenizer(queries, passages, truncation="only_second",
         max_length=max_length)`: queries over budget end at the end of their last kept token."""
