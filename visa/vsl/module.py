@@ -103,7 +103,8 @@ class RegionMatcherModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._resume_rng = checkpoint.get("rng_state")
 
-    def on_train_start(self) -> None:
+    def on_train_epoch_start(self) -> None:
+        # Before the epoch's data iterator is made (it draws a seed from the same generator).
         state = getattr(self, "_resume_rng", None)
         if state is not None:
             torch.set_rng_state(state["torch"])
