@@ -143,6 +143,7 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
     t_start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
     datamodule = build(cfg.data, "data", seed=cfg.seed)
     check_shapes(cfg, datamodule)
