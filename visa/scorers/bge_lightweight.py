@@ -24,7 +24,7 @@ default: `max_length` + the separator and prompt tokens). Cuts are counted in `t
 
 Attention is eager so that Gemma 2's attention-logit soft-capping applies. FlagEmbedding's own class, and the
 paper's step-3 script, ask transformers 4.x for SDPA attention, which skips the soft-capping:
-`attention_softcapping=False` reproduces those numbers.
+`attention_softcapping=False` reproduces those numbers, with torch's SDPA kernel too.
 """
 
 from __future__ import annotations
@@ -245,8 +245,11 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
         missing = sorted(info["missing_keys"])[0]
         raise VisaError(f"{model!r} lacks Gemma 2 weights ({missing}, ...); is the download complete?")
     if not softcapping:
+        # without the soft-cap, attention is plain scaled dot-product attention: torch's fused kernel computes
+        # it without materialising the attention matrices (the numbers of FlagEmbedding's SDPA default)
         for layer in decoder.layers:
             layer.self_attn.attn_logit_softcapping = None
+        decoder.config._attn_implementation = "sdpa"
     heads = _read_heads(folder, len(range(start, layers + 1, sep)))
     return tokenizer, LightweightGemma(decoder, heads.to(placement)).eval()
 
