@@ -10,7 +10,7 @@ read as
 and the score is the raw logit of a head applied to the last token's normalised hidden state at a cutoff layer
 (no sigmoid). Two options make it cheaper, as in FlagEmbedding's LightweightLLMReranker, whose behaviour this
 module reproduces (tests/test_bge_lightweight.py checks it against FlagEmbedding's own scores):
-- `cutoff_layers`: stop the stack at that layer; layers above the deepest cutoff are not even loaded. As in
+- `cutoff_layers`: stop the stack at that layer; layers past the deepest cutoff are not even loaded. As in
   FlagEmbedding and the model's published code, the k-th requested cutoff layer (in depth order) is scored by
   head `lm_head.k`; with one cutoff layer (the method's 28) that is `lm_head.0`.
 - `compress_ratio` + `compress_layers`: before each listed layer (the deepest cutoff ends the stack first) the
@@ -24,7 +24,7 @@ default: `max_length` + the separator and prompt tokens). Cuts are counted in `t
 
 Attention is eager so that Gemma 2's attention-logit soft-capping applies. FlagEmbedding's own class, and the
 paper's step-3 script, ask transformers 4.x for SDPA attention, which skips the soft-capping:
-`attention_softcapping=False` reproduces those numbers.
+`attention_softcapping=False` reproduces those numbers, with torch's SDPA kernel too.
 """
 
 from __future__ import annotations
@@ -43,20 +43,24 @@ DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SEPARATOR = "\n"
 # config.json keys of the published checkpoint that are not Gemma 2's
 _LIGHTWEIGHT_KEYS = ("start_layer", "layer_sep", "layer_wise")
-_NOT_GEMMA2 = ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version")
-_NOT_GEMMA2 += ("torch_dtype",)
+_NOT_GEMMA2 = (
+    "model_type",
+    "architectures",
+    "auto_map",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+)
 
 
 class LightweightGemma(torch.nn.Module):
     """A stock transformers `Gemma2Model` with the light-weight re-ranker's score heads, cutoff and token
     compression. `heads[k]` is the checkpoint's `lm_head.k.linear_head.weight`."""
 
-    def __init__(self, decoder, heads: torch.Tensor, start_layer: int, layer_sep: int, num_layers: int):
+    def __init__(self, decoder, heads: torch.Tensor):
         super().__init__()
         self.decoder = decoder
         self.register_buffer("heads", heads)
-        self.usable_layers = list(range(start_layer, num_layers + 1, layer_sep))
-        self.num_layers = num_layers
         self.final_softcap = decoder.config.final_logit_softcapping
         self.sliding_window = decoder.config.sliding_window
         self.layer_types = decoder.config.layer_types
@@ -207,11 +211,12 @@ def _transformers_errors_only():
 
 @load_once(maxsize=1)
 def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, softcapping: bool):
-    """(tokenizer, LightweightGemma) with the layers above `deepest_layer` dropped."""
+    """(tokenizer, LightweightGemma) with only the layers below `deepest_layer`."""
     from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
 
     class Decoder(Gemma2Model):
-        _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+        # the score heads are read apart; the layers past the deepest cutoff are not built
+        _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^model\.layers\.\d+\."]
 
     folder = _checkpoint_folder(model)
     raw = json.loads((folder / "config.json").read_text())
@@ -221,7 +226,9 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
             "start_layer or layer_sep); use a BAAI/bge-reranker-v2.5-gemma2-lightweight checkpoint"
         )
     start, sep, layers = raw["start_layer"], raw["layer_sep"], raw["num_hidden_layers"]
-    config = Gemma2Config(**{k: v for k, v in raw.items() if k not in _NOT_GEMMA2 + _LIGHTWEIGHT_KEYS})
+    gemma2 = {k: v for k, v in raw.items() if k not in _NOT_GEMMA2 + _LIGHTWEIGHT_KEYS}
+    # the stack never runs past the deepest cutoff layer: build (and load) only the layers below it
+    config = Gemma2Config(**{**gemma2, "num_hidden_layers": max(deepest_layer, 1)})
     placement = resolve_device(device)
     with _transformers_errors_only():
         decoder, info = load_pretrained(
@@ -237,12 +244,14 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])[0]
         raise VisaError(f"{model!r} lacks Gemma 2 weights ({missing}, ...); is the download complete?")
-    decoder.layers = decoder.layers[:deepest_layer]  # the stack never runs past the deepest cutoff layer
     if not softcapping:
+        # without the soft-cap, attention is plain scaled dot-product attention: torch's fused kernel computes
+        # it without materialising the attention matrices (the numbers of FlagEmbedding's SDPA default)
         for layer in decoder.layers:
             layer.self_attn.attn_logit_softcapping = None
+        decoder.config._attn_implementation = "sdpa"
     heads = _read_heads(folder, len(range(start, layers + 1, sep)))
-    return tokenizer, LightweightGemma(decoder, heads.to(placement), start, sep, layers).eval()
+    return tokenizer, LightweightGemma(decoder, heads.to(placement)).eval()
 
 
 class BGELightweightReranker:
