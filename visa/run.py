@@ -68,6 +68,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         num_questions=cfg.questions.num,
         max_questions=cfg.questions.max,
         answer_mode=cfg.answers.mode,
+        question_retries=cfg.questions.retries,
+        retry_temperature=cfg.questions.retry_temperature,
+        passage_separator=cfg.passage.separator,
         recall_at=list(cfg.recall_at),
         progress=cfg.progress,
     )
