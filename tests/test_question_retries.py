@@ -64,6 +64,7 @@ def test_unparsed_replies_are_retried_with_new_seeds_then_fall_back(tmp_path):
     retries = [p for p in llm.requests if p.seed is not None]
     assert [(p.seed, p.temperature) for p in retries] == [(1, 0.2), (1, 0.2), (2, 0.2), (2, 0.2)]
     assert run.stats["ask"].computed == 7
+    assert run.report()["calls/ask/computed"] == 7
 
     again = Run(dataset, settings, Cache(tmp_path / "cache"))  # every try was cached under its own key
     llm.requests.clear()

@@ -393,6 +393,7 @@ def _records(dataset, candidates, base_scores, visa_order, fused, text_scores, q
             "key_phrases": questions[qi].key_phrases,
             "questions": questions[qi].questions,
             "questions_parsed": questions[qi].parsed,
+            "question_tries": questions[qi].tries,  # 1 + the retries this query's reply needed
             "base_top": [{"id": i, "score": by_id[i]["base"]} for i in top_ids],
             "visa_top": [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in visa_order[qi, :k].tolist()],
         }
