@@ -65,13 +65,18 @@ def open_clip_dir(folder: Path, context_length: int = 77) -> Path:
     return folder
 
 
-def word_tokenizer(specials: list[str] | None = None, chat_template: str | None = None):
-    """A fast tokenizer over WORDS (whitespace and punctuation split), with the given special tokens."""
+def word_tokenizer(
+    specials: list[str] | None = None, chat_template: str | None = None, extra_words: tuple[str, ...] = ()
+):
+    """A fast tokenizer over WORDS (whitespace and punctuation split), with the given special tokens.
+    `extra_words` join the vocabulary as they are: the split never produces those holding punctuation, but a
+    model can emit them and they decode as written."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     base = ["<pad>", "<unk>", "<s>", "</s>"]
-    vocab = {w: i for i, w in enumerate(base + sorted(set(WORDS) | set(".,?!:\"'-0123456789")))}
+    words = sorted(set(WORDS) | set(".,?!:\"'-0123456789") | set(extra_words))
+    vocab = {w: i for i, w in enumerate(base + words)}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -122,11 +127,11 @@ def _words_only(model, tokenizer) -> None:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def qwen2_text_dir(folder: Path) -> Path:
+def qwen2_text_dir(folder: Path, extra_words: tuple[str, ...] = ()) -> Path:
     """A tiny Qwen2 causal LM (the Qwen2.5-Instruct architecture) with a ChatML tokenizer."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = word_tokenizer(CHAT_SPECIALS, CHATML)
+    tokenizer = word_tokenizer(CHAT_SPECIALS, CHATML, extra_words)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=32,
