@@ -1,12 +1,11 @@
-"""A Hugging Face hub cache (`$HF_HOME/hub`) holding a tiny random-weight checkpoint under the real id of every
-model the paper's experiment cells name, each in its published layout, and tiny copies of every paper dataset
-in its published format: what `pytest -m rehearsal` runs the 12 cells on.
+"""A Hugging Face hub cache (`$HF_HOME/hub`) holding a tiny random-weight checkpoint under the real id of
+every model the paper's experiment cells name, each in its published layout, and tiny copies of every
+paper dataset in its published format: what `pytest -m rehearsal` runs the 12 cells on.
 
-Where the model's own code cannot run here (InternVideo2's and EVA-CLIP-18B's hub code needs flash-attn and a
-GPU; LoTLIP ships a fork of open_clip), the repository holds a stand-in with the same files: a config.json whose
-auto_map names modelling code in the repository, or an open_clip_config.json, exposing the methods our
-adapters call. Everything else is the library's own class built from a tiny config.
-"""
+Where the model's own code cannot run here (InternVideo2's and EVA-CLIP-18B's hub code needs flash-attn
+and a GPU; LoTLIP ships a fork of open_clip), the repository holds a stand-in with the same files: a
+config.json whose auto_map names modelling code in the repository, or an open_clip_config.json, exposing
+the methods our adapters call. Everything else is the library's own class built from a tiny config."""
 
 from __future__ import annotations
 
@@ -38,8 +37,8 @@ def hub_repo(hf_home: Path, repo_id: str) -> Path:
 
 
 def siglip_open_clip(folder: Path, repo_id: str) -> None:
-    """An `hf-hub:` open_clip SigLIP repository: open_clip_config.json naming the repository's own HF tokenizer,
-    the weights, and the tokenizer files (timm/ViT-SO400M-14-SigLIP-384's layout, tiny)."""
+    """An `hf-hub:` open_clip SigLIP repository: open_clip_config.json naming the repository's own HF
+    tokenizer, the weights, and the tokenizer files (timm/ViT-SO400M-14-SigLIP-384's layout, tiny)."""
     import open_clip
     from safetensors.torch import save_file
 
@@ -240,8 +239,8 @@ def spell_reply(folder: Path, tokens: list[str]) -> str:
 
 def qwen_question_llm(folder: Path) -> None:
     """Qwen2.5-Instruct's architecture and ChatML, replying QUESTIONS_REPLY (spell_reply) so that the
-    rehearsal's questions parse and the answer stage runs: a random model's replies never parse, and a query
-    whose questions fell back skips the answer stage."""
+    rehearsal's questions parse and the answer stage runs: a random model's replies never parse, and a
+    query whose questions fell back skips the answer stage."""
     from visa.prompts import parse_questions
 
     tiny_models.qwen2_text_dir(folder, extra_words=tuple(QUESTIONS_REPLY))
@@ -325,9 +324,10 @@ def llava_next(folder: Path) -> None:
 
 
 def bge_lightweight(folder: Path) -> None:
-    """BAAI/bge-reranker-v2.5-gemma2-lightweight's layout with its published depth: 42 decoder layers and score
-    heads for layers 8..42 (so the cell's cutoff_layers [28] and compress_layers [24, 40] exist), the tiny
-    widths, tokenizer and weight names of tests/fixtures/bge_lightweight (checked there against FlagEmbedding)."""
+    """BAAI/bge-reranker-v2.5-gemma2-lightweight's layout with its published depth: 42 decoder layers and
+    score heads for layers 8..42 (so the cell's cutoff_layers [28] and compress_layers [24, 40] exist),
+    the tiny widths, tokenizer and weight names of tests/fixtures/bge_lightweight (checked there against
+    FlagEmbedding)."""
     import shutil
 
     from safetensors.torch import load_file, save_file
