@@ -79,5 +79,7 @@ def retrieve_pairwise(stage: Callable[..., list[Any]], make_key, backbone, texts
     """(scores, indices) [queries, depth] through the cached stage `retrieve_pairs`."""
     ident, gkey = backbone.identity(), gallery_key(gallery)
     keys = [make_key("retrieve_pairs", ident, [t, gkey, depth]) for t in texts]
-    stream = pairwise_topk_stream(backbone.score_pairs, gallery, depth, backbone.batch_size, backbone.item_chunk)
+    stream = pairwise_topk_stream(
+        backbone.score_pairs, gallery, depth, backbone.batch_size, backbone.item_chunk
+    )
     return stack_topk(stage("retrieve_pairs", keys, texts, stream))
