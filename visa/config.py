@@ -21,7 +21,10 @@ GROUPS = ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "sc
 @dataclass
 class RetrievalConfig:
     top_k: int = 20  # K: candidates per query that VISA re-ranks
-    chunk_size: int = 1024  # queries (and gallery items) scored per block in the top-K search
+    chunk_size: int = 1024  # queries scored per block in the top-K search
+    gallery_chunk_size: int = 16384  # gallery items per block (torch index)
+    index: str = "torch"  # torch (chunked, exact) or faiss (exact flat inner product; the faiss extra)
+    device: str = "cpu"  # where the torch index scores blocks: cpu, cuda, cuda:1, auto
 
 
 @dataclass

@@ -22,7 +22,7 @@ from visa.data import Dataset, Item
 from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
 from visa.metrics import recall_at_k
-from visa.retrieval import topk_search
+from visa.retrieval import check_index, topk_search
 
 ANSWER_MODES = ("per_question", "per_candidate")
 MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
@@ -42,6 +42,9 @@ class Components:
 class Settings:
     top_k: int = 20
     chunk_size: int = 1024
+    gallery_chunk_size: int = 16384
+    index: str = "torch"  # the top-K engine: torch or faiss (visa.retrieval)
+    search_device: str = "cpu"
     num_questions: int = 3
     max_questions: int = 3
     recall_at: Sequence[int] = (1, 5, 10)
@@ -55,6 +58,7 @@ class Settings:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
             )
+        check_index(self.index)
         if self.answer_mode not in ANSWER_MODES:
             raise VisaError(f"answers.mode={self.answer_mode!r} is not one of {', '.join(ANSWER_MODES)}")
 
@@ -119,6 +123,9 @@ class Run:
             torch.from_numpy(np.stack(visual_emb)),
             depth,
             self.settings.chunk_size,
+            gallery_chunk_size=self.settings.gallery_chunk_size,
+            index=self.settings.index,
+            device=self.settings.search_device,
         )
         self._timed("retrieve", t0)
         return result

@@ -45,6 +45,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     settings = Settings(
         top_k=cfg.retrieval.top_k,
         chunk_size=cfg.retrieval.chunk_size,
+        gallery_chunk_size=cfg.retrieval.gallery_chunk_size,
+        index=cfg.retrieval.index,
+        search_device=cfg.retrieval.device,
         num_questions=cfg.questions.num,
         max_questions=cfg.questions.max,
         answer_mode=cfg.answers.mode,
