@@ -79,6 +79,12 @@ def item_fingerprint(item: Item) -> dict:
     return {"path": os.path.abspath(item.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def visual_keys(backbone, items: Sequence[Item]) -> list[str]:
+    """The encode_visual stage's cache keys of `items`."""
+    ident = backbone.identity()
+    return [make_key("encode_visual", ident, item_fingerprint(i)) for i in items]
+
+
 class Run:
     """One evaluation of a dataset; holds the per-stage statistics reported in metrics.json."""
 
@@ -110,7 +116,7 @@ class Run:
         items = self.dataset.gallery
         visual_emb = self._stage(
             "encode_visual",
-            [make_key("encode_visual", ident, item_fingerprint(i)) for i in items],
+            visual_keys(backbone, items),
             items,
             # a backbone's own stream_visual (data-parallel gallery encoding) when it has one
             getattr(backbone, "stream_visual", None)

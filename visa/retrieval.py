@@ -94,5 +94,7 @@ def _faiss_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[t
     def as_float32(x: torch.Tensor) -> np.ndarray:
         return np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
 
-    scores, indices = faiss.knn(as_float32(queries), as_float32(gallery), k, metric=faiss.METRIC_INNER_PRODUCT)
+    scores, indices = faiss.knn(
+        as_float32(queries), as_float32(gallery), k, metric=faiss.METRIC_INNER_PRODUCT
+    )
     return torch.from_numpy(scores), torch.from_numpy(indices.astype(np.int64))

@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from visa.cache import Cache, default_cache_dir
 from visa.config import GROUPS, check_part, instantiate_part, register
 from visa.errors import VisaError
-from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa
+from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa, visual_keys
 
 log = logging.getLogger("visa")
 register()
@@ -36,6 +36,23 @@ def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
     with open(run_dir / "results.jsonl", "w", encoding="utf-8") as f:
         for record in results:
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def encode_gallery_on_nodes(cfg: DictConfig, dataset, backbone) -> bool:
+    """backbone.num_nodes > 1: every process that srun started (one per device on every node) encodes its
+    share of the gallery into the cache. True in the process that goes on with the run (global rank 0)."""
+    from visa.backbones.parallel import encode_across_nodes, start_nodes
+
+    fabric = start_nodes(backbone)
+    cache = Cache(cfg.cache_dir or default_cache_dir()) if fabric.global_rank == 0 else None
+    try:
+        keys = visual_keys(backbone, dataset.gallery)
+        encoded = encode_across_nodes(fabric, backbone, dataset.gallery, keys, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+    log.info("encode_visual on %d processes: %d items encoded", fabric.world_size, encoded)
+    return fabric.global_rank == 0
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -57,6 +74,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     fusion = instantiate_part(cfg, "fusion")
     dataset = instantiate_part(cfg, "dataset").load()
     log.info("dataset %s: %d queries over %d items", dataset.name, len(dataset.queries), len(dataset.gallery))
+    if dataset.precomputed is None and cfg.backbone.get("num_nodes", 1) > 1:
+        if not encode_gallery_on_nodes(cfg, dataset, instantiate_part(cfg, "backbone")):
+            return {}  # a helper process of the multi-node gallery encoding: its share is written
     logger = instantiate_part(cfg, "logger")
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
     try:
