@@ -30,7 +30,8 @@ def status(field):  # kB -> bytes
         if line.startswith(field):
             return int(line.split()[1]) * 1024
 
-index, n_q, n_g, dim, k, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), 20, sys.argv[5]
+index, out, k = sys.argv[1], sys.argv[5], 20
+n_q, n_g, dim = (int(a) for a in sys.argv[2:5])
 
 def unit_rows(n, seed):  # filled block by block: no second full-size temporary
     gen = torch.Generator().manual_seed(seed)
@@ -60,7 +61,15 @@ def topk(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for index in args.index:
             out = f"{tmp}/{index}.npy"
-            cmd = [sys.executable, "-c", TOPK_PROBE, index, str(args.queries), str(args.gallery), str(args.dim)]
+            cmd = [
+                sys.executable,
+                "-c",
+                TOPK_PROBE,
+                index,
+                str(args.queries),
+                str(args.gallery),
+                str(args.dim),
+            ]
             proc = subprocess.run(cmd + [out], capture_output=True, text=True, cwd=REPO)
             if proc.returncode:
                 sys.exit(f"error: {index}: {proc.stderr.strip().splitlines()[-1]}")
@@ -80,7 +89,9 @@ def topk(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="bench", required=True)
     p = sub.add_parser("topk", help="top-K search: torch blocks vs FAISS exact")
     p.add_argument("--queries", type=int, default=10_000)

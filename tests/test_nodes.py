@@ -78,7 +78,7 @@ def test_two_nodes_fill_rank0_cache_like_one_process(tmp_path):
         for rank in range(2)
     ]
     outs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-2000:]
     assert "rank 0 encoded 5" in outs[0][0] and "rank 1 encoded 5" in outs[1][0]
 

@@ -18,9 +18,8 @@ See docs/scaling.md for the SLURM script.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
