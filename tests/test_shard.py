@@ -1,0 +1,56 @@
+"""Shard arithmetic and the wait for other shards' results (fake clock; no sleeping)."""
+
+from __future__ import annotations
+
+import pytest
+
+from visa.errors import VisaError
+from visa.shard import Shard, wait_for_others
+
+
+def test_shares_are_disjoint_and_cover_everything():
+    shares = [Shard(3, i).mine(10) for i in range(3)]
+    assert shares == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert Shard().mine(4) == [0, 1, 2, 3] and not Shard().active
+
+
+@pytest.mark.parametrize("count, index", [(2, 2), (0, 0), (3, -1)])
+def test_bad_shard_settings(count, index):
+    with pytest.raises(VisaError, match="shard.index"):
+        Shard(count, index)
+
+
+class World:
+    """A cache that other shards fill over (fake) time."""
+
+    def __init__(self, arrivals: dict[str, float]):
+        self.arrivals, self.now, self.computed = arrivals, 0.0, []
+
+    def fetch(self, keys):
+        return {k: f"v{k}" for k in keys if self.arrivals.get(k, float("inf")) <= self.now}
+
+    def sleep(self, seconds):
+        self.now += seconds
+
+    def compute(self, keys):
+        self.computed.extend(keys)
+        return {k: f"v{k}" for k in keys}
+
+
+def test_waits_while_others_make_progress():
+    world = World({"a": 0, "b": 50, "c": 500})
+    shard = Shard(2, 0, idle_seconds=600, poll_seconds=10)
+    got = wait_for_others(
+        shard, "describe", ["a", "b", "c"], world.fetch, world.compute, lambda: world.now, world.sleep
+    )
+    assert got == {"a": "va", "b": "vb", "c": "vc"} and world.computed == []
+
+
+def test_computes_the_rest_when_others_stall():
+    world = World({"a": 0, "b": 50})  # c never arrives: its shard never started
+    shard = Shard(2, 0, idle_seconds=100, poll_seconds=10)
+    got = wait_for_others(
+        shard, "describe", ["a", "b", "c"], world.fetch, world.compute, lambda: world.now, world.sleep
+    )
+    assert got["c"] == "vc" and world.computed == ["c"]
+    assert world.now == pytest.approx(150)  # last progress at 50, then 100 s idle
