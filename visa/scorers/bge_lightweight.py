@@ -38,7 +38,7 @@ import torch
 
 from visa.devices import resolve_device
 from visa.errors import VisaError
-from visa.generation.hf import load_pretrained
+from visa.loading import load_pretrained
 
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SEPARATOR = "\n"
