@@ -45,6 +45,7 @@ class ServerPool:
             raise VisaError("url: an empty list of servers; give one URL or a list of them")
         if len(set(urls)) != len(urls):
             raise VisaError(f"url: the list names a server twice: {list(urls)}")
+        self.urls = list(urls)
         self.servers = {url: ServerState(url) for url in urls}
         self.backoff, self.max_backoff, self._clock = backoff, max_backoff, clock
 
@@ -62,9 +63,12 @@ class ServerPool:
         best.requests += 1
         return best.url
 
-    def release(self, url: str, ok: bool) -> None:
+    def release(self, url: str, ok: bool | None) -> None:
+        """`ok`: the server answered (True), failed (False), or the try was cancelled (None)."""
         server = self.servers[url]
         server.in_flight -= 1
+        if ok is None:
+            return
         if ok:
             server.completed += 1
             if server.failed_in_row:
@@ -72,12 +76,14 @@ class ServerPool:
             server.failed_in_row = 0
             return
         server.failures += 1
+        if len(self.servers) == 1:
+            return  # nowhere else to send its requests: the caller's retries and backoff decide
+        if server.down_until > self._clock():
+            return  # already out: the other requests it had in flight are failing too
         server.failed_in_row += 1
         out_for = min(self.max_backoff, self.backoff * 2 ** (server.failed_in_row - 1))
-        if server.down_until <= self._clock():  # not already out (other requests failing at once)
-            if len(self.servers) > 1:
-                log.warning("server %s failed; its requests go to the others for %.0f s", url, out_for)
-            server.down_until = self._clock() + out_for
+        log.warning("server %s failed; its requests go to the others for %.0f s", url, out_for)
+        server.down_until = self._clock() + out_for
 
     def wait_seconds(self) -> float:
         """How long until the first server that is out may be tried again (0 if one is up)."""
