@@ -36,6 +36,15 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("visa"))
 
 
+def model_label(identity: Any) -> str:
+    """A short name for the model behind a stage's results (`python -m visa.cache` groups by it)."""
+    if isinstance(identity, dict):
+        for field in ("model", "model_path", "name", "backbone", "generator", "scorer"):
+            if isinstance(identity.get(field), str):
+                return identity[field]
+    return str(identity)[:80]
+
+
 def make_key(stage: str, identity: Any, inputs: Any) -> str:
     """SHA-256 over a canonical JSON encoding of (stage, model identity, inputs)."""
     blob = json.dumps([stage, identity, inputs], sort_keys=True, ensure_ascii=False, default=str)
@@ -68,6 +77,9 @@ class Cache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+            if "model" not in columns:  # caches written before results named their model
+                self._db.execute("ALTER TABLE results ADD COLUMN model TEXT DEFAULT ''")
         except (OSError, sqlite3.Error) as e:
             raise VisaError(
                 f"cannot open the cache in {self.root}: {e}; set cache_dir=... or VISA_CACHE"
@@ -85,13 +97,16 @@ class Cache:
                 found[key] = _decode(blob)
         return found
 
-    def put_many(self, stage: str, items: dict[str, Any]) -> None:
+    def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
         if not items:
             return
         now = time.time()
-        rows = [(k, stage, _encode(v), now) for k, v in items.items()]
+        rows = [(k, stage, _encode(v), now, model) for k, v in items.items()]
         with self._db:  # one transaction
-            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany(
+                "INSERT OR REPLACE INTO results (key, stage, value, created, model) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
 
     def close(self) -> None:
         self._db.close()
@@ -129,6 +144,7 @@ def run_stage(
     stats: StageStats,
     *,
     progress: bool = True,
+    model: str = "",
 ) -> list[Any]:
     """Results for `inputs`, computing only the keys the cache lacks.
 
@@ -146,7 +162,7 @@ def run_stage(
             total=len(missing), desc=stage, unit="call", disable=not progress, dynamic_ncols=True
         ) as bar:
             for index, result in compute([first_input[k] for k in missing]):
-                cache.put_many(stage, {missing[index]: result})
+                cache.put_many(stage, {missing[index]: result}, model=model)
                 found[missing[index]] = result
                 stats.computed += 1
                 bar.update(1)
@@ -155,3 +171,9 @@ def run_stage(
             raise RuntimeError(f"stage {stage}: {len(lost)} inputs got no result")
     stats.seconds += time.perf_counter() - t0
     return [found[k] for k in keys]
+
+
+if __name__ == "__main__":  # python -m visa.cache FOLDER [show|merge|prune]
+    from visa.cache_admin import main
+
+    main()

@@ -41,6 +41,13 @@ class AnswersConfig:
 
 
 @dataclass
+class ShardConfig:
+    count: int = 1  # N > 1: this run does 1/N of each model stage's work (docs/scaling.md)
+    index: int = 0  # which 1/N: 0 .. count-1 ('shard.index=range(N)' in a multirun)
+    idle_seconds: float = 600.0  # waiting on other shards with no progress this long: compute the rest
+
+
+@dataclass
 class VisaConfig:
     dataset: Any = MISSING
     backbone: Any = MISSING
@@ -55,6 +62,9 @@ class VisaConfig:
     answers: AnswersConfig = field(default_factory=AnswersConfig)
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     cache_dir: str | None = None  # None: $VISA_CACHE, else the user cache folder
+    # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
+    cache_layout: str = "auto"
+    shard: ShardConfig = field(default_factory=ShardConfig)
     data_dir: str = "./data"
     progress: bool = True  # progress bars per stage
 

@@ -14,10 +14,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from visa.cache import Cache, default_cache_dir
+from visa.cache import default_cache_dir
 from visa.config import GROUPS, check_part, instantiate_part, register
 from visa.errors import VisaError
 from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa, visual_keys
+from visa.shard import Shard
+from visa.shared_store import open_cache
 
 log = logging.getLogger("visa")
 register()
@@ -54,7 +56,8 @@ def encode_gallery_on_nodes(cfg: DictConfig, dataset, backbone) -> bool:
     from visa.backbones.parallel import encode_across_nodes, start_nodes
 
     fabric = start_nodes(backbone)
-    cache = Cache(cfg.cache_dir or default_cache_dir()) if fabric.global_rank == 0 else None
+    rank0 = fabric.global_rank == 0
+    cache = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout) if rank0 else None
     try:
         keys = visual_keys(backbone, dataset.gallery)
         encoded = encode_across_nodes(fabric, backbone, dataset.gallery, keys, cache)
@@ -80,6 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         answer_mode=cfg.answers.mode,
         recall_at=list(cfg.recall_at),
         progress=cfg.progress,
+        shard=Shard(cfg.shard.count, cfg.shard.index, cfg.shard.idle_seconds),
     )
     fusion = instantiate_part(cfg, "fusion")
     dataset = instantiate_part(cfg, "dataset").load()
@@ -101,7 +105,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 scorer=instantiate_part(cfg, "scorer"),
                 fusion=fusion,
             )
-            cache = Cache(cfg.cache_dir or default_cache_dir())
+            cache = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
             try:
                 metrics, results = run_visa(dataset, parts, settings, cache)
             finally:
@@ -116,6 +120,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "time/total": round(time.perf_counter() - t_start, 3),
         }
         write_outputs(run_dir, metrics, results)
+        if settings.shard.active:  # no ranking: the final run without shard settings evaluates
+            computed = sum(v for k, v in metrics.items() if k.endswith("/computed"))
+            print(f"shard {settings.shard.index}/{settings.shard.count}: {computed} model calls computed")
+            print(f"run folder: {run_dir}")
+            return metrics
         print(format_table(metrics, list(cfg.recall_at)))
         print(f"run folder: {run_dir}")
         logger.log(metrics, results, dataset)

@@ -78,6 +78,21 @@ def network_filesystem(path: str | os.PathLike) -> str | None:
     return None
 
 
+LAYOUTS = ("auto", "sqlite", "shared")
+
+
+def open_cache(root: str | os.PathLike, layout: str = "auto"):
+    """The cache in folder `root`: the single SQLite file (one host; the default) or, on shared storage,
+    one log per writer (this module). `auto` picks the logs when `root` is on a network filesystem."""
+    from visa.cache import Cache, _decode, _encode
+
+    if layout not in LAYOUTS:
+        raise VisaError(f"cache_layout={layout!r} is not one of {', '.join(LAYOUTS)}")
+    if layout == "shared" or (layout == "auto" and network_filesystem(Path(root).expanduser())):
+        return SharedFolderStore(root, _encode, _decode)
+    return Cache(root)
+
+
 def encode_record(key: str, stage: str, model: str, value: bytes) -> bytes:
     k, s, m = key.encode(), stage.encode(), model.encode()
     lengths = struct.pack("<HHHI", len(k), len(s), len(m), len(value))
