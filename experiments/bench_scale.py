@@ -1,11 +1,19 @@
 """Scaling benchmarks (figures in experiments/scaling.md).
 
     python experiments/bench_scale.py topk --queries 10000 --gallery 1000000   # top-K, torch vs FAISS
+    python experiments/bench_scale.py servers     # 4 fake servers vs 1; one of 4 killed mid-run
 
 topk: exact top-20 search of random unit vectors (dim 768) with `visa.retrieval.topk_search`, once per
 engine, each in a fresh process: wall time of the search and its peak resident-set growth (VmHWM, reset
 just before the search, so the embeddings themselves are not counted), and whether the engines return
 the same candidates.
+
+servers: fake OpenAI-compatible servers (tests/fake_openai_server.py, each its own process, 50 ms per
+request, 16 requests worked on at once, like a GPU server's batch) behind the real client
+(`OpenAIChatGenerator` with `url` a list, 64 requests in flight), through the stage runner and a SQLite
+cache as in a run: requests per second with 4 servers vs 1; then 4 servers with one killed (SIGKILL) a
+third of the way through: the stage completes, every prompt is answered exactly once (replies counted
+per server by the client), and a second pass computes nothing.
 """
 
 from __future__ import annotations
@@ -88,6 +96,85 @@ def topk(args: argparse.Namespace) -> None:
         )
 
 
+def _start_servers(n: int, latency: float, capacity: int) -> tuple[list[subprocess.Popen], list[str]]:
+    script = REPO / "tests" / "fake_openai_server.py"
+    procs, urls = [], []
+    for _ in range(n):
+        cmd = [sys.executable, str(script), "--latency", str(latency), "--capacity", str(capacity)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        urls.append(proc.stdout.readline().strip())
+    return procs, urls
+
+
+def servers(args: argparse.Namespace) -> None:
+    import time
+
+    from visa.cache import Cache, StageStats, run_stage
+    from visa.generation.openai_api import OpenAIChatGenerator
+    from visa.prompts import Prompt
+
+    def client(urls: list[str]) -> OpenAIChatGenerator:
+        return OpenAIChatGenerator(
+            model="fake-model", url=urls, max_concurrency=args.in_flight, server_backoff=2.0, max_retries=5
+        )
+
+    def prompts(tag: str) -> list[Prompt]:
+        return [Prompt(f"Answer briefly\n{tag} request {i}") for i in range(args.requests)]
+
+    rates = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 4):
+            procs, urls = _start_servers(n, args.latency, args.capacity)
+            try:
+                gen = client(urls)
+                gen.generate(prompts("warm-up")[:50])
+                stats = StageStats()
+                cache = Cache(f"{tmp}/cache-{n}")
+                todo = prompts(f"{n}-servers")
+                t0 = time.perf_counter()
+                run_stage(cache, "answer", [p.text for p in todo], todo, gen.stream, stats, progress=False)
+                rates[n] = args.requests / (time.perf_counter() - t0)
+                cache.close()
+            finally:
+                for proc in procs:
+                    proc.kill()
+            setting = f"{args.requests} requests, {args.in_flight} in flight"
+            print(f"{n} server(s): {rates[n]:7.0f} requests/s ({setting})")
+        print(f"4 servers / 1 server: {rates[4] / rates[1]:.2f}x (ideal 4x)")
+
+        procs, urls = _start_servers(4, args.latency, args.capacity)
+        try:
+            gen = client(urls)
+            todo = prompts("kill")
+            kill_at = args.requests // 3
+
+            def stream_killing_one(inputs):
+                for n, item in enumerate(gen.stream(inputs)):
+                    if n == kill_at:
+                        procs[0].kill()  # SIGKILL: its requests in flight are lost
+                    yield item
+
+            cache, stats = Cache(f"{tmp}/cache-kill"), StageStats()
+            keys = [p.text for p in todo]
+            t0 = time.perf_counter()
+            out = run_stage(cache, "answer", keys, todo, stream_killing_one, stats, progress=False)
+            seconds = time.perf_counter() - t0
+            replies = {k: v for k, v in gen.counters().items() if k.startswith("requests/")}
+            again = StageStats()
+            run_stage(cache, "answer", keys, todo, gen.stream, again, progress=False)
+            cache.close()
+        finally:
+            for proc in procs:
+                proc.kill()
+        right = sum(o == f"Reply to: kill request {i}" for i, o in enumerate(out))
+        print(
+            f"4 servers, one killed after {kill_at} replies: {len(out)} results in {seconds:.1f} s, "
+            f"{right} correct; replies per server {list(replies.values())} (sum {sum(replies.values())}); "
+            f"computed {stats.computed}; retried tries {gen.retried}; second pass computed {again.computed}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -99,6 +186,12 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--index", nargs="+", default=["torch", "faiss"])
     p.set_defaults(run=topk)
+    p = sub.add_parser("servers", help="4 fake servers vs 1; one of 4 killed mid-run")
+    p.add_argument("--requests", type=int, default=3000)
+    p.add_argument("--latency", type=float, default=0.05, help="seconds per request")
+    p.add_argument("--capacity", type=int, default=16, help="requests each server works on at once")
+    p.add_argument("--in-flight", type=int, default=64, help="the client's max_concurrency")
+    p.set_defaults(run=servers)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(REPO))
     args.run(args)
