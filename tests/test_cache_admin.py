@@ -35,7 +35,7 @@ def _fill(folder: Path) -> None:
 
 def test_show_lists_stages_and_models_of_both_layouts(tmp_path):
     _fill(tmp_path)
-    out = cli(str(tmp_path))
+    out = cli("show", str(tmp_path))
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert any(line.split()[:3] == ["answer", "Qwen2-VL-7B-Instruct", "2"] for line in lines)
@@ -46,23 +46,23 @@ def test_show_lists_stages_and_models_of_both_layouts(tmp_path):
 
 def test_prune_and_merge(tmp_path):
     _fill(tmp_path)
-    out = cli(str(tmp_path), "prune", "--stage", "answer")
+    out = cli("prune", str(tmp_path), "--stage", "answer")
     assert out.returncode == 0 and "2 entries removed" in out.stdout
     cache = Cache(tmp_path)
     assert cache.get_many(["a1", "v1"]).keys() == {"v1"}
     cache.close()
-    out = cli(str(tmp_path), "merge")  # prune rewrote the two logs into one already
+    out = cli("merge", str(tmp_path))  # prune rewrote the two logs into one already
     assert out.returncode == 0 and "1 finished logs packed into one (2 entries)" in out.stdout
     assert len(list((tmp_path / FOLDER).iterdir())) == 1
     assert SharedFolderStore(tmp_path, _encode, _decode).get_many(["s0", "s1"]) == {"s0": 0.5, "s1": 0.5}
 
 
 def test_bad_folder_and_missing_prune_target_are_one_line(tmp_path):
-    out = cli(str(tmp_path / "nowhere"))
+    out = cli("show", str(tmp_path / "nowhere"))
     assert out.returncode == 1 and out.stderr.strip().splitlines() == [
         f"error: {tmp_path / 'nowhere'} is not a folder; give the cache folder (cache_dir)"
     ]
-    out = cli(str(tmp_path), "prune")
+    out = cli("prune", str(tmp_path))
     assert out.returncode == 1 and "prune needs --stage and/or --model" in out.stderr
 
 

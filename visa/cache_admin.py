@@ -1,10 +1,9 @@
-"""`python -m visa.cache FOLDER [show|merge|prune]`: what a cache folder holds, per stage and model, and
+"""`python -m visa.cache show|merge|prune [FOLDER]`: what a cache folder holds, per stage and model, and
 its upkeep. A folder may hold the single-machine SQLite file, the per-writer logs of shared storage
 (visa.shared_store), or both."""
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import sys
 from pathlib import Path
@@ -81,23 +80,14 @@ def prune(folder: Path, stage: str | None, model: str | None, force: bool) -> st
     return "\n".join(report) or "(no cache here)"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m visa.cache", description=__doc__)
-    parser.add_argument("folder", type=Path, help="the cache folder (cache_dir)")
-    parser.add_argument("action", nargs="?", default="show", choices=["show", "merge", "prune"])
-    parser.add_argument("--stage", help="prune: only this stage (encode_text, ..., score)")
-    parser.add_argument("--model", help="prune: only results of this model (as `show` lists it)")
-    parser.add_argument(
-        "--force", action="store_true", help="merge/prune also logs that may have a running writer"
-    )
-    args = parser.parse_args(argv)
-    folder = args.folder.expanduser()
+def command(name: str, folder: Path, args) -> int:
+    """show / merge / prune for `python -m visa.cache` (visa.cache.main); the exit status."""
     try:
         if not folder.is_dir():
             raise VisaError(f"{folder} is not a folder; give the cache folder (cache_dir)")
-        if args.action == "show":
+        if name == "show":
             print(show(folder))
-        elif args.action == "merge":
+        elif name == "merge":
             files, kept, _ = rewrite(folder, force=args.force)
             print(f"{files} finished logs packed into one ({kept} entries)" if files else "nothing to merge")
         else:
@@ -106,4 +96,5 @@ def main(argv: list[str] | None = None) -> None:
             print(prune(folder, args.stage, args.model, args.force))
     except (VisaError, sqlite3.Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        return 1
+    return 0

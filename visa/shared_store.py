@@ -154,6 +154,8 @@ class SharedFolderStore:
         self._last_sync = 0.0
         self.files: dict[str, LogFile] = {}
         self.index: dict[str, tuple[str, int, int]] = {}  # key -> (file name, value offset, size)
+        self.path = self.folder  # what messages name (the SQLite cache names its file)
+        self.written: dict[str, int] = {}  # results stored by this run, per stage
 
     # -- reading ----------------------------------------------------------------------------------------
     def refresh(self) -> None:
@@ -229,6 +231,7 @@ class SharedFolderStore:
             log.records += 1
             chunks.append(record)
         os.write(self._fd, b"".join(chunks))  # in the kernel now: survives this process being killed
+        self.written[stage] = self.written.get(stage, 0) + len(items)
         if time.monotonic() - self._last_sync > SYNC_SECONDS:
             os.fsync(self._fd)
             self._last_sync = time.monotonic()
