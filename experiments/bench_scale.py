@@ -2,6 +2,7 @@
 
     python experiments/bench_scale.py topk --queries 10000 --gallery 1000000   # top-K, torch vs FAISS
     python experiments/bench_scale.py servers     # 4 fake servers vs 1; one of 4 killed mid-run
+    python experiments/bench_scale.py shards dataset.limit=3 retrieval.top_k=2   # 2 shards vs 1 process
 
 topk: exact top-20 search of random unit vectors (dim 768) with `visa.retrieval.topk_search`, once per
 engine, each in a fresh process: wall time of the search and its peak resident-set growth (VmHWM, reset
@@ -14,6 +15,11 @@ request, 16 requests worked on at once, like a GPU server's batch) behind the re
 cache as in a run: requests per second with 4 servers vs 1; then 4 servers with one killed (SIGKILL) a
 third of the way through: the stage completes, every prompt is answered exactly once (replies counted
 per server by the client), and a second pass computes nothing.
+
+shards: the demo (with the given overrides) as one process on a fresh cache, and as 2 shards launched as
+one Hydra multirun through submitit's local executor (hydra/launcher=submitit_local) on another fresh
+cache, then a final unsharded run on that cache: wall times, model calls computed per stage by each, and
+whether the final run's metrics equal the single process's.
 """
 
 from __future__ import annotations
@@ -175,6 +181,50 @@ def servers(args: argparse.Namespace) -> None:
         )
 
 
+STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
+
+
+def shards(args: argparse.Namespace) -> None:
+    import time
+
+    def run(overrides: list[str], cache: str, run_dir: str) -> float:
+        env = {**os.environ, "VISA_CACHE": cache, "PYTHONPATH": str(REPO)}
+        cmd = [sys.executable, "-m", "visa.run", *overrides, "progress=false"]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd + [run_dir], cwd=REPO, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"error: {' '.join(overrides)}: {proc.stderr.strip()[-500:]}")
+        return time.perf_counter() - t0
+
+    def calls(path: Path) -> list[int]:
+        metrics = json.loads(path.read_text())
+        return [metrics[f"calls/{stage}/computed"] for stage in STAGES]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        single = run(args.overrides, f"{tmp}/c1", f"hydra.run.dir={tmp}/single")
+        sweep = f"hydra.sweep.dir={tmp}/multirun"
+        sharded = run(
+            ["-m", "hydra/launcher=submitit_local", *args.overrides, "shard.count=2", "shard.index=range(2)"],
+            f"{tmp}/c2",
+            sweep,
+        )
+        final = run(args.overrides, f"{tmp}/c2", f"hydra.run.dir={tmp}/final")
+        one = calls(Path(tmp, "single", "metrics.json"))
+        parts = [calls(Path(tmp, "multirun", str(i), "metrics.json")) for i in range(2)]
+        last = calls(Path(tmp, "final", "metrics.json"))
+        a = json.loads(Path(tmp, "single", "metrics.json").read_text())
+        b = json.loads(Path(tmp, "final", "metrics.json").read_text())
+        same = all(a[k] == b[k] for k in a if k.startswith(("base/", "visa/")))
+    print(f"demo {' '.join(args.overrides)}; model calls computed per stage ({', '.join(STAGES)}):")
+    print(f"  1 process:            {single:7.1f} s  {one}  (total {sum(one)})")
+    summed = [x + y for x, y in zip(*parts)]
+    print(
+        f"  2 shards (submitit):  {sharded:7.1f} s  {parts[0]} + {parts[1]} = {summed}  (total {sum(summed)})"
+    )
+    print(f"  final unsharded run:  {final:7.1f} s  {last}  (total {sum(last)})")
+    print(f"  metrics of the final run equal the single process's: {same}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -192,6 +242,9 @@ def main() -> None:
     p.add_argument("--capacity", type=int, default=16, help="requests each server works on at once")
     p.add_argument("--in-flight", type=int, default=64, help="the client's max_concurrency")
     p.set_defaults(run=servers)
+    p = sub.add_parser("shards", help="2 shards through submitit_local vs 1 process, on the demo")
+    p.add_argument("overrides", nargs="*", help="demo overrides, e.g. dataset.limit=3")
+    p.set_defaults(run=shards)
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(REPO))
     args.run(args)
