@@ -82,4 +82,4 @@ def retrieve_pairwise(stage: Callable[..., list[Any]], make_key, backbone, texts
     stream = pairwise_topk_stream(
         backbone.score_pairs, gallery, depth, backbone.batch_size, backbone.item_chunk
     )
-    return stack_topk(stage("retrieve_pairs", keys, texts, stream))
+    return stack_topk(stage("retrieve_pairs", keys, texts, stream, ident))
