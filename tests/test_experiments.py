@@ -45,10 +45,14 @@ def test_cell_composes_with_the_methods_settings(name):
     assert cfg.question_llm.model == "Qwen/Qwen2.5-32B-Instruct" and cfg.question_llm.temperature == 0.2
     assert cfg.answer_mllm.model == "Qwen/Qwen2-VL-7B-Instruct" and cfg.answer_mllm.temperature == 0.0
     assert cfg.scorer.cutoff_layers == [28] and list(cfg.scorer.compress_layers) == [24, 40]
-    assert cfg.scorer.compress_ratio == 2
+    assert cfg.scorer.compress_ratio == 2 and cfg.scorer.attention_softcapping is False  # as the paper ran
     dataset, backbone = name.rsplit("_", 1)
     assert cfg.dataset.name == dataset
-    expected = {"siglip": "ViT-SO400M-14-SigLIP-384", "evaclip": "BAAI/EVA-CLIP-18B", "lotlip": "local-dir:"}
+    expected = {
+        "siglip": "hf-hub:timm/ViT-SO400M-14-SigLIP-384",
+        "evaclip": "BAAI/EVA-CLIP-18B",
+        "lotlip": "local-dir:",
+    }
     if backbone in expected:
         assert cfg.backbone.model.startswith(expected[backbone])
     else:
