@@ -30,7 +30,6 @@ paper's step-3 script, ask transformers 4.x for SDPA attention, which skips the 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from pathlib import Path
 
@@ -38,11 +37,10 @@ import torch
 
 from visa.devices import resolve_device
 from visa.errors import VisaError
-from visa.loading import load_pretrained
+from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, short_name
 
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SEPARATOR = "\n"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # config.json keys of the published checkpoint that are not Gemma 2's
 _LIGHTWEIGHT_KEYS = ("start_layer", "layer_sep", "layer_wise")
 _NOT_GEMMA2 = ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version")
@@ -207,7 +205,7 @@ def _transformers_errors_only():
         transformers.logging.set_verbosity(verbosity)
 
 
-@functools.lru_cache(maxsize=1)
+@load_once(maxsize=1)
 def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, softcapping: bool):
     """(tokenizer, LightweightGemma) with the layers above `deepest_layer` dropped."""
     from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
@@ -230,7 +228,7 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
             Decoder,
             str(folder),
             config=config,
-            dtype=_DTYPES[dtype],
+            dtype=DTYPES[dtype],
             attn_implementation="eager",
             device_map=str(placement),
             output_loading_info=True,
@@ -263,8 +261,7 @@ class BGELightweightReranker:
         batch_size: int = 32,
         prompt: str | None = None,
     ):
-        if dtype not in _DTYPES:
-            raise VisaError(f"scorer.dtype={dtype!r} is not one of {', '.join(_DTYPES)}")
+        check_dtype(dtype, "scorer.dtype")
         if compress_ratio not in (1, 2, 4, 8):
             raise VisaError(f"scorer.compress_ratio={compress_ratio} is not one of 1, 2, 4, 8")
         if not 0 < query_max_length <= max_length:
@@ -292,7 +289,7 @@ class BGELightweightReranker:
     def identity(self) -> dict:
         return {
             "scorer": "bge-lightweight",
-            "model": Path(self.model).name if Path(self.model).exists() else self.model,
+            "model": short_name(self.model),
             "cutoff_layers": self.cutoff_layers,
             "compress_ratio": self.compress_ratio,
             "compress_layers": self.compress_layers,

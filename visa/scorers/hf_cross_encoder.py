@@ -3,25 +3,20 @@ local folder; bge-reranker-v2-m3 is one. The score is the raw logit of the first
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
-
 import torch
 
 from visa.devices import resolve_device
 from visa.errors import VisaError
-from visa.loading import load_pretrained
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, short_name
 
 
-@functools.lru_cache(maxsize=2)
+@load_once(maxsize=2)
 def _load(model: str, dtype: str, device: str, trust_remote_code: bool):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = load_pretrained(AutoTokenizer, model, trust_remote_code=trust_remote_code)
     net = load_pretrained(
-        AutoModelForSequenceClassification, model, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+        AutoModelForSequenceClassification, model, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
     )
     return tokenizer, net.to(resolve_device(device)).eval()
 
@@ -36,15 +31,14 @@ class HFCrossEncoder:
         batch_size: int = 32,
         trust_remote_code: bool = False,
     ):
-        if dtype not in _DTYPES:
-            raise VisaError(f"scorer.dtype={dtype!r} is not one of {', '.join(_DTYPES)}")
+        check_dtype(dtype, "scorer.dtype")
         self.model, self.max_length, self.dtype, self.device = model, max_length, dtype, device
         self.batch_size, self.trust_remote_code = batch_size, trust_remote_code
 
     def identity(self) -> dict:
         return {
             "scorer": "hf-cross-encoder",
-            "model": Path(self.model).name if Path(self.model).exists() else self.model,
+            "model": short_name(self.model),
             "max_length": self.max_length,
             "dtype": self.dtype,
         }
