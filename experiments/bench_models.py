@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import tiny_models  # noqa: E402
 
-from visa.cache import Cache  # noqa: E402
+from visa.cache import SQLiteStore  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
 from visa.generation.hf import HFVisionGenerator, load_vision_model  # noqa: E402
 from visa.pipeline import Run, Settings  # noqa: E402
@@ -56,10 +56,10 @@ def vision_calls(vlm: Path, images: list[Path], top_k: int, num_questions: int, 
         Questions(["dog", "red car"], [f"Question {i} about the dog?" for i in range(num_questions)], True)
     ]
     with tempfile.TemporaryDirectory() as cache_dir:
-        run = Run(dataset, Settings(top_k=top_k, answer_mode=mode, progress=False), Cache(cache_dir))
+        run = Run(dataset, Settings(top_k=top_k, answer_mode=mode, progress=False), SQLiteStore(cache_dir))
         run.answer(gen, questions, torch.arange(top_k).view(1, -1), {})
     handle.remove()
-    return sum(seen), run.stats["answer"].computed
+    return sum(seen), run.runner.stats["answer"].computed
 
 
 def main() -> None:

@@ -1,14 +1,13 @@
 """The VISA stage graph: retrieve -> describe -> ask -> answer -> score -> fuse -> evaluate.
 
-Every model stage goes through `visa.cache.run_stage`, keyed by the model's identity and the stage's inputs,
-so a repeated run, a sweep or a resumed run recomputes nothing it already has. The pipeline knows the
-interfaces of the parts (backbone, generators, scorer, fusion), never a particular model.
+Every model stage goes through one `visa.cache.StageRunner`, keyed by the model's identity and the stage's
+inputs, so a repeated run, a sweep or a resumed run recomputes nothing it already has. The pipeline knows
+the interfaces of the parts (backbone, generators, scorer, fusion), never a particular model.
 """
 
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 
 from visa import prompts
 from visa.backbones import Backbone
-from visa.cache import Cache, StageStats, batched, make_key, run_stage
+from visa.cache import StageRunner, Store, batched, make_key
 from visa.data import Dataset, Item
 from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
@@ -106,33 +105,23 @@ def item_fingerprint(item: Item) -> dict:
 class Run:
     """One evaluation of a dataset; holds the per-stage statistics reported in metrics.json."""
 
-    def __init__(self, dataset: Dataset, settings: Settings, cache: Cache | None):
-        self.dataset, self.settings, self.cache = dataset, settings, cache
-        self.stats: dict[str, StageStats] = {}
-        self.times: dict[str, float] = {}
-
-    def _stage(self, name: str, keys: list[str], inputs: list[Any], stream) -> list[Any]:
-        stats = self.stats.setdefault(name, StageStats())
-        out = run_stage(self.cache, name, keys, inputs, stream, stats, progress=self.settings.progress)
-        self.times[name] = stats.seconds  # run_stage accumulates
-        return out
-
-    def _timed(self, name: str, t0: float) -> None:
-        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+    def __init__(self, dataset: Dataset, settings: Settings, store: Store | None):
+        self.dataset, self.settings = dataset, settings
+        self.runner = StageRunner(store, progress=settings.progress)
 
     # -- stages -----------------------------------------------------------------------------------------
     def retrieve(self, backbone) -> tuple[torch.Tensor, torch.Tensor]:
         """(base scores, candidate indices) per query; enough columns for K and for the largest R@k."""
         ident = backbone.identity()
         texts = [q.text for q in self.dataset.queries]
-        text_emb = self._stage(
+        text_emb = self.runner.run(
             "encode_text",
             [make_key("encode_text", ident, t) for t in texts],
             texts,
             batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
         )
         items = self.dataset.gallery
-        visual_emb = self._stage(
+        visual_emb = self.runner.run(
             "encode_visual",
             [make_key("encode_visual", ident, item_fingerprint(i)) for i in items],
             items,
@@ -140,22 +129,20 @@ class Run:
             getattr(backbone, "stream_visual", None)
             or batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
         )
-        t0 = time.perf_counter()
         depth = max(self.settings.top_k, *self.settings.recall_at)
-        result = topk_search(
-            torch.from_numpy(np.stack(text_emb)),
-            torch.from_numpy(np.stack(visual_emb)),
-            depth,
-            self.settings.chunk_size,
-        )
-        self._timed("retrieve", t0)
-        return result
+        with self.runner.timed("retrieve"):
+            return topk_search(
+                torch.from_numpy(np.stack(text_emb)),
+                torch.from_numpy(np.stack(visual_emb)),
+                depth,
+                self.settings.chunk_size,
+            )
 
     def describe(self, describer, items: list[Item]) -> dict[str, str]:
         ident = describer.identity()
         ps = [prompts.Prompt(prompts.DESCRIBE_PROMPT, (i.path,), i.kind) for i in items]
         keys = [make_key("describe", ident, [p.as_key(), item_fingerprint(i)]) for p, i in zip(ps, items)]
-        texts = self._stage("describe", keys, ps, _stream(describer))
+        texts = self.runner.run("describe", keys, ps, _stream(describer))
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm) -> list[prompts.Questions]:
@@ -163,7 +150,7 @@ class Run:
         n = self.settings.max_questions
         ps = [prompts.question_prompt(q.text, n) for q in self.dataset.queries]
         keys = [make_key("ask", question_llm.identity(), p.as_key()) for p in ps]
-        replies = self._stage("ask", keys, ps, _stream(question_llm))
+        replies = self.runner.run("ask", keys, ps, _stream(question_llm))
         parsed = [prompts.parse_questions(r, n) for r in replies]
         for p in parsed:
             p.questions = p.questions[: self.settings.num_questions]
@@ -199,7 +186,7 @@ class Run:
                     slots.append((qi, rank))
                     ps.append(p)
                     keys.append(make_key("answer", ident, [{"mode": mode}, p.as_key(), fp]))
-        texts = self._stage("answer", keys, ps, _stream(answer_mllm))
+        texts = self.runner.run("answer", keys, ps, _stream(answer_mllm))
         k = candidates.shape[1]
         answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
         for (qi, rank), text in zip(slots, texts):
@@ -211,36 +198,29 @@ class Run:
 
     def score(self, scorer, pairs: list[tuple[str, str]]) -> list[float]:
         keys = [make_key("score", scorer.identity(), list(p)) for p in pairs]
-        return self._stage("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        return self.runner.run("score", keys, pairs, batched(scorer.score, scorer.batch_size))
 
     def evaluate(self, base_order: torch.Tensor, visa_order: torch.Tensor) -> dict[str, float]:
-        t0 = time.perf_counter()
         relevant = [q.relevant for q in self.dataset.queries]
         metrics = {}
-        for prefix, order in (("base", base_order), ("visa", visa_order)):
-            for name, value in recall_at_k(order, relevant, self.settings.recall_at).items():
-                metrics[f"{prefix}/{name}"] = value
-        self._timed("evaluate", t0)
+        with self.runner.timed("evaluate"):
+            for prefix, order in (("base", base_order), ("visa", visa_order)):
+                for name, value in recall_at_k(order, relevant, self.settings.recall_at).items():
+                    metrics[f"{prefix}/{name}"] = value
         return metrics
 
     def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for stage in MODEL_STAGES:
-            s = self.stats.get(stage, StageStats())
-            out[f"calls/{stage}/computed"] = s.computed
-            out[f"calls/{stage}/cached"] = s.cached
-        for stage, seconds in self.times.items():
-            out[f"time/{stage}"] = round(seconds, 4)
-        return out
+        """calls/<stage>/computed|cached of the model stages and time/<stage> of every stage that ran."""
+        return self.runner.report(MODEL_STAGES)
 
 
 def run_visa(
-    dataset: Dataset, parts: Components, settings: Settings, cache: Cache
+    dataset: Dataset, parts: Components, settings: Settings, store: Store
 ) -> tuple[dict, list[dict]]:
     """Run every stage; returns (metrics, one result record per query)."""
     for item in dataset.gallery:  # a missing file stops the run here, before any model loads
         item_fingerprint(item)
-    run = Run(dataset, settings, cache)
+    run = Run(dataset, settings, store)
     base_scores, candidates = run.retrieve(parts.backbone)
     k = min(settings.top_k, candidates.shape[1])
     top = candidates[:, :k]
@@ -259,10 +239,9 @@ def run_visa(
     text_scores = torch.tensor(run.score(parts.scorer, flat_pairs), dtype=torch.float32).view(
         len(passages), k
     )
-    t0 = time.perf_counter()
-    fused = parts.fusion(base_scores[:, :k], text_scores)
-    visa_order = rerank(candidates, fused)
-    run._timed("fuse", t0)
+    with run.runner.timed("fuse"):
+        fused = parts.fusion(base_scores[:, :k], text_scores)
+        visa_order = rerank(candidates, fused)
     metrics = run.evaluate(candidates, visa_order)
     metrics["questions/fallback"] = sum(not q.parsed for q in questions)
     metrics["answers/mode"] = settings.answer_mode
@@ -279,20 +258,18 @@ def evaluate_precomputed(
     """Base and fused recall from precomputed score matrices (the reference release); loads no model."""
     pre = dataset.precomputed
     assert pre is not None
-    run = Run(dataset, settings, cache=None)
-    t0 = time.perf_counter()
-    base = torch.from_numpy(pre.base_scores)
-    depth = min(max(settings.top_k, *settings.recall_at), base.shape[1])
-    base_scores, candidates = base.topk(depth, dim=1)
-    run._timed("retrieve", t0)
-    t0 = time.perf_counter()
-    k = min(settings.top_k, depth)
-    text_scores = torch.from_numpy(pre.text_scores).gather(1, candidates[:, :k])
-    fused = fusion(base_scores[:, :k], text_scores)
-    visa_order = rerank(candidates, fused)
-    run._timed("fuse", t0)
+    run = Run(dataset, settings, store=None)
+    with run.runner.timed("retrieve"):
+        base = torch.from_numpy(pre.base_scores)
+        depth = min(max(settings.top_k, *settings.recall_at), base.shape[1])
+        base_scores, candidates = base.topk(depth, dim=1)
+    with run.runner.timed("fuse"):
+        k = min(settings.top_k, depth)
+        text_scores = torch.from_numpy(pre.text_scores).gather(1, candidates[:, :k])
+        fused = fusion(base_scores[:, :k], text_scores)
+        visa_order = rerank(candidates, fused)
     metrics = run.evaluate(candidates, visa_order)
-    metrics.update({f"time/{s}": round(t, 4) for s, t in run.times.items()})
+    metrics.update(run.runner.report(model_stages=()))
     questions = [prompts.Questions([], qs, True) for qs in (pre.questions or [[] for _ in dataset.queries])]
     results = _records(
         dataset, candidates, base_scores, visa_order, fused, text_scores, questions, None, None

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from visa.cache import Cache, default_cache_dir
+from visa.cache import SQLiteStore, default_cache_dir
 from visa.config import GROUPS, check_part, instantiate_part, register
 from visa.errors import VisaError
 from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa
@@ -68,11 +68,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 scorer=instantiate_part(cfg, "scorer"),
                 fusion=fusion,
             )
-            cache = Cache(cfg.cache_dir or default_cache_dir())
+            store = SQLiteStore(cfg.cache_dir or default_cache_dir())
             try:
-                metrics, results = run_visa(dataset, parts, settings, cache)
+                metrics, results = run_visa(dataset, parts, settings, store)
             finally:
-                cache.close()
+                store.close()
                 parts.close()  # stops the servers this run launched
             metrics.update(parts.counters())
         metrics = {
