@@ -46,6 +46,7 @@ def test_bge_lightweight_missing_model_is_one_line(monkeypatch):
 
 
 def test_passage_is_answers_without_uncertain_then_description():
-    passage = build_passage(["A dog runs.", "Uncertain", "It is brown. Uncertain."], "A park at noon.", True)
+    answers = ["A dog runs.", "Uncertain", "It is brown. Uncertain."]
+    passage = build_passage(answers, "A park at noon.", True, separator=" ")
     assert passage == "A dog runs. It is brown. A park at noon."
     assert build_passage(["A dog runs."], "A park.", False) == "A park."
