@@ -7,6 +7,7 @@ import importlib
 import inspect
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,15 @@ class VisaConfig:
     cache_dir: str | None = None  # None: $VISA_CACHE, else the user cache folder
     data_dir: str = "./data"
     progress: bool = True  # progress bars per stage
+
+
+def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
+    """Hydra override strings as {key: value}; a group choice (`scorer=x`) and a value (`fusion.alpha=0.5`)
+    alike become one entry each; deletions (`~key`) are left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(lines))
+    return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
 
 
 def register() -> None:
