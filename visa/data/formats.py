@@ -219,6 +219,32 @@ READERS: dict[str, Callable[[Path, str], Iterator[Entry]]] = {
 }
 
 
+def detect_format(path: Path) -> str:
+    """The reader of an annotation file, told from its content (dataset.format=auto): Karpathy's
+    `{"images": [...]}`, DCI's splits object, MSRVTT's csv, or a list (json or jsonl) of BLIP/LAVIS
+    `{image, caption}`, InternVideo `{video, caption}` or LoTLIP/ShareGPT4V entries."""
+    if path.suffix.lower() == ".csv":
+        return "msrvtt_csv"
+    data = _read_json_or_jsonl(path) if path.suffix.lower() == ".jsonl" else _read_json(path)
+    if isinstance(data, dict):
+        if isinstance(data.get("images"), list):
+            return "karpathy"
+        if data and all(isinstance(v, list) for v in data.values()):
+            return "dci"
+    elif isinstance(data, list) and data and isinstance(data[0], dict):
+        first = data[0]
+        if "conversations" in first or "IIW" in first or "image/key" in first:
+            return "lotlip"
+        if "caption" in first and "image" in first:
+            return "lavis"
+        if "caption" in first and "video" in first:
+            return "internvideo"
+    raise VisaError(
+        f"{path}: cannot tell the annotation format from the file; set dataset.format to one of "
+        f"{', '.join(f for f in READERS if f not in ('iiw', 'paired_folders'))}"
+    )
+
+
 def _join_paragraph(texts: list[str]) -> str:
     """The sentences of a paragraph query joined with one space, as they are (InternVideo2's and VINDLU's
     paragraph retrieval joins DiDeMo's sentences with " ")."""
@@ -286,8 +312,8 @@ class AnnotatedDataset:
 
     def entries(self) -> list[Entry]:
         """The annotation's (relative media path, captions) entries, in file order."""
-        if self.format not in READERS:
-            raise VisaError(f"dataset.format={self.format!r} is not one of {', '.join(READERS)}")
+        if self.format not in READERS and self.format != "auto":
+            raise VisaError(f"dataset.format={self.format!r} is not one of auto, {', '.join(READERS)}")
         annotation = self.root / self.annotation
         if self.format == "iiw":
             if not annotation.is_dir():
@@ -299,7 +325,8 @@ class AnnotatedDataset:
             return list(_read_pairs(annotation, self.root / self.media_dir))
         if not annotation.is_file():
             raise self._missing("annotation file", annotation, "annotation")
-        return list(READERS[self.format](annotation, self.split))
+        reader = detect_format(annotation) if self.format == "auto" else self.format
+        return list(READERS[reader](annotation, self.split))
 
     def load(self) -> Dataset:
         if self.on_bad_item not in ON_BAD_ITEM:
