@@ -26,7 +26,7 @@ def test_values_round_trip(tmp_path):
     assert got["c"].dtype == np.float32
 
 
-def test_run_stage_computes_only_missing_and_dedupes(tmp_path):
+def test_stage_runner_computes_only_missing_and_dedupes(tmp_path):
     cache = SQLiteStore(tmp_path)
     calls: list[list[int]] = []
 
