@@ -56,12 +56,14 @@ class Components:
                 close()
 
     def counters(self) -> dict[str, int]:
-        """The generators' own counters (e.g. malformed replies, retried requests) as metrics."""
+        """The parts' own counters as metrics: the generators' (e.g. malformed replies, retried requests),
+        the scorer's (pairs cut to its token budgets)."""
         out = {}
-        for group, part in self.generators().items():
-            counters = getattr(part, "counters", None)  # optional ability (ClosableGenerator)
+        named = [(f"generation/{group}", part) for group, part in self.generators().items()]
+        for prefix, part in [*named, ("score", self.scorer)]:
+            counters = getattr(part, "counters", None)  # optional ability (ClosableGenerator, CountingScorer)
             for name, value in (counters() if counters else {}).items():
-                out[f"generation/{group}/{name}"] = value
+                out[f"{prefix}/{name}"] = value
         return out
 
 
@@ -78,6 +80,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise VisaError(f"retrieval.top_k={self.top_k} must be at least 1")
+        if self.chunk_size < 1:
+            raise VisaError(f"retrieval.chunk_size={self.chunk_size} must be at least 1 (default 1024)")
+        if not self.recall_at or min(self.recall_at) < 1:
+            raise VisaError(f"recall_at={list(self.recall_at)} must list cut-offs of 1 or more, e.g. [1,5]")
         if not 0 <= self.num_questions <= self.max_questions:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
@@ -100,6 +106,18 @@ def item_fingerprint(item: Item) -> dict:
             f"{item.kind} not found or unreadable: {item.path} (item {item.id!r}): {e.strerror}"
         ) from e
     return {"path": os.path.abspath(item.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def check_finite(scores: np.ndarray | torch.Tensor, what: str, names: Sequence[str], fix: str) -> None:
+    """Stop with one line when a model gave NaN or infinity: it would sort first and decide the ranking
+    without a word, and it is not valid JSON in results.jsonl. `names` label the rows of `scores`."""
+    finite = np.isfinite(np.asarray(scores))
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        row = int(bad[0][0])
+        raise VisaError(
+            f"{what} is not a finite number for {names[row][:80]!r} ({len(bad)} non-finite value(s)); {fix}"
+        )
 
 
 class Run:
@@ -129,11 +147,15 @@ class Run:
             getattr(backbone, "stream_visual", None)
             or batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
         )
+        text_emb, visual_emb = np.stack(text_emb), np.stack(visual_emb)
+        fix = f"check the backbone's weights and dtype ({str(ident)[:160]})"
+        check_finite(text_emb, "the backbone's text embedding", texts, fix)
+        check_finite(visual_emb, "the backbone's embedding", [i.path for i in items], fix)
         depth = max(self.settings.top_k, *self.settings.recall_at)
         with self.runner.timed("retrieve"):
             return topk_search(
-                torch.from_numpy(np.stack(text_emb)),
-                torch.from_numpy(np.stack(visual_emb)),
+                torch.from_numpy(text_emb),
+                torch.from_numpy(visual_emb),
                 depth,
                 self.settings.chunk_size,
             )
@@ -198,7 +220,10 @@ class Run:
 
     def score(self, scorer, pairs: list[tuple[str, str]]) -> list[float]:
         keys = [make_key("score", scorer.identity(), list(p)) for p in pairs]
-        return self.runner.run("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        scores = self.runner.run("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        fix = f"check the scorer's weights and dtype ({str(scorer.identity())[:160]})"
+        check_finite(np.array(scores, dtype=np.float32), "the scorer's score", [q for q, _ in pairs], fix)
+        return scores
 
     def evaluate(self, base_order: torch.Tensor, visa_order: torch.Tensor) -> dict[str, float]:
         relevant = [q.relevant for q in self.dataset.queries]

@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from visa.data import Dataset, Item, build_dataset
+from visa.data import Dataset, Item, build_dataset, check_count
 from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_media, media_kind
 from visa.errors import VisaError
 
@@ -120,15 +120,19 @@ def read_internvideo(path: Path, split: str) -> Iterator[Entry]:
 
 
 def read_msrvtt_csv(path: Path, split: str) -> Iterator[Entry]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = {"video_id", "sentence"} - set(reader.fieldnames or [])
-        if missing:
-            raise VisaError(
-                f"{path}: no column(s) {', '.join(sorted(missing))}; expected key,vid_key,video_id,sentence"
-            )
-        for row in reader:
-            yield row["video_id"], [row["sentence"]]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows, columns = list(reader), set(reader.fieldnames or [])
+    except UnicodeDecodeError as e:
+        raise VisaError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
+    missing = {"video_id", "sentence"} - columns
+    if missing:
+        raise VisaError(
+            f"{path}: no column(s) {', '.join(sorted(missing))}; expected key,vid_key,video_id,sentence"
+        )
+    for row in rows:
+        yield row["video_id"], [row["sentence"]]
 
 
 def _lotlip_caption(entry: Any, path: Path) -> str:
@@ -284,7 +288,7 @@ class AnnotatedDataset:
         self.max_items = max_items  # first N items (ShareGPT4V: 1k)
         self.paragraph = paragraph  # join an item's captions into one query (DiDeMo paragraph retrieval)
         self.default_ext = default_ext  # appended to media names without an extension (MSRVTT video ids)
-        self.check_items = check_items  # open every item's header at load time
+        self.check_items = check_items  # decode every image, probe every video at load time
         self.published = published  # where to get the data, for the missing-data message
         # how each caption is rewritten before it becomes a query: none | lotlip (LoTLIP's long-text protocol)
         self.caption_rewrite = caption_rewrite
@@ -333,6 +337,8 @@ class AnnotatedDataset:
             raise VisaError(
                 f"dataset.on_bad_item={self.on_bad_item!r} must be one of {', '.join(ON_BAD_ITEM)}"
             )
+        check_count(self.max_items, "dataset.max_items")
+        check_count(self.max_captions, "dataset.max_captions")
         if self.caption_rewrite not in CAPTION_REWRITES:
             raise VisaError(
                 f"dataset.caption_rewrite={self.caption_rewrite!r} must be one of "

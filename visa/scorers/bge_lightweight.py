@@ -37,7 +37,7 @@ import torch
 
 from visa.devices import resolve_device
 from visa.errors import VisaError
-from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, short_name
+from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
 
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SEPARATOR = "\n"
@@ -301,6 +301,9 @@ class BGELightweightReranker:
             "prompt": self.prompt,
         }
 
+    def counters(self) -> dict[str, int]:
+        return {"truncated_queries": self.truncated_queries, "truncated_passages": self.truncated_passages}
+
     def _net(self):
         folder = _checkpoint_folder(self.model)
         raw = json.loads((folder / "config.json").read_text())
@@ -380,7 +383,7 @@ class BGELightweightReranker:
                     tuple(self.compress_layers),
                 )
             except torch.OutOfMemoryError as e:
-                raise VisaError(f"out of memory scoring with {self.model}; lower scorer.batch_size") from e
+                raise oom_hint(e, self.model, "scorer.batch_size") from e
             for layer_scores, values in zip(scores, per_layer):
                 for i, v in zip(rows, values.cpu().tolist()):
                     layer_scores[i] = float(v)

@@ -1,13 +1,14 @@
 """Any transformers cross-encoder (a sequence-classification model over (query, passage) pairs) by hub id or
-local folder; bge-reranker-v2-m3 is one. The score is the raw logit of the first output."""
+local folder; bge-reranker-v2-m3 is one. The score is the raw logit of the first output. The query is cut to
+`query_max_length` tokens (default 3/4 of `max_length`), then the passage to what is left of `max_length`."""
 
 from __future__ import annotations
 
 import torch
 
 from visa.devices import resolve_device
-from visa.errors import VisaError
-from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, short_name
+from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
+from visa.scorers.budget import PairBudget
 
 
 @load_once(maxsize=2)
@@ -21,18 +22,20 @@ def _load(model: str, dtype: str, device: str, trust_remote_code: bool):
     return tokenizer, net.to(resolve_device(device)).eval()
 
 
-class HFCrossEncoder:
+class HFCrossEncoder(PairBudget):
     def __init__(
         self,
         model: str,
         max_length: int = 512,
+        query_max_length: int | None = None,
         dtype: str = "float32",
         device: str = "auto",
         batch_size: int = 32,
         trust_remote_code: bool = False,
     ):
         check_dtype(dtype, "scorer.dtype")
-        self.model, self.max_length, self.dtype, self.device = model, max_length, dtype, device
+        super().__init__(query_max_length, max_length)
+        self.model, self.dtype, self.device = model, dtype, device
         self.batch_size, self.trust_remote_code = batch_size, trust_remote_code
 
     def identity(self) -> dict:
@@ -40,15 +43,17 @@ class HFCrossEncoder:
             "scorer": "hf-cross-encoder",
             "model": short_name(self.model),
             "max_length": self.max_length,
+            "query_max_length": self.query_max_length,
             "dtype": self.dtype,
         }
 
     @torch.no_grad()
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         tokenizer, net = _load(self.model, self.dtype, self.device, self.trust_remote_code)
+        queries, passages = self.cut_queries(tokenizer, pairs)
         enc = tokenizer(
-            [q for q, _ in pairs],
-            [p for _, p in pairs],
+            queries,
+            passages,
             padding=True,
             truncation="only_second",
             max_length=self.max_length,
@@ -57,5 +62,5 @@ class HFCrossEncoder:
         try:
             logits = net(**enc).logits
         except torch.OutOfMemoryError as e:
-            raise VisaError(f"out of memory scoring with {self.model}; lower scorer.batch_size") from e
+            raise oom_hint(e, self.model, "scorer.batch_size") from e
         return [float(x) for x in logits[:, 0].float().cpu()]
