@@ -7,10 +7,10 @@ captions, source and licence.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from visa.data import Dataset, Item, build_dataset, check_count
+from visa.data.files import read_json
 from visa.data.media import package_dir
 from visa.errors import VisaError
 
@@ -33,10 +33,7 @@ class DemoDataset:
 
     def load(self) -> Dataset:
         check_count(self.limit, "dataset.limit")
-        try:
-            entries = json.loads(Path(self.annotation).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:  # ValueError: bad json or not UTF-8
-            raise VisaError(f"cannot read the demo annotation {self.annotation}: {e}") from e
+        entries = read_json(Path(self.annotation), "check dataset.annotation")
         entries = entries[: self.limit] if self.limit else entries
         gallery = [Item(e["id"], str(package_dir(e["package"]) / e["path"]), self.kind) for e in entries]
         captions = [(e["id"], e["captions"]) for e in entries]
