@@ -207,11 +207,12 @@ def _transformers_errors_only():
 
 @load_once(maxsize=1)
 def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, softcapping: bool):
-    """(tokenizer, LightweightGemma) with the layers above `deepest_layer` dropped."""
+    """(tokenizer, LightweightGemma) with only the layers below `deepest_layer`."""
     from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
 
     class Decoder(Gemma2Model):
-        _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+        # the score heads are read apart; the layers past the deepest cutoff are not built
+        _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^model\.layers\.\d+\."]
 
     folder = _checkpoint_folder(model)
     raw = json.loads((folder / "config.json").read_text())
@@ -221,7 +222,9 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
             "start_layer or layer_sep); use a BAAI/bge-reranker-v2.5-gemma2-lightweight checkpoint"
         )
     start, sep, layers = raw["start_layer"], raw["layer_sep"], raw["num_hidden_layers"]
-    config = Gemma2Config(**{k: v for k, v in raw.items() if k not in _NOT_GEMMA2 + _LIGHTWEIGHT_KEYS})
+    gemma2 = {k: v for k, v in raw.items() if k not in _NOT_GEMMA2 + _LIGHTWEIGHT_KEYS}
+    # the stack never runs past the deepest cutoff layer: build (and load) only the layers below it
+    config = Gemma2Config(**{**gemma2, "num_hidden_layers": max(deepest_layer, 1)})
     placement = resolve_device(device)
     with _transformers_errors_only():
         decoder, info = load_pretrained(
@@ -237,7 +240,6 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])[0]
         raise VisaError(f"{model!r} lacks Gemma 2 weights ({missing}, ...); is the download complete?")
-    decoder.layers = decoder.layers[:deepest_layer]  # the stack never runs past the deepest cutoff layer
     if not softcapping:
         for layer in decoder.layers:
             layer.self_attn.attn_logit_softcapping = None
