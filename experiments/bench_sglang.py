@@ -10,7 +10,7 @@ What it measures:
   HTTP, JSON, the event-loop thread, the hand-over to the caller), for text prompts and for prompts with a
   real photo sent as a base64 data URL, and the same through the stage runner with the SQLite store.
 
-The fake server runs in its own process (tests/fake_openai_server.py) so that its work is not counted.
+The fake server runs in its own process (tests/helpers/fake_openai_server.py) so that its work is not counted.
 """
 
 from __future__ import annotations
@@ -31,9 +31,12 @@ from visa.prompts import Prompt, answer_prompt
 REPO = Path(__file__).resolve().parents[1]
 
 
+FAKE_SERVER = REPO / "tests" / "helpers" / "fake_openai_server.py"
+
+
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "fake_openai_server.py"), "--latency", str(latency)],
+        [sys.executable, str(FAKE_SERVER), "--latency", str(latency)],
         stdout=subprocess.PIPE,
         text=True,
     )

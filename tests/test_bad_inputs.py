@@ -74,7 +74,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "top_k=0": (lambda d: ["retrieval.top_k=0"], r"retrieval\.top_k=0 must be at least 1"),
     "unknown key": (
         lambda d: ["+dataset.limits=3"],
-        r"dataset\.limits is not a setting of visa\.data\.demo\.DemoDataset; valid keys: annotation, limit",
+        r"dataset\.limits is not a setting of visa\.data\.demo\.DemoDataset; "
+        r"valid keys: kind, annotation, limit",
     ),
     # -- a folder collection -------------------------------------------------------------------------------
     "empty caption": (
@@ -129,7 +130,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "on_bad_item=maybe": (
         lambda d: [*folder(d, GOOD_JSONL), "dataset.on_bad_item=maybe"],
-        r"dataset\.on_bad_item='maybe' must be fail or skip",
+        r"dataset\.on_bad_item='maybe' must be one of fail, skip",
     ),
     # -- secrets and nested parts --------------------------------------------------------------------------
     "api_key in the config": (
@@ -274,10 +275,8 @@ def test_csv_empty_cells_are_no_caption(tmp_path):
 def test_a_scorer_that_gives_infinity_stops_the_run_naming_the_query(tmp_path):
     """A real (tiny) cross-encoder whose output overflows, as float16 can: the score stage stops."""
     import torch
+    from helpers import tiny_models
     from transformers import XLMRobertaForSequenceClassification
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    import tiny_models
 
     from visa.cache import SQLiteStore
     from visa.data import Dataset, Item, Query

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import SMALL_DEMO, read_run, run_cli
-from fake_openai_server import FakeOpenAIServer
+from helpers.fake_openai_server import FakeOpenAIServer
 
 from visa.cache import SQLiteStore, StageRunner, make_key
 from visa.generation.openai_api import OpenAIChatGenerator

@@ -9,7 +9,7 @@ reply), "malformed" (200 with JSON that has no choices), "garbage" (200 with a b
 flight at once.
 
 Run it alone (for the benchmark, so that the client and the server do not share one interpreter):
-    python tests/fake_openai_server.py --latency 0.05    # prints the URL, serves until killed
+    python tests/helpers/fake_openai_server.py --latency 0.05    # prints the URL, serves until killed
 """
 
 from __future__ import annotations
