@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from visa.data.media import check_media
+from visa.data.media import check_many
 from visa.errors import VisaError
 
 log = logging.getLogger("visa.data")
@@ -57,12 +57,14 @@ class BadItems:
         self.policy, self.dataset = policy, dataset
         self.skipped: list[str] = []
 
-    def usable(self, path: str, kind: str) -> bool:
-        """Whether the item can be read (decoded in full); a bad one is failed on or skipped."""
-        problem = check_media(path, kind)
-        if problem is not None:
-            self.bad(path, problem)
-        return problem is None
+    def usable(self, paths: list[str]) -> set[str]:
+        """The paths whose items can be read (each decoded or looked at in full, on a few threads); each bad
+        one is failed on or skipped."""
+        problems = check_many(paths)
+        for path in paths:
+            if problems[path] is not None:
+                self.bad(path, problems[path])
+        return {p for p in paths if problems[p] is None}
 
     def bad(self, path: str | Path, problem: str) -> None:
         if self.policy == "fail":

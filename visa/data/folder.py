@@ -116,9 +116,10 @@ class FolderDataset:
             bad_items.bad(media_root / rel, "not found, or not an image/video file")
         gallery: list[Item] = []
         index: dict[str, int] = {}
+        usable = bad_items.usable([str(media_root / rel) for rel in files])
         for rel in files:
             path = str(media_root / rel)
-            if bad_items.usable(path, media_kind(path)):
+            if path in usable:
                 index[rel] = len(gallery)
                 gallery.append(Item(id=rel, path=path, kind=media_kind(path)))
         bad_items.warn()

@@ -327,9 +327,10 @@ class AnnotatedDataset:
             merged = dict(list(merged.items())[: self.max_items])
         gallery: list[Item] = []
         captions: list[tuple[str, list[str]]] = []
+        usable = bad_items.usable(list(merged)) if self.check_items else set(merged)
         for path, texts in merged.items():
             kind = media_kind(path)
-            if self.check_items and not bad_items.usable(path, kind):
+            if path not in usable:
                 continue
             item_id = os.path.relpath(path, media_root)
             gallery.append(Item(id=item_id, path=path, kind=kind))
