@@ -59,9 +59,9 @@ def release(root: Path, base: str | None = None, text: str | None = None) -> lis
 
 def damaged_cache(root: Path) -> list[str]:
     """A cache with results, then garbage written over its middle pages (a disk or copy fault)."""
-    from visa.cache import Cache
+    from visa.cache import SQLiteStore
 
-    cache = Cache(root)
+    cache = SQLiteStore(root)
     rng = np.random.default_rng(0)
     for i in range(200):
         cache.put_many("encode_text", {f"{i:064x}": rng.random(256, dtype=np.float32)})
@@ -389,9 +389,9 @@ def test_move_aside_renames_a_damaged_cache_and_the_next_run_starts_anew(tmp_pat
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(names) == 1 and re.fullmatch(r"visa-cache\.damaged-\d{8}-\d{6}\.sqlite", names[0])
 
-    from visa.cache import Cache
+    from visa.cache import SQLiteStore
 
-    cache = Cache(tmp_path / "cache")  # a new, empty cache beside the damaged one, which is kept
+    cache = SQLiteStore(tmp_path / "cache")  # a new, empty cache beside the damaged one, which is kept
     assert cache.get_many(["0" * 64]) == {}
     cache.close()
 
