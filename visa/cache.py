@@ -42,6 +42,15 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("visa"))
 
 
+def model_label(identity: Any) -> str:
+    """A short name for the model behind a stage's results (`python -m visa.cache` groups by it)."""
+    if isinstance(identity, dict):
+        for field in ("model", "model_path", "name", "backbone", "generator", "scorer"):
+            if isinstance(identity.get(field), str):
+                return identity[field]
+    return str(identity)[:80]
+
+
 def make_key(stage: str, identity: Any, inputs: Any) -> str:
     """SHA-256 over a canonical JSON encoding of (stage, model identity, inputs)."""
     blob = json.dumps([stage, identity, inputs], sort_keys=True, ensure_ascii=False, default=str)
@@ -69,8 +78,8 @@ class Store(Protocol):
         """The values of the keys present (missing keys are absent from the result)."""
         ...
 
-    def put(self, stage: str, key: str, value: Any) -> None:
-        """Store one result durably (a crash right after loses nothing that was put)."""
+    def put(self, stage: str, key: str, value: Any, model: str = "") -> None:
+        """Store one result durably (a crash right after loses nothing that was put); `model` labels it."""
         ...
 
     def close(self) -> None: ...
@@ -88,6 +97,9 @@ class SQLiteStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+            if "model" not in columns:  # caches written before results named their model
+                self._db.execute("ALTER TABLE results ADD COLUMN model TEXT DEFAULT ''")
         except sqlite3.DatabaseError as e:
             if not isinstance(e, sqlite3.OperationalError):  # "file is not a database"
                 raise self._damaged(e) from None
@@ -124,14 +136,18 @@ class SQLiteStore:
             raise self._damaged(e) from None
         return found
 
-    def put_many(self, stage: str, items: dict[str, Any]) -> None:
+    def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
         if not items:
             return
         now = time.time()
-        rows = [(k, stage, _encode(v), now) for k, v in items.items()]
+        rows = [(k, stage, _encode(v), now, model) for k, v in items.items()]
         try:
             with self._db:  # one transaction
-                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO results (key, stage, value, created, model) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
         except sqlite3.OperationalError as e:  # disk full, read-only, ...
             raise VisaError(
                 f"cannot write to the cache {self.path}: {e}; free space or fix its permissions, or point "
@@ -141,8 +157,8 @@ class SQLiteStore:
             raise self._damaged(e) from None
         self.written[stage] = self.written.get(stage, 0) + len(rows)
 
-    def put(self, stage: str, key: str, value: Any) -> None:
-        self.put_many(stage, {key: value})
+    def put(self, stage: str, key: str, value: Any, model: str = "") -> None:
+        self.put_many(stage, {key: value}, model=model)
 
     def close(self) -> None:
         self._db.close()
@@ -179,12 +195,15 @@ class StageRunner:
         self.store, self.progress = store, progress
         self.stats: dict[str, StageStats] = {}
 
-    def run(self, stage: str, keys: Sequence[str], inputs: Sequence[Any], compute: Stream) -> list[Any]:
+    def run(
+        self, stage: str, keys: Sequence[str], inputs: Sequence[Any], compute: Stream, model: str = ""
+    ) -> list[Any]:
         """Results for `inputs`, computing only the keys the store lacks.
 
         `compute` receives the missing inputs (each distinct key once) and yields (index, result) pairs in
         any order; each result is put in the store as it arrives (a small SQLite transaction, well under a
-        millisecond), so an interrupted or killed run loses only the results still being computed.
+        millisecond), so an interrupted or killed run loses only the results still being computed. `model`
+        labels the results in the store (`python -m visa.cache show` groups by it).
         """
         stats = self.stats.setdefault(stage, StageStats())
         with self.timed(stage):
@@ -198,7 +217,7 @@ class StageRunner:
                 ) as bar:
                     for index, result in compute([first_input[k] for k in missing]):
                         if self.store is not None:
-                            self.store.put(stage, missing[index], result)
+                            self.store.put(stage, missing[index], result, model=model)
                         found[missing[index]] = result
                         stats.computed += 1
                         bar.update(1)
@@ -206,6 +225,9 @@ class StageRunner:
                 if lost:
                     raise RuntimeError(f"stage {stage}: {len(lost)} inputs got no result")
         return [found[k] for k in keys]
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.stats.setdefault(stage, StageStats()).seconds += seconds
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
@@ -245,15 +267,35 @@ def move_aside(root: str | os.PathLike) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m visa.cache move-aside [CACHE_DIR]` (default: $VISA_CACHE, else the user cache folder)."""
+    """`python -m visa.cache {show,merge,prune,move-aside} [CACHE_DIR]` (default: $VISA_CACHE, else the user
+    cache folder)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m visa.cache", description="Manage the stage cache.")
     sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "show": "what the cache folder holds, per stage and model",
+        "merge": "pack the per-writer logs of finished writers (shared storage) into one file",
+        "prune": "remove the results of a stage and/or a model",
+    }
+    for name, text in commands.items():
+        command = sub.add_parser(name, help=text)
+        command.add_argument("cache_dir", nargs="?", default=None)
+        if name == "prune":
+            command.add_argument("--stage", help="only this stage (encode_text, ..., score)")
+            command.add_argument("--model", help="only results of this model (as `show` lists it)")
+        if name != "show":
+            command.add_argument(
+                "--force", action="store_true", help="also logs that may have a running writer"
+            )
     aside = sub.add_parser("move-aside", help="rename a damaged cache file so that the next run starts anew")
     aside.add_argument("cache_dir", nargs="?", default=None)
     args = parser.parse_args(argv)
     folder = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if args.command in commands:
+        from visa.cache_admin import command
+
+        return command(args.command, folder, args)
     moved = move_aside(folder)
     if not moved:
         print(f"error: no cache file (visa-cache.sqlite) in {folder}", file=sys.stderr)

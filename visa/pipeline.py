@@ -1,15 +1,17 @@
 """The VISA stage graph: retrieve -> describe -> ask -> answer -> score -> fuse -> evaluate.
 
-Every model stage goes through one `visa.cache.StageRunner`, keyed by the model's identity and the stage's
-inputs, so a repeated run, a sweep or a resumed run recomputes nothing it already has. The pipeline knows
-the interfaces of the parts (backbone, generators, scorer, fusion), never a particular model.
+Every model stage goes through one `visa.cache.StageRunner` (via `Run._stage`), keyed by the model's
+identity and the stage's inputs, so a repeated run, a sweep or a resumed run recomputes nothing it already
+has. The pipeline knows the interfaces of the parts (backbone, generators, scorer, fusion), never a
+particular model.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -17,14 +19,16 @@ import torch
 
 from visa import prompts
 from visa.backbones import Backbone
-from visa.cache import StageRunner, Store, batched, make_key
+from visa.cache import StageRunner, Store, batched, make_key, model_label
 from visa.data import Dataset, Item
 from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
 from visa.generation import Generator
 from visa.metrics import recall_at_k
-from visa.retrieval import topk_search
+from visa.pairwise import retrieve_pairwise
+from visa.retrieval import check_index, topk_search
 from visa.scorers import Scorer
+from visa.shard import SHARED_STAGES, Shard, wait_for_others
 
 ANSWER_MODES = ("per_question", "per_candidate")
 MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
@@ -71,6 +75,9 @@ class Components:
 class Settings:
     top_k: int = 20
     chunk_size: int = 1024
+    gallery_chunk_size: int = 16384
+    index: str = "torch"  # the top-K engine: torch or faiss (visa.retrieval)
+    search_device: str = "cpu"
     num_questions: int = 3
     max_questions: int = 3
     recall_at: Sequence[int] = (1, 5, 10)
@@ -79,6 +86,7 @@ class Settings:
     passage_separator: str = ""  # between the answers and the description; "" as the reference joins them
     progress: bool = True
     answer_mode: str = "per_question"  # or "per_candidate" (all of a query's questions in one call)
+    shard: Shard = field(default_factory=Shard)  # a sharded run: this run's 1/N of each stage (visa.shard)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -91,6 +99,7 @@ class Settings:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
             )
+        check_index(self.index)
         if self.answer_mode not in ANSWER_MODES:
             raise VisaError(f"answers.mode={self.answer_mode!r} is not one of {', '.join(ANSWER_MODES)}")
         if self.question_retries < 0 or self.retry_temperature < 0:
@@ -116,6 +125,12 @@ def item_fingerprint(item: Item) -> dict:
     return {"path": os.path.abspath(item.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
+def visual_keys(backbone, items: Sequence[Item]) -> list[str]:
+    """The encode_visual stage's cache keys of `items`."""
+    ident = backbone.identity()
+    return [make_key("encode_visual", ident, item_fingerprint(i)) for i in items]
+
+
 def check_finite(scores: np.ndarray | torch.Tensor, what: str, names: Sequence[str], fix: str) -> None:
     """Stop with one line when a model gave NaN or infinity: it would sort first and decide the ranking
     without a word, and it is not valid JSON in results.jsonl. `names` label the rows of `scores`."""
@@ -132,48 +147,79 @@ class Run:
     """One evaluation of a dataset; holds the per-stage statistics reported in metrics.json."""
 
     def __init__(self, dataset: Dataset, settings: Settings, store: Store | None):
-        self.dataset, self.settings = dataset, settings
+        self.dataset, self.settings, self.store = dataset, settings, store
         self.runner = StageRunner(store, progress=settings.progress)
         self.question_tries: list[tuple[int, int]] = []  # (asked, parsed) per question try
+
+    def _stage(self, name: str, keys: list[str], inputs: list[Any], stream, model: Any = "") -> list[Any]:
+        """`model`: the identity of the stage's model, for the cache's summary by model."""
+        shard, label = self.settings.shard, model_label(model)
+        if not shard.active or name not in SHARED_STAGES:
+            return self.runner.run(name, keys, inputs, stream, model=label)
+        # this shard's share, then the other shards' results from the store
+        mine = shard.mine(len(keys))
+        self.runner.run(name, [keys[i] for i in mine], [inputs[i] for i in mine], stream, model=label)
+        by_key = dict(zip(keys, inputs))
+
+        def compute_missing(missing: list[str]) -> dict[str, Any]:
+            results = self.runner.run(name, missing, [by_key[k] for k in missing], stream, model=label)
+            return dict(zip(missing, results))
+
+        found = wait_for_others(shard, name, keys, self.store.get_many, compute_missing)
+        return [found[k] for k in keys]
+
+    def _timed(self, name: str, t0: float) -> None:
+        """Adds the seconds since `t0` to `name` (steps without a model: retrieve, fuse, evaluate)."""
+        self.runner.add_time(name, time.perf_counter() - t0)
 
     # -- stages -----------------------------------------------------------------------------------------
     def retrieve(self, backbone) -> tuple[torch.Tensor, torch.Tensor]:
         """(base scores, candidate indices) per query; enough columns for K and for the largest R@k."""
-        ident = backbone.identity()
         texts = [q.text for q in self.dataset.queries]
-        text_emb = self.runner.run(
+        if hasattr(backbone, "score_pairs"):  # a cross-attention matcher: every pair scored (visa.pairwise)
+            depth = max(self.settings.top_k, *self.settings.recall_at)
+            return retrieve_pairwise(self._stage, make_key, backbone, texts, self.dataset.gallery, depth)
+        ident = backbone.identity()
+        text_emb = self._stage(
             "encode_text",
             [make_key("encode_text", ident, t) for t in texts],
             texts,
             batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
+            ident,
         )
         items = self.dataset.gallery
-        visual_emb = self.runner.run(
+        visual_emb = self._stage(
             "encode_visual",
-            [make_key("encode_visual", ident, item_fingerprint(i)) for i in items],
+            visual_keys(backbone, items),
             items,
             # a backbone's own stream_visual (data-parallel gallery encoding) when it has one
             getattr(backbone, "stream_visual", None)
             or batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
+            ident,
         )
         text_emb, visual_emb = np.stack(text_emb), np.stack(visual_emb)
         fix = f"check the backbone's weights and dtype ({str(ident)[:160]})"
         check_finite(text_emb, "the backbone's text embedding", texts, fix)
         check_finite(visual_emb, "the backbone's embedding", [i.path for i in items], fix)
+        t0 = time.perf_counter()
         depth = max(self.settings.top_k, *self.settings.recall_at)
-        with self.runner.timed("retrieve"):
-            return topk_search(
-                torch.from_numpy(text_emb),
-                torch.from_numpy(visual_emb),
-                depth,
-                self.settings.chunk_size,
-            )
+        result = topk_search(
+            torch.from_numpy(text_emb),
+            torch.from_numpy(visual_emb),
+            depth,
+            self.settings.chunk_size,
+            gallery_chunk_size=self.settings.gallery_chunk_size,
+            index=self.settings.index,
+            device=self.settings.search_device,
+        )
+        self._timed("retrieve", t0)
+        return result
 
     def describe(self, describer, items: list[Item]) -> dict[str, str]:
         ident = describer.identity()
         ps = [prompts.Prompt(prompts.describe_prompt(i.kind), (i.path,), i.kind) for i in items]
         keys = [make_key("describe", ident, [p.as_key(), item_fingerprint(i)]) for p, i in zip(ps, items)]
-        texts = self.runner.run("describe", keys, ps, _stream(describer))
+        texts = self._stage("describe", keys, ps, _stream(describer), ident)
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm) -> list[prompts.Questions]:
@@ -201,7 +247,7 @@ class Run:
                 for i in pending
             ]
             keys = [make_key("ask", identity, p.as_key()) for p in ps]
-            replies = self.runner.run("ask", keys, ps, _stream(question_llm))
+            replies = self._stage("ask", keys, ps, _stream(question_llm), identity)
             tried = [prompts.parse_questions(r, n) for r in replies]
             if attempt == 0:
                 parsed = tried
@@ -246,7 +292,7 @@ class Run:
                     slots.append((qi, rank))
                     ps.append(p)
                     keys.append(make_key("answer", ident, [{"mode": mode}, p.as_key(), fp]))
-        texts = self.runner.run("answer", keys, ps, _stream(answer_mllm))
+        texts = self._stage("answer", keys, ps, _stream(answer_mllm), ident)
         k = candidates.shape[1]
         answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
         for (qi, rank), text in zip(slots, texts):
@@ -258,18 +304,20 @@ class Run:
 
     def score(self, scorer, pairs: list[tuple[str, str]]) -> list[float]:
         keys = [make_key("score", scorer.identity(), list(p)) for p in pairs]
-        scores = self.runner.run("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        stream = batched(scorer.score, scorer.batch_size)
+        scores = self._stage("score", keys, pairs, stream, scorer.identity())
         fix = f"check the scorer's weights and dtype ({str(scorer.identity())[:160]})"
         check_finite(np.array(scores, dtype=np.float32), "the scorer's score", [q for q, _ in pairs], fix)
         return scores
 
     def evaluate(self, base_order: torch.Tensor, visa_order: torch.Tensor) -> dict[str, float]:
+        t0 = time.perf_counter()
         relevant = [q.relevant for q in self.dataset.queries]
         metrics = {}
-        with self.runner.timed("evaluate"):
-            for prefix, order in (("base", base_order), ("visa", visa_order)):
-                for name, value in recall_at_k(order, relevant, self.settings.recall_at).items():
-                    metrics[f"{prefix}/{name}"] = value
+        for prefix, order in (("base", base_order), ("visa", visa_order)):
+            for name, value in recall_at_k(order, relevant, self.settings.recall_at).items():
+                metrics[f"{prefix}/{name}"] = value
+        self._timed("evaluate", t0)
         return metrics
 
     def report(self) -> dict[str, Any]:
@@ -289,6 +337,8 @@ def run_visa(
     top = candidates[:, :k]
     in_top = sorted(set(top.flatten().tolist()))
     descriptions = run.describe(parts.describer, [dataset.gallery[i] for i in in_top])
+    if settings.shard.active:  # ask, answer and score: this shard's queries only; no evaluation
+        return _shard_rest(dataset, parts, settings, run, top, descriptions), []
     questions = run.ask(parts.question_llm)
     answers = run.answer(parts.answer_mllm, questions, top, descriptions)
     passages = [
@@ -307,9 +357,10 @@ def run_visa(
     text_scores = torch.tensor(run.score(parts.scorer, flat_pairs), dtype=torch.float32).view(
         len(passages), k
     )
-    with run.runner.timed("fuse"):
-        fused = parts.fusion(base_scores[:, :k], text_scores)
-        visa_order = rerank(candidates, fused)
+    t0 = time.perf_counter()
+    fused = parts.fusion(base_scores[:, :k], text_scores)
+    visa_order = rerank(candidates, fused)
+    run._timed("fuse", t0)
     metrics = run.evaluate(candidates, visa_order)
     metrics["questions/fallback"] = sum(not q.parsed for q in questions)
     metrics["questions/retries"] = sum(asked for asked, _ in run.question_tries[1:])
@@ -324,6 +375,29 @@ def run_visa(
     return metrics, results
 
 
+def _shard_rest(
+    dataset: Dataset, parts: Components, settings: Settings, run: Run, top: torch.Tensor, descriptions
+) -> dict[str, Any]:
+    """ask, answer and score for this shard's queries, into the cache; metrics.json gets the call counts."""
+    own = settings.shard.mine(len(dataset.queries))
+    part = Run(replace(dataset, queries=[dataset.queries[q] for q in own]), settings, run.store)
+    part.runner = run.runner  # one report for the whole shard
+    top = top[own]
+    questions = part.ask(parts.question_llm)
+    answers = part.answer(parts.answer_mllm, questions, top, descriptions)
+    pairs = [
+        (
+            part.dataset.queries[qi].text,
+            prompts.build_passage(answers[qi][r], descriptions[gallery_id], qs.parsed),
+        )
+        for qi, qs in enumerate(questions)
+        for r, gallery_id in enumerate(dataset.gallery[gi].id for gi in top[qi].tolist())
+    ]
+    part.score(parts.scorer, pairs)
+    shard = settings.shard
+    return {"shard/index": shard.index, "shard/count": shard.count, "shard/queries": len(own), **run.report()}
+
+
 def evaluate_precomputed(
     dataset: Dataset, fusion: MinMaxFusion, settings: Settings
 ) -> tuple[dict, list[dict]]:
@@ -331,15 +405,17 @@ def evaluate_precomputed(
     pre = dataset.precomputed
     assert pre is not None
     run = Run(dataset, settings, store=None)
-    with run.runner.timed("retrieve"):
-        base = torch.from_numpy(pre.base_scores)
-        depth = min(max(settings.top_k, *settings.recall_at), base.shape[1])
-        base_scores, candidates = base.topk(depth, dim=1)
-    with run.runner.timed("fuse"):
-        k = min(settings.top_k, depth)
-        text_scores = torch.from_numpy(pre.text_scores).gather(1, candidates[:, :k])
-        fused = fusion(base_scores[:, :k], text_scores)
-        visa_order = rerank(candidates, fused)
+    t0 = time.perf_counter()
+    base = torch.from_numpy(pre.base_scores)
+    depth = min(max(settings.top_k, *settings.recall_at), base.shape[1])
+    base_scores, candidates = base.topk(depth, dim=1)
+    run._timed("retrieve", t0)
+    t0 = time.perf_counter()
+    k = min(settings.top_k, depth)
+    text_scores = torch.from_numpy(pre.text_scores).gather(1, candidates[:, :k])
+    fused = fusion(base_scores[:, :k], text_scores)
+    visa_order = rerank(candidates, fused)
+    run._timed("fuse", t0)
     metrics = run.evaluate(candidates, visa_order)
     metrics.update(run.runner.report(model_stages=()))
     questions = [prompts.Questions([], qs, True) for qs in (pre.questions or [[] for _ in dataset.queries])]
