@@ -188,9 +188,6 @@ def check_part(node: DictConfig, where: str) -> None:
                     f"{where}.{key} is a mapping without _target_; it takes a part that names its class, "
                     "e.g. _target_: visa.generation.sglang.SGLangServer"
                 )
-        if isinstance(value, dict) and "_target_" in value:  # a nested part (e.g. a server to launch)
-            check_part(node[key], f"{where}.{key}")
-            continue
         if not _type_ok(value, hints.get(key, params[key].annotation)):
             expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
             raise VisaError(f"{where}.{key}={value!r} has the wrong type; expected {expected}")
