@@ -28,6 +28,7 @@ class RetrievalConfig:
 class QuestionsConfig:
     num: int = 3  # questions used per query
     max: int = 3  # questions generated per query (a sweep over num reuses them)
+    prompt: str = "paper"  # the question writer's prompt: paper | fewshot (for very small models)
 
 
 @dataclass

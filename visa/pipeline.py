@@ -47,6 +47,7 @@ class Settings:
     recall_at: Sequence[int] = (1, 5, 10)
     progress: bool = True
     answer_mode: str = "per_question"  # or "per_candidate" (all of a query's questions in one call)
+    question_prompt: str = "paper"  # or "fewshot": worked examples a very small model can follow
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -55,6 +56,9 @@ class Settings:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
             )
+        if self.question_prompt not in prompts.QUESTION_PROMPTS:
+            names = ", ".join(prompts.QUESTION_PROMPTS)
+            raise VisaError(f"questions.prompt={self.question_prompt!r} is not one of {names}")
         if self.answer_mode not in ANSWER_MODES:
             raise VisaError(f"answers.mode={self.answer_mode!r} is not one of {', '.join(ANSWER_MODES)}")
 
@@ -133,7 +137,8 @@ class Run:
     def ask(self, question_llm) -> list[prompts.Questions]:
         """Questions for every query, generated once at questions.max; the first questions.num are used."""
         n = self.settings.max_questions
-        ps = [prompts.question_prompt(q.text, n) for q in self.dataset.queries]
+        template = self.settings.question_prompt
+        ps = [prompts.question_prompt(q.text, n, template) for q in self.dataset.queries]
         keys = [make_key("ask", question_llm.identity(), p.as_key()) for p in ps]
         replies = self._stage("ask", keys, ps, _stream(question_llm))
         parsed = [prompts.parse_questions(r, n) for r in replies]

@@ -47,6 +47,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         chunk_size=cfg.retrieval.chunk_size,
         num_questions=cfg.questions.num,
         max_questions=cfg.questions.max,
+        question_prompt=cfg.questions.prompt,
         answer_mode=cfg.answers.mode,
         recall_at=list(cfg.recall_at),
         progress=cfg.progress,
