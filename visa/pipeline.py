@@ -17,12 +17,15 @@ import numpy as np
 import torch
 
 from visa import prompts
+from visa.backbones import Backbone
 from visa.cache import Cache, StageStats, batched, make_key, run_stage
 from visa.data import Dataset, Item
 from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
+from visa.generation import Generator
 from visa.metrics import recall_at_k
 from visa.retrieval import topk_search
+from visa.scorers import Scorer
 
 ANSWER_MODES = ("per_question", "per_candidate")
 MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
@@ -30,12 +33,37 @@ MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "sc
 
 @dataclass
 class Components:
-    backbone: Any
-    question_llm: Any
-    answer_mllm: Any
-    describer: Any
-    scorer: Any
+    """The parts of a run, each a class that satisfies its group's Protocol."""
+
+    backbone: Backbone
+    question_llm: Generator
+    answer_mllm: Generator
+    describer: Generator
+    scorer: Scorer
     fusion: MinMaxFusion
+
+    def generators(self) -> dict[str, Generator]:
+        return {
+            "question_llm": self.question_llm,
+            "answer_mllm": self.answer_mllm,
+            "describer": self.describer,
+        }
+
+    def close(self) -> None:
+        """Let every part that started something (a launched server) stop it."""
+        for part in (self.backbone, *self.generators().values(), self.scorer):
+            close = getattr(part, "close", None)  # an optional ability (visa.generation.ClosableGenerator)
+            if close is not None:
+                close()
+
+    def counters(self) -> dict[str, int]:
+        """The generators' own counters (e.g. malformed replies, retried requests) as metrics."""
+        out = {}
+        for group, part in self.generators().items():
+            counters = getattr(part, "counters", None)  # optional ability (ClosableGenerator)
+            for name, value in (counters() if counters else {}).items():
+                out[f"generation/{group}/{name}"] = value
+        return out
 
 
 @dataclass
@@ -52,6 +80,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise VisaError(f"retrieval.top_k={self.top_k} must be at least 1")
+        if self.chunk_size < 1:
+            raise VisaError(f"retrieval.chunk_size={self.chunk_size} must be at least 1 (default 1024)")
+        if not self.recall_at or min(self.recall_at) < 1:
+            raise VisaError(f"recall_at={list(self.recall_at)} must list cut-offs of 1 or more, e.g. [1,5]")
         if not 0 <= self.num_questions <= self.max_questions:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
@@ -77,6 +109,18 @@ def item_fingerprint(item: Item) -> dict:
             f"{item.kind} not found or unreadable: {item.path} (item {item.id!r}): {e.strerror}"
         ) from e
     return {"path": os.path.abspath(item.path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
+def check_finite(scores: np.ndarray | torch.Tensor, what: str, names: Sequence[str], fix: str) -> None:
+    """Stop with one line when a model gave NaN or infinity: it would sort first and decide the ranking
+    without a word, and it is not valid JSON in results.jsonl. `names` label the rows of `scores`."""
+    finite = np.isfinite(np.asarray(scores))
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        row = int(bad[0][0])
+        raise VisaError(
+            f"{what} is not a finite number for {names[row][:80]!r} ({len(bad)} non-finite value(s)); {fix}"
+        )
 
 
 class Run:
@@ -116,11 +160,15 @@ class Run:
             getattr(backbone, "stream_visual", None)
             or batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
         )
+        text_emb, visual_emb = np.stack(text_emb), np.stack(visual_emb)
+        fix = f"check the backbone's weights and dtype ({str(ident)[:160]})"
+        check_finite(text_emb, "the backbone's text embedding", texts, fix)
+        check_finite(visual_emb, "the backbone's embedding", [i.path for i in items], fix)
         t0 = time.perf_counter()
         depth = max(self.settings.top_k, *self.settings.recall_at)
         result = topk_search(
-            torch.from_numpy(np.stack(text_emb)),
-            torch.from_numpy(np.stack(visual_emb)),
+            torch.from_numpy(text_emb),
+            torch.from_numpy(visual_emb),
             depth,
             self.settings.chunk_size,
         )
@@ -138,7 +186,7 @@ class Run:
         """Questions for every query, generated once at questions.max; the first questions.num are used."""
         n = self.settings.max_questions
         template = self.settings.question_prompt
-        ps = [prompts.question_prompt(q.text, n, template) for q in self.dataset.queries]
+        ps = [prompts.question_prompt(q.text, n, template=template) for q in self.dataset.queries]
         keys = [make_key("ask", question_llm.identity(), p.as_key()) for p in ps]
         replies = self._stage("ask", keys, ps, _stream(question_llm))
         parsed = [prompts.parse_questions(r, n) for r in replies]
@@ -188,7 +236,10 @@ class Run:
 
     def score(self, scorer, pairs: list[tuple[str, str]]) -> list[float]:
         keys = [make_key("score", scorer.identity(), list(p)) for p in pairs]
-        return self._stage("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        scores = self._stage("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        fix = f"check the scorer's weights and dtype ({str(scorer.identity())[:160]})"
+        check_finite(np.array(scores, dtype=np.float32), "the scorer's score", [q for q, _ in pairs], fix)
+        return scores
 
     def evaluate(self, base_order: torch.Tensor, visa_order: torch.Tensor) -> dict[str, float]:
         t0 = time.perf_counter()

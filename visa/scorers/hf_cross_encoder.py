@@ -10,7 +10,7 @@ import torch
 
 from visa.devices import resolve_device
 from visa.errors import VisaError
-from visa.generation.hf import load_pretrained
+from visa.loading import load_pretrained
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
