@@ -78,7 +78,8 @@ class EvidenceAnswerer:
             sims = question_emb[qi : qi + len(qs)] @ clause_emb[ci : ci + len(cs)].T
             qi, ci = qi + len(qs), ci + len(cs)
             answers = [self._answer(row, cs) for row in sims] if cs else [UNCERTAIN] * len(qs)
-            replies.append("\n".join(f"{i}. {a}" for i, a in enumerate(answers, 1)) if numbered else answers[0])
+            numbered_reply = "\n".join(f"{i}. {a}" for i, a in enumerate(answers, 1))
+            replies.append(numbered_reply if numbered else answers[0])
         return replies
 
     def _answer(self, similarities: torch.Tensor, candidates: list[str]) -> str:
