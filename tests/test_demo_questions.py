@@ -59,6 +59,7 @@ def test_description_is_cut_into_clauses_that_keep_their_heading():
     assert "low contrast" in parts
 
 
+@pytest.mark.slow  # loads the packaged all-MiniLM-L6-v2
 def test_evidence_answerer_quotes_the_nearest_clause_or_is_uncertain():
     answerer = EvidenceAnswerer(min_similarity=0.4)
     asked = ["Is the photo black and white?", "Is there a giraffe eating leaves?"]

@@ -85,6 +85,7 @@ def test_printed_text_is_read():
     assert "segmentation" in [w.lower() for w in words]
 
 
+@pytest.mark.slow  # loads the packaged EfficientNet-Lite0
 def test_description_of_real_photos_carries_what_labels_cannot():
     describer = PixelDescriber(ocr="off")
     camera = describer.describe([_image(data.camera()).convert("RGB")])
@@ -95,6 +96,7 @@ def test_description_of_real_photos_carries_what_labels_cannot():
     assert "low-resolution (32x32 pixel)" in tiny
 
 
+@pytest.mark.slow  # loads the packaged EfficientNet-Lite0
 def test_describer_generates_from_paths_and_refuses_text_prompts(tmp_path):
     path = tmp_path / "coffee.png"
     _image(data.coffee()).save(path)
