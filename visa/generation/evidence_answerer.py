@@ -59,7 +59,7 @@ class EvidenceAnswerer:
     def identity(self) -> dict:
         return {
             "generator": "evidence-answerer",
-            "embedder": "all-MiniLM-L6-v2",
+            "model": "all-MiniLM-L6-v2",  # the sentence embedder that matches questions to clauses
             "min_similarity": self.min_similarity,
         }
 
