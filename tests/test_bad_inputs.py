@@ -131,6 +131,31 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda d: [*folder(d, GOOD_JSONL), "dataset.on_bad_item=maybe"],
         r"dataset\.on_bad_item='maybe' must be fail or skip",
     ),
+    # -- secrets and nested parts --------------------------------------------------------------------------
+    "api_key in the config": (
+        lambda d: ["question_llm=qwen2_5_32b_sglang", "+question_llm.server.api_key=sk-never-seen-1"],
+        r"question_llm\.server\.api_key: secrets are not taken from the config .*api_key_env=OPENAI_API_KEY$",
+    ),
+    "token in a part": (
+        lambda d: ["+scorer.hf_token=hf_never_seen_2"],
+        r"scorer\.hf_token: secrets are not taken from the config",
+    ),
+    "the key itself in api_key_env": (
+        lambda d: [
+            "question_llm=server",
+            "question_llm.model=m",
+            "+question_llm.api_key_env=sk-never-seen-3",
+        ],
+        r"question_llm\.api_key_env must be the name of an environment variable \(letters, digits, _\)",
+    ),
+    "unknown key in a server": (
+        lambda d: ["question_llm=qwen2_5_32b_sglang", "+question_llm.server.tp_size=2"],
+        r"question_llm\.server\.tp_size is not a setting of visa\.generation\.sglang\.SGLangServer; valid",
+    ),
+    "server as a plain mapping": (
+        lambda d: ["question_llm=server", "question_llm.model=m", "+question_llm.server={tp: 2}"],
+        r"question_llm\.server is a mapping without _target_",
+    ),
     # -- the reference release's files ---------------------------------------------------------------------
     "NaN in a release matrix": (
         lambda d: release(d, base="0.9 0.1\n0.2 nan\n"),
@@ -213,6 +238,7 @@ def assert_one_error_line(code: int, stdout: str, stderr: str, expected: str) ->
 def test_bad_input_is_one_line(case, outcomes):
     got = outcomes[case]
     assert_one_error_line(got["code"], got["stdout"], got["stderr"], CASES[case][1])
+    assert "never_seen" not in got["stderr"] and "never-seen" not in got["stderr"]  # a secret is not echoed
 
 
 def test_release_results_are_strict_json(outcomes):
@@ -270,3 +296,53 @@ def test_a_scorer_that_gives_infinity_stops_the_run_naming_the_query(tmp_path):
         VisaError, match=r"the scorer's score is not a finite number for 'a dog on the grass'"
     ):
         run.score(HFCrossEncoder(model=str(folder), device="cpu"), [("a dog on the grass", "a dog")])
+
+
+def test_a_key_from_the_environment_never_reaches_wandb_files_or_names(tmp_path):
+    """The server key lives in the environment (api_key_env); a W&B offline run of a job with overrides
+    writes it nowhere in the run folder, and the run's name, built from the overrides, keeps only the
+    harmless ones."""
+    pytest.importorskip("wandb")
+    secret = "sk-visa-test-4f1c9e"
+    env = {
+        **os.environ,
+        "VISA_TEST_KEY": secret,
+        "OPENAI_API_KEY": secret,
+        "HOME": str(tmp_path / "home"),
+        "VISA_CACHE": str(tmp_path / "cache"),
+        "WANDB_MODE": "offline",
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-home/config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-home/cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-home/data"),
+    }
+    env.pop("WANDB_API_KEY", None)
+    run_dir = tmp_path / "run"
+    overrides = [
+        *release(tmp_path / "data"),
+        "logger=wandb",
+        "logger.log_artifact=false",
+        "question_llm=server",
+        "question_llm.model=m",
+        "+question_llm.api_key_env=VISA_TEST_KEY",
+        "fusion.alpha=0.3",
+    ]
+    cmd = [sys.executable, "-m", "visa.run", *overrides, "progress=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
+    files = [f for f in (tmp_path).rglob("*") if f.is_file()]
+    assert any(f.suffix == ".wandb" for f in files)
+    leaked = [str(f) for f in files if secret.encode() in f.read_bytes()]
+    assert leaked == []
+
+
+def test_run_names_from_overrides_drop_secret_looking_keys():
+    from visa.tracking import safe_override_dirname, scrub
+
+    task = ["fusion.alpha=0.3", "+question_llm.server.api_key=sk-1", "scorer.hf_token=t", "questions.num=2"]
+    assert safe_override_dirname(task, "unused") == "fusion.alpha=0.3,questions.num=2"
+    assert safe_override_dirname(task[:1], "fusion.alpha=0.3") == "fusion.alpha=0.3"
+    assert (
+        scrub("multirun/x/fusion.alpha=0.3,question_llm.server.api_key=sk-1")
+        == "multirun/x/fusion.alpha=0.3,"
+    )

@@ -63,7 +63,8 @@ def test_score_is_the_deepest_cutoff_layer_and_tokens_are_the_references():
     case = REFERENCE["cases"]["two_cutoffs_truncated"]
     s = scorer(case)
     assert s.score(PAIRS) == pytest.approx(case["eager_batch8"][-1], abs=1e-3)
-    tokenizer, _ = load_lightweight(CHECKPOINT, "float32", "cpu", 5, True)
+    tokenizer, net = load_lightweight(CHECKPOINT, "float32", "cpu", 5, True)
+    assert len(net.decoder.layers) == 5  # layers past the deepest cutoff are neither built nor loaded
     assert (
         tokenizer([f"A: {q}" for q, _ in PAIRS], add_special_tokens=False)["input_ids"]
         == REFERENCE["query_ids"]

@@ -57,12 +57,14 @@ class Components:
                 close()
 
     def counters(self) -> dict[str, int]:
-        """The generators' own counters (e.g. malformed replies, retried requests) as metrics."""
+        """The parts' own counters as metrics: the generators' (e.g. malformed replies, retried requests),
+        the scorer's (pairs cut to its token budgets)."""
         out = {}
-        for group, part in self.generators().items():
-            counters = getattr(part, "counters", None)  # optional ability (ClosableGenerator)
+        named = [(f"generation/{group}", part) for group, part in self.generators().items()]
+        for prefix, part in [*named, ("score", self.scorer)]:
+            counters = getattr(part, "counters", None)  # optional ability (ClosableGenerator, CountingScorer)
             for name, value in (counters() if counters else {}).items():
-                out[f"generation/{group}/{name}"] = value
+                out[f"{prefix}/{name}"] = value
         return out
 
 

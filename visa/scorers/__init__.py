@@ -21,3 +21,10 @@ class Scorer(Protocol):
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         """Raw relevance of each (query, passage) pair, higher is better."""
         ...
+
+
+class CountingScorer(Scorer, Protocol):
+    """Optional ability: `counters()` are reported in metrics.json as score/<name> (every scorer here counts
+    the pairs whose query or passage it cut to its token budgets: truncated_queries, truncated_passages)."""
+
+    def counters(self) -> dict[str, int]: ...

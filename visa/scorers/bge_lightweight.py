@@ -30,7 +30,6 @@ paper's step-3 script, ask transformers 4.x for SDPA attention, which skips the 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 from pathlib import Path
 
@@ -38,11 +37,10 @@ import torch
 
 from visa.devices import resolve_device
 from visa.errors import VisaError
-from visa.loading import load_pretrained
+from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
 
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SEPARATOR = "\n"
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # config.json keys of the published checkpoint that are not Gemma 2's
 _LIGHTWEIGHT_KEYS = ("start_layer", "layer_sep", "layer_wise")
 _NOT_GEMMA2 = ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version")
@@ -207,13 +205,14 @@ def _transformers_errors_only():
         transformers.logging.set_verbosity(verbosity)
 
 
-@functools.lru_cache(maxsize=1)
+@load_once(maxsize=1)
 def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, softcapping: bool):
-    """(tokenizer, LightweightGemma) with the layers above `deepest_layer` dropped."""
+    """(tokenizer, LightweightGemma) with only the layers below `deepest_layer`."""
     from transformers import AutoTokenizer, Gemma2Config, Gemma2Model
 
     class Decoder(Gemma2Model):
-        _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+        # the score heads are read apart; the layers past the deepest cutoff are not built
+        _keys_to_ignore_on_load_unexpected = [r"^lm_head\.", r"^model\.layers\.\d+\."]
 
     folder = _checkpoint_folder(model)
     raw = json.loads((folder / "config.json").read_text())
@@ -223,14 +222,16 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
             "start_layer or layer_sep); use a BAAI/bge-reranker-v2.5-gemma2-lightweight checkpoint"
         )
     start, sep, layers = raw["start_layer"], raw["layer_sep"], raw["num_hidden_layers"]
-    config = Gemma2Config(**{k: v for k, v in raw.items() if k not in _NOT_GEMMA2 + _LIGHTWEIGHT_KEYS})
+    gemma2 = {k: v for k, v in raw.items() if k not in _NOT_GEMMA2 + _LIGHTWEIGHT_KEYS}
+    # the stack never runs past the deepest cutoff layer: build (and load) only the layers below it
+    config = Gemma2Config(**{**gemma2, "num_hidden_layers": max(deepest_layer, 1)})
     placement = resolve_device(device)
     with _transformers_errors_only():
         decoder, info = load_pretrained(
             Decoder,
             str(folder),
             config=config,
-            dtype=_DTYPES[dtype],
+            dtype=DTYPES[dtype],
             attn_implementation="eager",
             device_map=str(placement),
             output_loading_info=True,
@@ -239,7 +240,6 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])[0]
         raise VisaError(f"{model!r} lacks Gemma 2 weights ({missing}, ...); is the download complete?")
-    decoder.layers = decoder.layers[:deepest_layer]  # the stack never runs past the deepest cutoff layer
     if not softcapping:
         for layer in decoder.layers:
             layer.self_attn.attn_logit_softcapping = None
@@ -263,8 +263,7 @@ class BGELightweightReranker:
         batch_size: int = 32,
         prompt: str | None = None,
     ):
-        if dtype not in _DTYPES:
-            raise VisaError(f"scorer.dtype={dtype!r} is not one of {', '.join(_DTYPES)}")
+        check_dtype(dtype, "scorer.dtype")
         if compress_ratio not in (1, 2, 4, 8):
             raise VisaError(f"scorer.compress_ratio={compress_ratio} is not one of 1, 2, 4, 8")
         if not 0 < query_max_length <= max_length:
@@ -292,7 +291,7 @@ class BGELightweightReranker:
     def identity(self) -> dict:
         return {
             "scorer": "bge-lightweight",
-            "model": Path(self.model).name if Path(self.model).exists() else self.model,
+            "model": short_name(self.model),
             "cutoff_layers": self.cutoff_layers,
             "compress_ratio": self.compress_ratio,
             "compress_layers": self.compress_layers,
@@ -303,6 +302,9 @@ class BGELightweightReranker:
             "dtype": self.dtype,
             "prompt": self.prompt,
         }
+
+    def counters(self) -> dict[str, int]:
+        return {"truncated_queries": self.truncated_queries, "truncated_passages": self.truncated_passages}
 
     def _net(self):
         folder = _checkpoint_folder(self.model)
@@ -383,7 +385,7 @@ class BGELightweightReranker:
                     tuple(self.compress_layers),
                 )
             except torch.OutOfMemoryError as e:
-                raise VisaError(f"out of memory scoring with {self.model}; lower scorer.batch_size") from e
+                raise oom_hint(e, self.model, "scorer.batch_size") from e
             for layer_scores, values in zip(scores, per_layer):
                 for i, v in zip(rows, values.cpu().tolist()):
                     layer_scores[i] = float(v)
