@@ -45,7 +45,18 @@ class RetrievalConfig:
 class QuestionsConfig:
     num: int = 3  # questions used per query
     max: int = 3  # questions generated per query (a sweep over num reuses them)
+    retries: int = (
+        2  # re-asks of a query whose reply does not parse, each with a new seed, before falling back
+    )
+    retry_temperature: float = 0.2  # retries sample at this temperature (the reference re-samples at 0.2)
     prompt: str = "paper"  # the question writer's prompt: paper | fewshot (for very small models)
+
+
+@dataclass
+class PassageConfig:
+    # put between the answers and the description in the re-ranker's passage; "" concatenates them as the
+    # reference does ("A dog.It is brown.A park.")
+    separator: str = ""
 
 
 @dataclass
@@ -68,6 +79,7 @@ class VisaConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     questions: QuestionsConfig = field(default_factory=QuestionsConfig)
     answers: AnswersConfig = field(default_factory=AnswersConfig)
+    passage: PassageConfig = field(default_factory=PassageConfig)
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     cache_dir: str | None = None  # None: $VISA_CACHE, else the user cache folder
     data_dir: str = "./data"
