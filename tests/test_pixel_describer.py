@@ -94,6 +94,9 @@ def test_description_of_real_photos_carries_what_labels_cannot():
     assert "One human face" in astronaut and "Colours:" in astronaut and "grayscale" not in astronaut
     tiny = describer.describe([_image(data.astronaut()).resize((32, 32))])
     assert "low-resolution (32x32 pixel)" in tiny
+    frames = [_image(data.astronaut()), _image(data.coffee()), _image(data.chelsea())]
+    video = describer.describe(frames, "video")  # classes averaged over frames; pixels of the middle one
+    assert video.startswith("A colour video.") and "One human face" not in video
 
 
 @pytest.mark.slow  # loads the packaged EfficientNet-Lite0
