@@ -24,6 +24,7 @@ from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
 from visa.generation import Generator
 from visa.metrics import recall_at_k
+from visa.pairwise import retrieve_pairwise
 from visa.retrieval import check_index, topk_search
 from visa.scorers import Scorer
 from visa.shard import SHARED_STAGES, Shard, wait_for_others
@@ -191,8 +192,11 @@ class Run:
     # -- stages -----------------------------------------------------------------------------------------
     def retrieve(self, backbone) -> tuple[torch.Tensor, torch.Tensor]:
         """(base scores, candidate indices) per query; enough columns for K and for the largest R@k."""
-        ident = backbone.identity()
         texts = [q.text for q in self.dataset.queries]
+        if hasattr(backbone, "score_pairs"):  # a cross-attention matcher: every pair scored (visa.pairwise)
+            depth = max(self.settings.top_k, *self.settings.recall_at)
+            return retrieve_pairwise(self._stage, make_key, backbone, texts, self.dataset.gallery, depth)
+        ident = backbone.identity()
         text_emb = self._stage(
             "encode_text",
             [make_key("encode_text", ident, t) for t in texts],
