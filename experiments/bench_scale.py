@@ -103,7 +103,9 @@ def topk(args: argparse.Namespace) -> None:
 
 
 def _start_servers(n: int, latency: float, capacity: int) -> tuple[list[subprocess.Popen], list[str]]:
-    script = REPO / "tests" / "fake_openai_server.py"
+    script = REPO / "tests" / "helpers" / "fake_openai_server.py"
+    if not script.exists():
+        script = REPO / "tests" / "fake_openai_server.py"
     procs, urls = [], []
     for _ in range(n):
         cmd = [sys.executable, str(script), "--latency", str(latency), "--capacity", str(capacity)]

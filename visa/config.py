@@ -53,6 +53,7 @@ class QuestionsConfig:
         2  # re-asks of a query whose reply does not parse, each with a new seed, before falling back
     )
     retry_temperature: float = 0.2  # retries sample at this temperature (the reference re-samples at 0.2)
+    prompt: str = "paper"  # the question writer's prompt: paper | fewshot (for very small models)
 
 
 @dataclass

@@ -86,6 +86,7 @@ class Settings:
     passage_separator: str = ""  # between the answers and the description; "" as the reference joins them
     progress: bool = True
     answer_mode: str = "per_question"  # or "per_candidate" (all of a query's questions in one call)
+    question_prompt: str = "paper"  # or "fewshot": worked examples a very small model can follow
     shard: Shard = field(default_factory=Shard)  # a sharded run: this run's 1/N of each stage (visa.shard)
 
     def __post_init__(self) -> None:
@@ -99,6 +100,9 @@ class Settings:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
             )
+        if self.question_prompt not in prompts.QUESTION_PROMPTS:
+            names = ", ".join(prompts.QUESTION_PROMPTS)
+            raise VisaError(f"questions.prompt={self.question_prompt!r} is not one of {names}")
         check_index(self.index)
         if self.answer_mode not in ANSWER_MODES:
             raise VisaError(f"answers.mode={self.answer_mode!r} is not one of {', '.join(ANSWER_MODES)}")
@@ -231,7 +235,8 @@ class Run:
         n = self.settings.max_questions
         kind = self.dataset.gallery[0].kind if self.dataset.gallery else "image"
         identity = question_llm.identity()
-        first = [prompts.question_prompt(q.text, n, kind) for q in self.dataset.queries]
+        template = self.settings.question_prompt
+        first = [prompts.question_prompt(q.text, n, kind, template) for q in self.dataset.queries]
         parsed: list[prompts.Questions] = []
         pending = list(range(len(first)))
         self.question_tries = []

@@ -90,6 +90,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         search_device=cfg.retrieval.device,
         num_questions=cfg.questions.num,
         max_questions=cfg.questions.max,
+        question_prompt=cfg.questions.prompt,
         answer_mode=cfg.answers.mode,
         question_retries=cfg.questions.retries,
         retry_temperature=cfg.questions.retry_temperature,
