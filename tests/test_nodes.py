@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+from helpers import tiny_models
 
 from visa.backbones.open_clip import OpenClipBackbone  # noqa: E402
 from visa.cache import SQLiteStore  # noqa: E402

@@ -14,10 +14,10 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
-from visa.backbones.imagenet import classnames, image_probabilities
 from visa.data.media import load_image
 from visa.errors import VisaError
 from visa.generation import pixel_signals as px
+from visa.imagenet import classnames, image_probabilities
 from visa.prompts import Prompt
 
 OCR_MODES = ("auto", "on", "off")
