@@ -31,7 +31,7 @@ def query_item(query: Query) -> Item:
 
 
 def item_passage_text(item: Item, description: str) -> str:
-    """What the re-ranker reads about an item besides the answers: its own text, then its description."""
+    """What the re-ranker reads about an item after the answers: its own text, then its description."""
     if item.kind == "text" or not item.text:
         return description
     return f"{item.text.strip()} {description.strip()}"
