@@ -24,16 +24,13 @@ import tiny_models  # noqa: E402
 
 from visa.cache import Cache  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
-from visa.generation import make_generator  # noqa: E402
-from visa.generation.hf import _load_vision_lm  # noqa: E402
+from visa.generation.hf import HFVisionGenerator, load_vision_model  # noqa: E402
 from visa.pipeline import Run, Settings  # noqa: E402
 from visa.prompts import Prompt, Questions  # noqa: E402
 
 
 def throughput(vlm: Path, images: list[Path], n: int, new_tokens: int, batch_size: int) -> float:
-    gen = make_generator(
-        model=str(vlm), kind="vision", device="cpu", max_new_tokens=new_tokens, batch_size=batch_size
-    )
+    gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=new_tokens, batch_size=batch_size)
     prompts = [
         Prompt("what is in this picture ?", (str(images[i % len(images)]),), "image") for i in range(n)
     ]
@@ -46,8 +43,8 @@ def throughput(vlm: Path, images: list[Path], n: int, new_tokens: int, batch_siz
 
 def vision_calls(vlm: Path, images: list[Path], top_k: int, num_questions: int, mode: str) -> tuple[int, int]:
     """(images through the vision tower, generate requests) for one query, counted by a forward hook."""
-    gen = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=4, batch_size=16)
-    _, lm = _load_vision_lm(str(vlm), "float32", "cpu", False)
+    gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=4, batch_size=16)
+    _, lm = load_vision_model(str(vlm), "float32", "cpu", False)
     visual = next(m for name, m in lm.named_modules() if name.endswith("visual"))
     seen = []
     handle = visual.register_forward_hook(

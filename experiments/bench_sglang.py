@@ -25,7 +25,7 @@ from pathlib import Path
 
 from visa.cache import Cache, StageStats, make_key, run_stage
 from visa.data.media import package_dir
-from visa.generation import make_generator
+from visa.generation.openai_api import OpenAIChatGenerator
 from visa.prompts import Prompt, answer_prompt
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,7 +41,7 @@ def start_server(latency: float) -> tuple[subprocess.Popen, str]:
 
 
 def measure(url: str, prompts: list[Prompt], concurrency: int, cache_dir: str | None = None) -> dict:
-    gen = make_generator("fake-model", backend="sglang", url=url, max_concurrency=concurrency)
+    gen = OpenAIChatGenerator(model="fake-model", url=url, max_concurrency=concurrency)
     wall, cpu = time.perf_counter(), time.process_time()
     if cache_dir is None:
         out = gen.generate(prompts)

@@ -14,7 +14,7 @@ import tiny_models  # noqa: E402
 from visa.cache import Cache  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
 from visa.errors import VisaError  # noqa: E402
-from visa.generation import make_generator  # noqa: E402
+from visa.generation.hf import HFVisionGenerator  # noqa: E402
 from visa.pipeline import Run, Settings  # noqa: E402
 from visa.prompts import Questions, all_answers_prompt, parse_all_answers  # noqa: E402
 
@@ -34,7 +34,7 @@ def setup(tmp_path_factory):
 @pytest.mark.parametrize("mode,calls_per_candidate", [("per_question", 3), ("per_candidate", 1)])
 def test_calls_and_media_per_mode(setup, mode, calls_per_candidate, tmp_path):
     dataset, vlm, _ = setup
-    gen = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=3, batch_size=8)
+    gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=3, batch_size=8)
     run = Run(dataset, Settings(top_k=2, answer_mode=mode, progress=False), Cache(tmp_path / "cache"))
     questions = [Questions(["dog"], QUESTIONS, True), Questions(["people"], QUESTIONS, True)]
     candidates = torch.tensor([[0, 1], [1, 2]])
@@ -46,7 +46,7 @@ def test_calls_and_media_per_mode(setup, mode, calls_per_candidate, tmp_path):
 
 def test_mode_is_part_of_the_cache_key(setup, tmp_path):
     dataset, vlm, _ = setup
-    gen = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=3)
+    gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=3)
     cache = Cache(tmp_path / "cache")
     questions = [Questions([], QUESTIONS[:1], True), Questions([], QUESTIONS[:1], True)]
     candidates = torch.tensor([[0], [1]])

@@ -90,3 +90,74 @@ def test_empty_caption_and_unknown_ground_truth_name_the_file():
 def test_fusion_alpha_outside_range_is_one_line(tmp_path):
     proc = run_cli("fusion.alpha=2", cache=tmp_path / "c", run_dir=tmp_path / "run")
     assert proc.returncode == 1 and proc.stderr.strip() == "error: fusion.alpha=2 is outside [0, 1]"
+
+
+GENERATOR_OPTIONS = {
+    "question_llm": ("demo", "qwen2_5_7b", "qwen2_5_32b", "qwen2_5_32b_sglang"),
+    "answer_mllm": ("demo", "qwen2_vl_7b", "qwen2_vl_7b_sglang"),
+    "describer": ("demo", "qwen2_vl_7b", "llava_1_6_34b", "qwen2_vl_7b_sglang"),
+}
+
+
+@pytest.mark.parametrize(
+    "group, option", [(g, o) for g, options in GENERATOR_OPTIONS.items() for o in options]
+)
+def test_every_generator_yaml_is_checked_and_builds_without_loading(group, option):
+    from visa.config import instantiate_part
+
+    cfg = compose_cfg(f"{group}={option}")
+    part = instantiate_part(cfg, group)  # builds; loads no weights and starts no server
+    assert part.identity()["model" if option != "demo" or group != "describer" else "generator"]
+    if option.endswith("_sglang"):
+        assert part.server.model_path == cfg[group].model and part.server.process is None
+
+
+def test_a_key_the_chosen_backend_does_not_take_is_an_error_not_dropped():
+    cfg = compose_cfg("answer_mllm=qwen2_vl_7b", "+answer_mllm.gguf_file=x.gguf")
+    with pytest.raises(VisaError, match=r"answer_mllm.gguf_file is not a setting of .*HFVisionGenerator"):
+        check_part(cfg.answer_mllm, "answer_mllm")
+    cfg = compose_cfg("question_llm=qwen2_5_7b", "+question_llm.url=http://x/v1")
+    with pytest.raises(VisaError, match=r"question_llm.url is not a setting of .*HFTextGenerator"):
+        check_part(cfg.question_llm, "question_llm")
+    cfg = compose_cfg("question_llm=qwen2_5_32b_sglang", "+question_llm.server.gpus=2")
+    with pytest.raises(VisaError, match=r"question_llm.server.gpus is not a setting of .*SGLangServer"):
+        check_part(cfg.question_llm, "question_llm")
+
+
+def test_generator_identities_are_those_of_the_former_single_class():
+    """Existing caches stay valid: the identities equal what `make_generator` built before the split."""
+    from visa.config import instantiate_part
+
+    vision = instantiate_part(compose_cfg("answer_mllm=qwen2_vl_7b"), "answer_mllm").identity()
+    assert vision == {
+        "generator": "hf-vision",
+        "model": "Qwen/Qwen2-VL-7B-Instruct",
+        "gguf_file": None,
+        "dtype": "bfloat16",
+        "max_new_tokens": 128,
+        "temperature": 0.0,
+        "top_p": 1.0,
+        "system_prompt": None,
+        "uses_context": False,
+        "seed": None,
+        "video": {"fps": 3.0, "max_frames": 64},
+        "max_pixels": None,
+    }
+    text = instantiate_part(compose_cfg("question_llm=qwen2_5_7b"), "question_llm").identity()
+    assert text == {
+        "generator": "hf-text",
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "gguf_file": None,
+        "dtype": "bfloat16",
+        "max_new_tokens": 256,
+        "temperature": 0.2,
+        "top_p": 1.0,
+        "system_prompt": None,
+        "uses_context": False,
+        "seed": 0,
+    }
+    served = instantiate_part(compose_cfg("answer_mllm=qwen2_vl_7b_sglang"), "answer_mllm").identity()
+    assert served == {
+        **{k: v for k, v in vision.items() if k not in ("gguf_file", "dtype")},
+        "generator": "sglang-chat",
+    }

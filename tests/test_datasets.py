@@ -136,8 +136,8 @@ def test_internvideo_json_lists_strings_and_paragraphs(tmp_path):
     ]
     paragraphs = dataset(tmp_path, paragraph=True, **kw).load()
     assert [(q.text, q.relevant) for q in paragraphs.queries] == [
-        ("a dog runs. a dog is running. a brown dog.", (0,)),
-        ("a cat sleeps.", (1,)),
+        ("a dog runs a dog is running a brown dog", (0,)),  # joined with " " as InternVideo2 does
+        ("a cat sleeps", (1,)),
     ]
 
 

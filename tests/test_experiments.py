@@ -48,7 +48,7 @@ def test_cell_composes_with_the_methods_settings(name):
     assert cfg.scorer.compress_ratio == 2
     dataset, backbone = name.rsplit("_", 1)
     assert cfg.dataset.name == dataset
-    expected = {"siglip": "ViT-SO400M-14-SigLIP-384", "evaclip": "EVA02-E-14-plus", "lotlip": "local-dir:"}
+    expected = {"siglip": "ViT-SO400M-14-SigLIP-384", "evaclip": "BAAI/EVA-CLIP-18B", "lotlip": "local-dir:"}
     if backbone in expected:
         assert cfg.backbone.model.startswith(expected[backbone])
     else:

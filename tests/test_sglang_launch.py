@@ -18,7 +18,8 @@ import pytest
 from fake_openai_server import FakeOpenAIServer
 
 from visa.errors import VisaError
-from visa.generation import make_generator
+from visa.generation.openai_api import OpenAIChatGenerator
+from visa.generation.sglang import SGLangServer
 from visa.prompts import Prompt
 
 TESTS = Path(__file__).resolve().parent
@@ -76,7 +77,8 @@ def fake_sglang(tmp_path, monkeypatch):
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
     (package / "launch_server.py").write_text(textwrap.dedent(FAKE_LAUNCH_SERVER))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(package.parent), str(TESTS)]))
+    # and this checkout, so that the subprocess imports the code under test, not another install
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(package.parent), str(TESTS), str(TESTS.parent)]))
     pidfile = tmp_path / "server.pid"
     monkeypatch.setenv("FAKE_SGLANG_PIDFILE", str(pidfile))
     monkeypatch.chdir(tmp_path)  # outside a Hydra run, the log goes to the current folder
@@ -91,7 +93,7 @@ def launched(port: int, **server) -> object:
         "startup_timeout": 60,
         **server,
     }
-    return make_generator("org/model", backend="sglang", launch=True, server=settings, retry_backoff=0.01)
+    return OpenAIChatGenerator(model="org/model", server=SGLangServer(**settings), retry_backoff=0.01)
 
 
 def test_launch_serve_and_stop(fake_sglang, tmp_path):
@@ -156,10 +158,11 @@ def test_the_server_stops_when_the_program_ends(fake_sglang, ending):
     """No close(): the server is stopped at interpreter exit, also after an uncaught exception."""
     script = f"""
 import sys
-from visa.generation import make_generator
+from visa.generation.openai_api import OpenAIChatGenerator
+from visa.generation.sglang import SGLangServer
 from visa.prompts import Prompt
-gen = make_generator("org/model", backend="sglang", launch=True,
-                     server={{"port": {free_port()}, "python": sys.executable, "startup_timeout": 60}})
+server = SGLangServer("org/model", port={free_port()}, python=sys.executable, startup_timeout=60)
+gen = OpenAIChatGenerator(model="org/model", server=server)
 print(gen.generate([Prompt("hello")]))
 if "{ending}" == "exception":
     raise RuntimeError("boom")

@@ -15,7 +15,7 @@ from conftest import SMALL_DEMO, read_run, run_cli
 from fake_openai_server import FakeOpenAIServer
 
 from visa.cache import Cache, StageStats, make_key, run_stage
-from visa.generation import make_generator
+from visa.generation.openai_api import OpenAIChatGenerator
 from visa.prompts import Prompt
 
 N = 300
@@ -24,11 +24,11 @@ CONCURRENCY = 4
 STAGE = """
 import sys
 from visa.cache import Cache, StageStats, make_key, run_stage
-from visa.generation import make_generator
+from visa.generation.openai_api import OpenAIChatGenerator
 from visa.prompts import Prompt
 
 url, cache_dir, n, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-gen = make_generator("fake-model", backend="sglang", url=url, max_concurrency=concurrency)
+gen = OpenAIChatGenerator(model="fake-model", url=url, max_concurrency=concurrency)
 prompts = [Prompt(f"prompt\\nitem {i}") for i in range(n)]
 keys = [make_key("answer", gen.identity(), p.as_key()) for p in prompts]
 out = run_stage(Cache(cache_dir), "answer", keys, prompts, gen.stream, StageStats(), progress=False)
@@ -48,7 +48,7 @@ def cached_rows(cache_dir: Path) -> int:
 
 
 def run_stage_here(url: str, cache_dir: Path) -> list[str]:
-    gen = make_generator("fake-model", backend="sglang", url=url, max_concurrency=CONCURRENCY)
+    gen = OpenAIChatGenerator(model="fake-model", url=url, max_concurrency=CONCURRENCY)
     prompts = [Prompt(f"prompt\nitem {i}") for i in range(N)]
     keys = [make_key("answer", gen.identity(), p.as_key()) for p in prompts]
     cache = Cache(cache_dir)
@@ -99,10 +99,11 @@ def test_visa_run_with_generators_on_a_server(tmp_path):
         overrides = [
             *SMALL_DEMO,
             *(
-                f"{g}.{k}={v}"
+                f"{g}{k}={v}"
                 for g in ("question_llm", "answer_mllm")
-                for k, v in (("backend", "sglang"), ("url", server.url), ("model", "fake-model"))
+                for k, v in (("", "server"), (".url", server.url), (".model", "fake-model"))
             ),
+            "answer_mllm.uses_context=true",  # the demo's description-reading answerer
             "question_llm.max_concurrency=2",
         ]
         first = run_cli(*overrides, cache=tmp_path / "cache", run_dir=tmp_path / "run1")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from visa.data import Item
-from visa.data.video import probe, sample_fps, sample_uniform
+from visa.data.video import mllm_frame_count, mllm_frame_size, probe, sample_fps, sample_uniform
 from visa.errors import VisaError
 
 
@@ -60,19 +60,44 @@ def test_sample_uniform_seeks_in_long_videos(tmp_path):
     assert [frame_index(f) for f in frames] == [(8 * i) % 256 // 8 for i in (25, 75, 125, 175)]
 
 
-def test_sample_fps_rate_budget_and_cap(tmp_path):
+def test_mllm_frame_count_follows_qwen_vl_utils():
+    # 3 fps over the whole clip, clamped to [4, min(768, total frames)], rounded half-to-even to even
+    assert mllm_frame_count(300, 30.0) == 30  # 10 s
+    assert mllm_frame_count(30, 10.0) == 8  # 9 wanted -> round(4.5) * 2 = 8
+    assert mllm_frame_count(33, 10.0) == 10  # 9.9 -> 10
+    assert mllm_frame_count(20, 30.0) == 4  # 2 wanted: the minimum is 4
+    assert mllm_frame_count(3, 30.0) == 2  # a 3-frame clip: at most its frames, rounded down to even
+    assert mllm_frame_count(9000, 30.0) == 768  # 5 min: the 768-frame ceiling
+    assert mllm_frame_count(9000, 30.0, max_frames=64) == 64  # the memory cap
+    assert mllm_frame_count(9000, 30.0, max_frames=65) == 64  # ... rounded down to even
+    assert mllm_frame_count(300, 30.0, fps=2.0) == 20
+    with pytest.raises(VisaError, match="too short"):
+        mllm_frame_count(1, 30.0)
+
+
+def test_mllm_frame_size_follows_smart_resize():
+    # sides multiples of 28, area within [128*28*28, budget]; small frames scaled up, large ones down
+    assert mllm_frame_size(640, 360, max_pixels=360 * 420) == (504, 280)
+    assert mllm_frame_size(64, 48) == (392, 280)  # 3,072 px -> at least 100,352
+    assert mllm_frame_size(400, 300) == (392, 308)  # within bounds: only rounded to multiples of 28
+    for w, h in [(1920, 1080), (320, 240), (100, 700), (3000, 20)]:
+        fw, fh = mllm_frame_size(w, h)
+        assert fw % 28 == 0 and fh % 28 == 0
+        assert 128 * 28 * 28 <= fw * fh <= 360 * 420 or (w, h) == (3000, 20)
+    with pytest.raises(VisaError, match="elongated"):
+        mllm_frame_size(5000, 10)
+
+
+def test_sample_fps_takes_qwen_frames_over_the_whole_clip(tmp_path):
     path = str(make_video(tmp_path / "a.mp4", frames=30, fps=10, size=(640, 360)))
-    frames = sample_fps(path, fps=2.0, max_pixels=320 * 180)
-    assert [frame_index(f) for f in frames] == [0, 5, 10, 15, 20, 25]
-    for f in frames:
-        assert f.width * f.height <= 320 * 180
-        assert f.width / f.height == pytest.approx(640 / 360, rel=0.02)
-    capped = sample_fps(path, fps=10.0, max_frames=4)  # 30 frames wanted, 4 allowed: spread over the clip
-    assert len(capped) == 4
-    assert [frame_index(f) for f in capped] == sorted(frame_index(f) for f in capped)
-    assert capped[0].width * capped[0].height <= 360 * 420  # the default budget
+    frames = sample_fps(path)  # 3 fps x 3 s = 9 -> 8 frames at linspace(0, 29, 8) rounded
+    assert [frame_index(f) for f in frames] == [0, 4, 8, 12, 17, 21, 25, 29]
+    assert all(f.size == (504, 280) for f in frames)  # within the paper's 360x420 budget
+    capped = sample_fps(path, fps=10.0, max_frames=4)  # 30 wanted, 4 allowed: still first to last frame
+    assert [frame_index(f) for f in capped] == [0, 10, 19, 29]
     small = sample_fps(str(make_video(tmp_path / "small.mp4", size=(64, 48))))
-    assert small[0].size == (64, 48)  # under the budget: not upscaled
+    assert small[0].size == (392, 280)  # under 128*28*28 pixels: scaled up
+    assert sample_fps(path, max_pixels=None)[0].size == (644, 364)  # qwen_vl_utils' own budget
 
 
 def test_video_errors_name_the_file(tmp_path):

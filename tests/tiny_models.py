@@ -251,35 +251,6 @@ def hf_dual_dir(folder: Path, family: str = "clip") -> Path:
     return folder
 
 
-def costwise_gemma_dir(folder: Path) -> Path:
-    """A tiny bge-reranker-v2.5-gemma2-lightweight: FlagEmbedding's CostWiseGemma (Gemma 2 with layer-wise
-    heads and token compression), 4 layers."""
-    from FlagEmbedding.inference.reranker.decoder_only.models.gemma_config import CostWiseGemmaConfig
-    from FlagEmbedding.inference.reranker.decoder_only.models.gemma_model import CostWiseGemmaForCausalLM
-
-    tokenizer = word_tokenizer()
-    config = CostWiseGemmaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        head_dim=16,
-        max_position_embeddings=2048,
-        pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        start_layer=1,
-        layer_sep=1,
-        layer_wise=True,
-    )
-    torch.manual_seed(0)
-    CostWiseGemmaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def cross_encoder_dir(folder: Path) -> Path:
     """A tiny XLM-RoBERTa sequence classifier (bge-reranker-v2-m3's architecture), one logit."""
     from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification

@@ -113,6 +113,9 @@ def check_part(node: DictConfig, where: str) -> None:
         if key not in params:
             valid = ", ".join(params) or "(none)"
             raise VisaError(f"{where}.{key} is not a setting of {node._target_}; valid keys: {valid}")
+        if isinstance(value, dict) and "_target_" in value:  # a nested part (e.g. a server to launch)
+            check_part(node[key], f"{where}.{key}")
+            continue
         if not _type_ok(value, hints.get(key, params[key].annotation)):
             expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
             raise VisaError(f"{where}.{key}={value!r} has the wrong type; expected {expected}")

@@ -17,13 +17,16 @@ import numpy as np
 import torch
 
 from visa import prompts
+from visa.backbones import Backbone
 from visa.cache import Cache, StageStats, batched, make_key, run_stage
 from visa.composed import composed_query_text, item_passage_text, query_item
 from visa.data import Dataset, Item
 from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
+from visa.generation import Generator
 from visa.metrics import recall_at_k, recall_subset_at_k
 from visa.retrieval import ranked_candidates
+from visa.scorers import Scorer
 
 ANSWER_MODES = ("per_question", "per_candidate")
 MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
@@ -31,12 +34,39 @@ MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "sc
 
 @dataclass
 class Components:
-    backbone: Any
-    question_llm: Any
-    answer_mllm: Any
-    describer: Any
-    scorer: Any
+    """The parts of a run, each a class that satisfies its group's Protocol."""
+
+    backbone: Backbone
+    question_llm: Generator
+    answer_mllm: Generator
+    describer: Generator
+    scorer: Scorer
     fusion: MinMaxFusion
+
+    def generators(self) -> dict[str, Generator]:
+        return {
+            "question_llm": self.question_llm,
+            "answer_mllm": self.answer_mllm,
+            "describer": self.describer,
+        }
+
+    def close(self) -> None:
+        """Let every part that started something (a launched server) stop it."""
+        for part in (self.backbone, *self.generators().values(), self.scorer):
+            close = getattr(part, "close", None)  # an optional ability (visa.generation.ClosableGenerator)
+            if close is not None:
+                close()
+
+    def counters(self) -> dict[str, int]:
+        """The parts' own counters as metrics: the generators' (e.g. malformed replies, retried requests),
+        the scorer's (pairs cut to its token budgets)."""
+        out = {}
+        named = [(f"generation/{group}", part) for group, part in self.generators().items()]
+        for prefix, part in [*named, ("score", self.scorer)]:
+            counters = getattr(part, "counters", None)  # optional ability (ClosableGenerator, CountingScorer)
+            for name, value in (counters() if counters else {}).items():
+                out[f"{prefix}/{name}"] = value
+        return out
 
 
 @dataclass
@@ -52,6 +82,10 @@ class Settings:
     def __post_init__(self) -> None:
         if self.top_k < 1:
             raise VisaError(f"retrieval.top_k={self.top_k} must be at least 1")
+        if self.chunk_size < 1:
+            raise VisaError(f"retrieval.chunk_size={self.chunk_size} must be at least 1 (default 1024)")
+        if not self.recall_at or min(self.recall_at) < 1:
+            raise VisaError(f"recall_at={list(self.recall_at)} must list cut-offs of 1 or more, e.g. [1,5]")
         if not 0 <= self.num_questions <= self.max_questions:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
@@ -80,6 +114,18 @@ def item_fingerprint(item: Item) -> dict:
     if item.text is not None:
         fingerprint["text"] = item.text
     return fingerprint
+
+
+def check_finite(scores: np.ndarray | torch.Tensor, what: str, names: Sequence[str], fix: str) -> None:
+    """Stop with one line when a model gave NaN or infinity: it would sort first and decide the ranking
+    without a word, and it is not valid JSON in results.jsonl. `names` label the rows of `scores`."""
+    finite = np.isfinite(np.asarray(scores))
+    if not finite.all():
+        bad = np.argwhere(~finite)
+        row = int(bad[0][0])
+        raise VisaError(
+            f"{what} is not a finite number for {names[row][:80]!r} ({len(bad)} non-finite value(s)); {fix}"
+        )
 
 
 class Run:
@@ -148,10 +194,14 @@ class Run:
         )
         for i, e in zip(media, emb):
             item_emb[i] = e
+        query_array, item_array = np.stack(query_emb), np.stack(item_emb)
+        fix = f"check the backbone's weights and dtype ({str(ident)[:160]})"
+        check_finite(query_array, "the backbone's query embedding", [q.text for q in queries], fix)
+        check_finite(item_array, "the backbone's embedding", [i.path or i.id for i in gallery], fix)
         t0 = time.perf_counter()
         depth = max(self.settings.top_k, *self.settings.recall_at)
-        self.query_emb = torch.from_numpy(np.stack(query_emb))
-        self.item_emb = torch.from_numpy(np.stack(item_emb))
+        self.query_emb = torch.from_numpy(query_array)
+        self.item_emb = torch.from_numpy(item_array)
         result = ranked_candidates(
             self.query_emb,
             self.item_emb,
@@ -171,10 +221,12 @@ class Run:
         texts = self._stage("describe", keys, ps, _stream(describer))
         return {i.id: t for i, t in zip(items, texts)}
 
-    def ask(self, question_llm, query_texts: list[str]) -> list[prompts.Questions]:
+    def ask(self, question_llm, query_texts: list[str] | None = None) -> list[prompts.Questions]:
         """Questions for every query, generated once at questions.max; the first questions.num are used.
-        `query_texts`: each query as the LLM reads it (a composed query with its reference's description)."""
+        `query_texts`: each query as the LLM reads it (a composed query with its reference's description;
+        default: the query texts)."""
         n = self.settings.max_questions
+        query_texts = query_texts or [q.text for q in self.dataset.queries]
         ps = [prompts.question_prompt(t, n) for t in query_texts]
         keys = [
             make_key("ask", question_llm.identity(), self._with_reference(p.as_key(), q))
@@ -232,14 +284,22 @@ class Run:
     def _with_reference(key: Any, query) -> Any:
         """A cache key's content, with the reference's media for a composed query (text queries keep the
         key they always had)."""
-        return key if query.reference is None else [key, {"reference": item_fingerprint(query.reference)}]
+        return (
+            key
+            if query is None or query.reference is None
+            else [key, {"reference": item_fingerprint(query.reference)}]
+        )
 
-    def score(self, scorer, pairs: list[tuple[str, str]], pair_queries: list) -> list[float]:
+    def score(self, scorer, pairs: list[tuple[str, str]], pair_queries: list | None = None) -> list[float]:
+        """Scores of (query text, passage) pairs; `pair_queries[i]` is pair i's Query (None: text queries)."""
         keys = [
             make_key("score", scorer.identity(), self._with_reference(list(p), q))
-            for p, q in zip(pairs, pair_queries)
+            for p, q in zip(pairs, pair_queries or [None] * len(pairs))
         ]
-        return self._stage("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        scores = self._stage("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        fix = f"check the scorer's weights and dtype ({str(scorer.identity())[:160]})"
+        check_finite(np.array(scores, dtype=np.float32), "the scorer's score", [q for q, _ in pairs], fix)
+        return scores
 
     def evaluate(self, base_order: torch.Tensor, visa_order: torch.Tensor) -> dict[str, float]:
         """R@k of the backbone's and VISA's rankings; per gallery group and their average when the dataset

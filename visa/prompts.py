@@ -1,4 +1,12 @@
-"""The prompts of the method (written for this project) and the parsing of the models' replies."""
+"""The prompts of the method (written for this project) and the parsing of the models' replies.
+
+The reference implementation (XLearning-SCU/2025-ICML-VISA) fixes what these prompts must mean: the
+question LLM lists key phrases and then numbered questions under "questions:"; the answer MLLM answers in
+English in a full sentence, or with the single word "Uncertain" when the answer cannot be determined, the
+objects asked about are absent, or the item is unrelated or only loosely related to the key phrases; the
+re-ranker's passage is the answers joined with nothing between them, "Uncertain" removed, then the
+description. The wording here is our own; docs/models.md lists what differs from the reference and why.
+"""
 
 from __future__ import annotations
 
@@ -14,16 +22,24 @@ FALLBACK_QUESTIONS = (
     "How do the objects in this image interact with each other?",
 )
 
-DESCRIBE_PROMPT = (
-    "Describe this image in detail. Cover the main objects and people, their attributes (colour, size, "
+_DESCRIBE_PROMPT = (
+    "Describe this {kind} in detail. Cover the main objects and people, their attributes (colour, size, "
     "number), what they are doing, how they relate to each other, and the place and setting."
 )
 
+
+def describe_prompt(kind: str = "image") -> str:
+    """The general-description request for an item of `kind` ("image" or "video")."""
+    return _DESCRIBE_PROMPT.format(kind="video" if kind == "video" else "image")
+
+
+DESCRIBE_PROMPT = describe_prompt("image")
+
 _QUESTION_PROMPT = """\
-We want to check whether a picture matches a search query.
+We want to check whether {a_picture} matches a search query.
 First list the key phrases of the query: its objects, attributes, actions, places and interactions.
 Then write {n} short questions about those key phrases. Each question must be answerable by looking at \
-the picture: the thing asked about is either visible or clearly missing. Ask "how many" only if the query \
+the {picture}: the thing asked about is either visible or clearly missing. Ask "how many" only if the query \
 states a number. Do not simply turn the query into a question.
 Reply in this format and nothing else:
 key phrases:
@@ -37,7 +53,7 @@ key phrases:
 - running
 - snowy field
 questions:
-1. How many dogs are in the picture?
+1. How many dogs are in the {picture}?
 2. Are the animals running?
 3. Is the ground covered with snow?
 
@@ -45,28 +61,41 @@ Query: "{query}"
 """
 
 _ANSWER_PROMPT = """\
-Answer the question about this {kind} in one full sentence, not just yes or no. \
-If the {kind} does not let you tell, or shows nothing related to {phrases}, answer with the single word \
-"{uncertain}".
+Answer the question about this {kind} in English, in one complete sentence rather than just "yes", "no" \
+or a single word. If the answer cannot be determined from the {kind}, or the things the question asks about \
+are not in it, reply with the single word "{uncertain}" instead. Also reply with just "{uncertain}" if the \
+{kind} is unrelated or only loosely related to these phrases: {phrases}.
 Question: {question}"""
+
+# Han ideographs: a reply that drifts into Chinese is re-sampled by the reference (it asserts there are none).
+_HAN = re.compile(r"[\u4e00-\u9fff]")
 
 
 @dataclass(frozen=True)
 class Prompt:
-    """One generation request: media first (for prefix caching), then the text."""
+    """One generation request: media first (for prefix caching), then the text.
+
+    `seed` and `temperature`, when set, override the generator's own for this request (a question retry
+    re-samples with a new seed); they are part of the cache key only when set, so ordinary requests keep
+    their keys."""
 
     text: str
     media: tuple[str, ...] = ()  # image paths, or a single video path
     media_kind: str | None = None  # "image" | "video" | None
     context: str | None = None  # a text stand-in for the media, for text-only ("Socratic") answerers
+    seed: int | None = None
+    temperature: float | None = None
 
     def as_key(self) -> dict:
-        return {
+        key = {
             "text": self.text,
             "media": list(self.media),
             "media_kind": self.media_kind,
             "context": self.context,
         }
+        if self.seed is not None or self.temperature is not None:
+            key["sampling"] = {"seed": self.seed, "temperature": self.temperature}
+        return key
 
 
 @dataclass
@@ -75,16 +104,33 @@ class Questions:
     questions: list[str]
     parsed: bool  # False: the generic fallback questions are used and the answers are ignored
     raw: str = field(default="", repr=False)
+    tries: int = 1  # question LLM calls made for this query (1 + retries)
 
 
-def question_prompt(query: str, n: int) -> Prompt:
-    return Prompt(text=_QUESTION_PROMPT.format(n=n, query=query.replace('"', "'")))
+def _picture(kind: str) -> str:
+    return "video" if kind == "video" else "picture"
+
+
+def question_prompt(query: str, n: int, kind: str = "image") -> Prompt:
+    """The key-phrase and question request for `query`; `kind` is what the gallery holds."""
+    picture = _picture(kind)
+    text = _QUESTION_PROMPT.format(
+        n=n, query=query.replace('"', "'"), picture=picture, a_picture=f"a {picture}"
+    )
+    return Prompt(text=text)
 
 
 _PREFIX = re.compile(r"^\s*(?:[-*\u2022]\s*|\d+[.):]\s*|q(?:uestion)?\s*\d*\s*[:.)]\s*)+", re.IGNORECASE)
 _EXAMPLE_QUESTIONS = {
-    line.split(". ", 1)[1] for line in _QUESTION_PROMPT.splitlines() if re.match(r"^\d\. \S.*\?$", line)
+    line.split(". ", 1)[1]
+    for kind in ("image", "video")
+    for line in question_prompt("", 3, kind).text.splitlines()
+    if re.match(r"^\d\. \S.*\?$", line)
 }
+# The reference's list item: a number, a dot and white space ("1. "); its text runs to the next one.
+_NUMBER = re.compile(r"\d+\.\s")
+_QUESTIONS_LABEL = re.compile(r"questions\s*:", re.IGNORECASE)
+_PHRASES_LABEL = re.compile(r"key\s*phrases\s*:", re.IGNORECASE)
 
 
 def _items(block: str) -> list[str]:
@@ -95,18 +141,41 @@ def _items(block: str) -> list[str]:
 def _split(reply: str) -> tuple[str, str]:
     """(key phrase block, question block) of a reply; the question block is the whole reply if unlabelled."""
     heading = re.search(r"questions?\s*:\s*$", reply, re.IGNORECASE | re.MULTILINE)
-    phrases = re.search(r"key\s*phrases\s*:", reply, re.IGNORECASE)
+    phrases = _PHRASES_LABEL.search(reply)
     if heading is None:
         return (reply[phrases.end() :] if phrases else ""), reply
     start = phrases.end() if phrases and phrases.end() <= heading.start() else heading.start()
     return reply[start : heading.start()], reply[heading.end() :]
 
 
-def parse_questions(reply: str, n: int) -> Questions:
-    """Key phrases and the first n distinct questions of a reply; the generic fallback if fewer than n.
+def _reference_parse(reply: str, n: int) -> tuple[list[str], list[str]] | None:
+    """(key phrases, questions) read the way the reference reads a reply, or None.
 
-    Questions copied from the prompt's worked example do not count.
-    """
+    The reply's line breaks become spaces; the questions are the numbered entries ("1. ", "2. ", ...) of the
+    text after the "questions:" label, the first n of them, each cut at its first "?" (which is put back);
+    the key phrases are the numbered entries between "key phrases:" and "questions:". The labels are matched
+    regardless of case (the reference wants them lower-case; a capitalised label is the model's slip, not a
+    different answer)."""
+    text = reply.replace("\n", " ")
+    label = _QUESTIONS_LABEL.search(text)
+    if label is None:
+        return None
+    following = _QUESTIONS_LABEL.split(text[label.end() :], maxsplit=1)[0]
+    entries = _NUMBER.split(following)[1 : n + 1]
+    questions = [e.split("?")[0].strip() + "?" for e in entries]
+    if len(questions) < n or any(q == "?" or q in _EXAMPLE_QUESTIONS for q in questions):
+        return None
+    # (replacing "\n" by " " keeps every position, so the blocks can be cut from the reply itself)
+    phrases_label = _PHRASES_LABEL.search(text[: label.start()])
+    start = phrases_label.end() if phrases_label else label.start()
+    phrases = [p.strip() for p in _NUMBER.split(text[start : label.start()])[1:] if p.strip()]
+    if not phrases:  # bulleted rather than numbered
+        phrases = [p for p in _items(reply[start : label.start()]) if p]
+    return phrases, questions
+
+
+def _loose_parse(reply: str) -> tuple[list[str], list[str]]:
+    """(key phrases, distinct questions) from looser layouts: bullets, "Q1:", "1)", no labels at all."""
     phrase_block, question_block = _split(reply)
     phrases = [p for p in _items(phrase_block) if p and not p.endswith("?") and len(p.split()) <= 8]
     questions = [
@@ -114,22 +183,42 @@ def parse_questions(reply: str, n: int) -> Questions:
         for q in _items(question_block)
         if q.endswith("?") and len(q.split()) >= 3 and q not in _EXAMPLE_QUESTIONS
     ]
-    questions = list(dict.fromkeys(questions))  # drop repeats, keep order
-    if len(questions) < n:
-        return Questions(key_phrases=phrases, questions=list(FALLBACK_QUESTIONS[:n]), parsed=False, raw=reply)
-    return Questions(key_phrases=phrases, questions=questions[:n], parsed=True, raw=reply)
+    return phrases, list(dict.fromkeys(questions))  # drop repeats, keep order
+
+
+def parse_questions(reply: str, n: int) -> Questions:
+    """Key phrases and the first n questions of a reply; the generic fallback (parsed=False) if it has fewer.
+
+    The reference's layout is read first (`_reference_parse`), then looser ones. A reply with Chinese
+    characters counts as unparsed (the reference re-samples it), and so do questions copied from the
+    prompt's worked example."""
+    if _HAN.search(reply):
+        return Questions(key_phrases=[], questions=list(FALLBACK_QUESTIONS[:n]), parsed=False, raw=reply)
+    found = _reference_parse(reply, n)
+    if found is None:
+        phrases, questions = _loose_parse(reply)
+        found = (phrases, questions[:n]) if len(questions) >= n else None
+    if found is None:
+        return Questions(key_phrases=[], questions=list(FALLBACK_QUESTIONS[:n]), parsed=False, raw=reply)
+    return Questions(key_phrases=found[0], questions=found[1], parsed=True, raw=reply)
+
+
+def _phrase_list(key_phrases: list[str], default: str) -> str:
+    """Key phrases as one numbered line ("1. red bus 2. parked"), as the reference shows them."""
+    return " ".join(f"{i}. {p}" for i, p in enumerate(key_phrases, 1)) if key_phrases else default
 
 
 def answer_prompt(question: str, key_phrases: list[str], media: tuple[str, ...], kind: str) -> Prompt:
-    phrases = ", ".join(f'"{p}"' for p in key_phrases) if key_phrases else "the question"
+    phrases = _phrase_list(key_phrases, "the question")
     text = _ANSWER_PROMPT.format(kind=kind, phrases=phrases, uncertain=UNCERTAIN, question=question)
     return Prompt(text=text, media=media, media_kind=kind)
 
 
 _ALL_ANSWERS_PROMPT = """\
-Answer each question about this {kind} in one full sentence, not just yes or no. \
-If the {kind} does not let you tell, or shows nothing related to {phrases}, answer that question with the \
-single word "{uncertain}".
+Answer each question about this {kind} in English, in one complete sentence rather than just "yes", "no" \
+or a single word. If an answer cannot be determined from the {kind}, or the things a question asks about are \
+not in it, answer that question with the single word "{uncertain}". If the {kind} is unrelated or only \
+loosely related to these phrases: {phrases}, answer every question with "{uncertain}".
 Reply with one numbered line per question, in order, and nothing else:
 {numbered}"""
 
@@ -139,7 +228,7 @@ def all_answers_prompt(
 ) -> Prompt:
     """One request for all of a query's questions about one item (answers.mode=per_candidate): the model
     sees the item once instead of once per question."""
-    phrases = ", ".join(f'"{p}"' for p in key_phrases) if key_phrases else "the questions"
+    phrases = _phrase_list(key_phrases, "the questions")
     numbered = "\n".join(f"{i}. {q}" for i, q in enumerate(questions, 1))
     text = _ALL_ANSWERS_PROMPT.format(kind=kind, phrases=phrases, uncertain=UNCERTAIN, numbered=numbered)
     return Prompt(text=text, media=media, media_kind=kind)
@@ -167,12 +256,19 @@ def parse_all_answers(reply: str, n: int) -> list[str]:
     return [" ".join(answers.get(i, [])).strip() or UNCERTAIN for i in range(1, n + 1)]
 
 
-def build_passage(answers: list[str], description: str, use_answers: bool) -> str:
-    """The re-ranker's passage: the answers joined, the word "Uncertain" removed, then the description."""
-    kept = []
-    if use_answers:
-        for answer in answers:
-            answer = re.sub(rf"\b{UNCERTAIN}\b[.!]?", "", answer, flags=re.IGNORECASE).strip()
-            if answer:
-                kept.append(answer)
-    return " ".join([*kept, description.strip()]).strip()
+def build_passage(answers: list[str], description: str, use_answers: bool, separator: str = "") -> str:
+    """The re-ranker's passage: the answers with the word "Uncertain" removed, then the description.
+
+    With `separator=""` (the reference) the answers, each with the literal word "Uncertain" deleted, and the
+    description are concatenated as they are: "A dog.It is brown.A park.". With any other separator the word
+    is removed with the punctuation that follows it (in any case), and the non-empty pieces, each stripped,
+    are joined by the separator. A query whose questions fell back (`use_answers=False`) gets the
+    description alone, as in the reference."""
+    if separator == "":
+        kept = [a.replace(UNCERTAIN, "") for a in answers] if use_answers else []
+        return "".join([*kept, description])
+    pieces = (
+        [re.sub(rf"\b{UNCERTAIN}\b[.!]?", "", a, flags=re.IGNORECASE) for a in answers] if use_answers else []
+    )
+    pieces = [p.strip() for p in [*pieces, description]]
+    return separator.join(p for p in pieces if p)

@@ -44,10 +44,20 @@ def _choice(cfg: DictConfig, group: str) -> str:
 
 
 def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    with open(run_dir / "results.jsonl", "w", encoding="utf-8") as f:
-        for record in results:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    # allow_nan=False: NaN and Infinity are not JSON; the stages stop on a non-finite score before this,
+    # so a failure here is a value that slipped past them, named rather than written.
+    try:
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
+        with open(run_dir / "results.jsonl", "w", encoding="utf-8") as f:
+            for record in results:
+                try:
+                    f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
+                except ValueError:
+                    raise VisaError(
+                        f"results.jsonl: query {record.get('index')} has a non-finite value (NaN or Infinity)"
+                    ) from None
+    except ValueError as e:
+        raise VisaError(f"metrics.json: a non-finite value (NaN or Infinity): {e}") from None
 
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -88,13 +98,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 metrics, results = run_visa(dataset, parts, settings, cache)
             finally:
                 cache.close()
-                for part in (parts.question_llm, parts.answer_mllm, parts.describer):
-                    if hasattr(part, "close"):  # stop the servers this run launched
-                        part.close()
-            for group in ("question_llm", "answer_mllm", "describer"):
-                for counter in ("malformed", "retried"):  # server replies without a text; failed tries
-                    if hasattr(getattr(parts, group), counter):
-                        metrics[f"generation/{group}/{counter}"] = getattr(getattr(parts, group), counter)
+                parts.close()  # stops the servers this run launched
+            metrics.update(parts.counters())
         metrics = {
             **metrics,
             "data/queries": len(dataset.queries),

@@ -1,8 +1,4 @@
-"""Experiment loggers, instantiated from `conf/logger/<name>.yaml`. Interface:
-
-    start(config: dict, run_dir: Path) -> None
-    log(metrics: dict, results: list[dict], dataset: Dataset) -> None
-    finish() -> None
+"""Experiment loggers, each a class instantiated from `conf/logger/<name>.yaml` that satisfies `Logger`.
 
 `logger=none` (NullLogger) writes nothing beyond the run folder's own files; `logger=wandb` (WandbLogger)
 sends one W&B run per Hydra job. wandb is imported only by WandbLogger, so `logger=none` needs neither the
@@ -18,11 +14,22 @@ import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from visa.data import Dataset, Item
 from visa.errors import VisaError
+
+
+@runtime_checkable
+class Logger(Protocol):
+    """What a run needs of a logger: started before the stages, given the results, finished always."""
+
+    def start(self, config: dict, run_dir: Path) -> None: ...
+
+    def log(self, metrics: dict, results: list[dict], dataset: Dataset) -> None: ...
+
+    def finish(self) -> None: ...
 
 
 class NullLogger:

@@ -16,7 +16,7 @@ from visa.backbones.open_clip import load_images
 from visa.backbones.parallel import FabricEncoding, autocast, check_precision, oom_hint, weight_dtype
 from visa.data import Item
 from visa.devices import resolve_device
-from visa.generation.hf import load_pretrained
+from visa.loading import load_pretrained
 
 
 def _features(output) -> torch.Tensor:

@@ -97,6 +97,13 @@ def check_modalities(dataset: Dataset, backbone_class: type, backbone_name: str)
             )
 
 
+def check_count(value: int | None, key: str) -> None:
+    """A "first N" setting (dataset.limit, ...) is null (everything) or at least 1; 0 or a negative number
+    would otherwise quietly mean everything."""
+    if value is not None and value < 1:
+        raise VisaError(f"{key}={value} must be at least 1, or null for the whole dataset")
+
+
 def build_dataset(
     name: str, gallery: list[Item], captions: Iterable[tuple[str, str | list[str]]], source: str
 ) -> Dataset:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from visa.data import Dataset, Item, build_dataset
+from visa.data import Dataset, Item, build_dataset, check_count
 from visa.data.media import package_dir
 from visa.errors import VisaError
 
@@ -21,9 +21,10 @@ class DemoDataset:
         self.limit = limit  # first N images only (quick tries)
 
     def load(self) -> Dataset:
+        check_count(self.limit, "dataset.limit")
         try:
             entries = json.loads(Path(self.annotation).read_text())
-        except (OSError, json.JSONDecodeError) as e:
+        except (OSError, ValueError) as e:  # ValueError: bad json or not UTF-8
             raise VisaError(f"cannot read the demo annotation {self.annotation}: {e}") from e
         entries = entries[: self.limit] if self.limit else entries
         gallery = [Item(e["id"], str(package_dir(e["package"]) / e["path"])) for e in entries]

@@ -3,7 +3,8 @@
 The captions file (`annotation`, relative to root) is either
 - jsonl: one object a line, `{"path": "trips/beach.jpg", "caption": "..."}` or `"captions": ["...", ...]`;
 - csv: a header with a `path` column and one or more caption columns (any column whose name starts with
-  `caption`); empty cells are ignored, and a path may appear on several rows.
+  `caption`); an empty cell is no caption, and a path may appear on several rows.
+A caption that is empty or only whitespace, or not a string, stops the run naming its line.
 Paths are relative to `root / media_dir`. Items without a caption stay in the gallery as distractors.
 The same caption text given for several items is one query with all of them relevant.
 """
@@ -23,28 +24,53 @@ from visa.errors import VisaError
 log = logging.getLogger("visa")
 
 
+def _caption_texts(value: object, where: str) -> list[str]:
+    """The captions of one line: a string or a list of strings, none of them empty."""
+    texts = [value] if isinstance(value, str) else value
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise VisaError(f"{where}: a caption must be a string or a list of strings, got {str(value)[:80]}")
+    for text in texts:
+        if not text.strip():
+            raise VisaError(f"{where}: empty caption; write one or remove it")
+    return texts
+
+
 def read_captions(path: Path, fmt: str = "jsonl") -> list[tuple[str, str]]:
-    """(relative path, caption) pairs from a captions file in `fmt` (jsonl | csv)."""
+    """(relative path, caption) pairs from a captions file in `fmt` (jsonl | csv).
+
+    An empty or whitespace-only caption is an error naming its line, as in every other dataset; in a csv, an
+    empty cell is no caption (rows may fill different numbers of caption columns)."""
     if not path.is_file():
         raise VisaError(
             f"captions file not found: {path}; write one (jsonl or csv) or set dataset.annotation"
         )
     pairs: list[tuple[str, str]] = []
     if fmt == "csv":
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            text_columns = [c for c in columns if c.strip().lower().startswith("caption")]
-            if "path" not in columns or not text_columns:
-                raise VisaError(
-                    f"{path}: the header needs a `path` column and a `caption` column; it has {columns}"
-                )
-            for row in reader:
-                pairs += [(row["path"], row[c]) for c in text_columns if row[c] and row[c].strip()]
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as f:
+                reader = csv.DictReader(f)
+                columns = reader.fieldnames or []
+                text_columns = [c for c in columns if c.strip().lower().startswith("caption")]
+                if "path" not in columns or not text_columns:
+                    raise VisaError(
+                        f"{path}: the header needs a `path` column and a `caption` column; it has {columns}"
+                    )
+                for row in reader:
+                    for column in text_columns:
+                        text = row[column]
+                        if text:  # an empty cell (or a short row) is no caption in this column
+                            where = f"{path}:{reader.line_num} column {column!r}"
+                            pairs.append((row["path"] or "", _caption_texts(text, where)[0]))
+        except UnicodeDecodeError as e:
+            raise VisaError(f"{path} is not UTF-8 text ({e}); save it as UTF-8 (CSV UTF-8)") from None
+        except csv.Error as e:
+            raise VisaError(f"{path}: not a readable csv file ({e})") from None
         return pairs
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:
+        raise VisaError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
+    except OSError as e:
         raise VisaError(f"cannot read {path}: {e}") from e
     for n, line in enumerate(lines, 1):
         if not line.strip():
@@ -54,9 +80,9 @@ def read_captions(path: Path, fmt: str = "jsonl") -> list[tuple[str, str]]:
         except json.JSONDecodeError as e:
             raise VisaError(f"{path}:{n} is not valid json ({e}); each line is one object") from e
         texts = row.get("captions", row.get("caption")) if isinstance(row, dict) else None
-        if not isinstance(row, dict) or "path" not in row or texts is None:
-            raise VisaError(f'{path}:{n}: expected {{"path": ..., "caption": ... or "captions": [...]}}')
-        pairs += [(row["path"], t) for t in ([texts] if isinstance(texts, str) else texts)]
+        if not isinstance(row, dict) or not isinstance(row.get("path"), str) or texts is None:
+            raise VisaError(f'{path}:{n}: expected {{"path": "...", "caption": "..." or "captions": [...]}}')
+        pairs += [(row["path"], t) for t in _caption_texts(texts, f"{path}:{n}")]
     return pairs
 
 

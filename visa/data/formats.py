@@ -14,6 +14,9 @@ Formats (`dataset.format`):
   `{"image", "conversations": [..., {"from": "gpt", "value": text}]}` and IIW's `{"image/key", "IIW"}`;
 - dci: DCI's `splits.json` (`{split: [annotation files]}`), each file in `annotations/` beside it with
   `image`, `short_caption`, `extra_caption`;
+- iiw: the ImageInWords evaluation as LoTLIP runs it: `annotation` is a folder holding `DOCCI_Test/`,
+  `IIW-400/` and `DCI_Test/` (each a `data.jsonl` with the `IIW` description), their images in the folders
+  `docci/`, `docci_aar/` and `dci/` under `media_dir` (the layout LoTLIP's data_preprocess.py writes);
 - paired_folders: `annotation` is a folder of `<name>.txt` captions, `media_dir` holds `<name>.<ext>`
   (Urban1k's `caption/` and `image/`).
 """
@@ -24,11 +27,12 @@ import csv
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from visa.data import Dataset, Item, build_dataset
+from visa.data import Dataset, Item, build_dataset, check_count
 from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_media, media_kind
 from visa.errors import VisaError
 
@@ -116,15 +120,19 @@ def read_internvideo(path: Path, split: str) -> Iterator[Entry]:
 
 
 def read_msrvtt_csv(path: Path, split: str) -> Iterator[Entry]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        missing = {"video_id", "sentence"} - set(reader.fieldnames or [])
-        if missing:
-            raise VisaError(
-                f"{path}: no column(s) {', '.join(sorted(missing))}; expected key,vid_key,video_id,sentence"
-            )
-        for row in reader:
-            yield row["video_id"], [row["sentence"]]
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows, columns = list(reader), set(reader.fieldnames or [])
+    except UnicodeDecodeError as e:
+        raise VisaError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
+    missing = {"video_id", "sentence"} - columns
+    if missing:
+        raise VisaError(
+            f"{path}: no column(s) {', '.join(sorted(missing))}; expected key,vid_key,video_id,sentence"
+        )
+    for row in rows:
+        yield row["video_id"], [row["sentence"]]
 
 
 def _lotlip_caption(entry: Any, path: Path) -> str:
@@ -166,6 +174,43 @@ def _read_pairs(caption_dir: Path, media_dir: Path) -> Iterator[Entry]:
         yield media.get(txt.stem, txt.stem + ".jpg"), [_read_text(txt).strip()]
 
 
+# LoTLIP's IIW retrieval set: the three human-annotated subsets, in this order, each with its image folder.
+IIW_SUBSETS = {"DOCCI_Test": "docci", "IIW-400": "docci_aar", "DCI_Test": "dci"}
+
+
+def read_iiw(path: Path, split: str) -> Iterator[Entry]:
+    """LoTLIP's IIW protocol: the `IIW` description of every image of DOCCI_Test, IIW-400 and DCI_Test
+    (`split` "all" or "test": the three are IIW's test sets), or of the comma-separated subsets in `split`."""
+    names = (
+        list(IIW_SUBSETS) if split in ("all", "test") else [s.strip() for s in split.split(",") if s.strip()]
+    )
+    unknown = [n for n in names if n not in IIW_SUBSETS]
+    if unknown:
+        raise VisaError(
+            f"dataset.split={split!r}: {', '.join(unknown)} is not an IIW subset; choose all or a "
+            f"comma-separated list of {', '.join(IIW_SUBSETS)}"
+        )
+    for name in names:
+        anno = path / name / "data.jsonl"
+        if not anno.is_file():
+            raise VisaError(
+                f"IIW subset file not found: {anno}; check dataset.annotation (the folder of subsets)"
+            )
+        for entry in _read_json_or_jsonl(anno):
+            image = str(_field(entry, ("image", "image/key"), anno))
+            if ".jpg" not in image:  # IIW-400 and DOCCI name images by key
+                image += ".jpg"
+            yield f"{IIW_SUBSETS[name]}/{image}", [_field(entry, ("IIW",), anno)]
+
+
+def rewrite_lotlip(text: str) -> str:
+    """A long caption as LoTLIP's evaluation feeds it to the text encoder: cut at line breaks, "." and
+    "</s>", the pieces stripped, empty ones dropped, joined with ". "."""
+    return ". ".join(p.strip() for p in re.split(r"\n|</s>|\.", text) if p.strip())
+
+
+CAPTION_REWRITES: dict[str, Callable[[str], str]] = {"none": lambda text: text, "lotlip": rewrite_lotlip}
+
 READERS: dict[str, Callable[[Path, str], Iterator[Entry]]] = {
     "karpathy": read_karpathy,
     "lavis": read_lavis,
@@ -173,14 +218,15 @@ READERS: dict[str, Callable[[Path, str], Iterator[Entry]]] = {
     "internvideo": read_internvideo,
     "lotlip": read_lotlip,
     "dci": read_dci,
+    "iiw": read_iiw,
     "paired_folders": lambda path, split: iter(()),  # handled in load(): it needs media_dir
 }
 
 
 def _join_paragraph(texts: list[str]) -> str:
-    """Sentences of a paragraph query joined with one space, each ending with punctuation."""
-    parts = [t.strip() for t in texts if t.strip()]
-    return " ".join(p if p[-1] in ".!?" else p + "." for p in parts)
+    """The sentences of a paragraph query joined with one space, as they are (InternVideo2's and VINDLU's
+    paragraph retrieval joins DiDeMo's sentences with " ")."""
+    return " ".join(texts)
 
 
 class AnnotatedDataset:
@@ -201,6 +247,7 @@ class AnnotatedDataset:
         default_ext: str = ".mp4",
         check_items: bool = True,
         published: str = "",
+        caption_rewrite: str = "none",
     ):
         self.name = name
         self.root = Path(root).expanduser()
@@ -215,8 +262,10 @@ class AnnotatedDataset:
         self.max_items = max_items  # first N items (ShareGPT4V: 1k)
         self.paragraph = paragraph  # join an item's captions into one query (DiDeMo paragraph retrieval)
         self.default_ext = default_ext  # appended to media names without an extension (MSRVTT video ids)
-        self.check_items = check_items  # open every item's header at load time
+        self.check_items = check_items  # decode every image, probe every video at load time
         self.published = published  # where to get the data, for the missing-data message
+        # how each caption is rewritten before it becomes a query: none | lotlip (LoTLIP's long-text protocol)
+        self.caption_rewrite = caption_rewrite
         self.skipped: list[str] = []
 
     def _missing(self, what: str, path: Path, key: str) -> VisaError:
@@ -244,6 +293,10 @@ class AnnotatedDataset:
         if self.format not in READERS:
             raise VisaError(f"dataset.format={self.format!r} is not one of {', '.join(READERS)}")
         annotation = self.root / self.annotation
+        if self.format == "iiw":
+            if not annotation.is_dir():
+                raise self._missing("IIW annotation folder", annotation, "annotation")
+            return list(read_iiw(annotation, self.split))
         if self.format == "paired_folders":
             if not annotation.is_dir():
                 raise self._missing("caption folder", annotation, "annotation")
@@ -257,7 +310,15 @@ class AnnotatedDataset:
             raise VisaError(
                 f"dataset.on_bad_item={self.on_bad_item!r} must be one of {', '.join(ON_BAD_ITEM)}"
             )
-        entries = self.entries()
+        check_count(self.max_items, "dataset.max_items")
+        check_count(self.max_captions, "dataset.max_captions")
+        if self.caption_rewrite not in CAPTION_REWRITES:
+            raise VisaError(
+                f"dataset.caption_rewrite={self.caption_rewrite!r} must be one of "
+                f"{', '.join(CAPTION_REWRITES)}"
+            )
+        rewrite = CAPTION_REWRITES[self.caption_rewrite]
+        entries = [(rel, [rewrite(t) for t in texts]) for rel, texts in self.entries()]
         media_root = self.root / self.media_dir
         if not media_root.is_dir():
             raise self._missing("media folder", media_root, "media_dir")

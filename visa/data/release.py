@@ -30,25 +30,64 @@ def _read_json(path: Path) -> Any:
 
 def _entry_id(entry: dict, path: Path) -> str:
     for key in _ID_KEYS:
-        if key in entry:
+        if isinstance(entry, dict) and key in entry:
             return str(entry[key])
     raise VisaError(f"{path}: entry without any of the keys {', '.join(_ID_KEYS)}: {str(entry)[:80]}")
 
 
+def _captions(entry: dict, path: Path) -> list[str]:
+    texts = entry.get("captions")
+    if not isinstance(texts, list):
+        raise VisaError(f"{path}: entry without a `captions` list: {str(entry)[:80]}")
+    return texts
+
+
+def _locate_bad_value(path: Path) -> str:
+    """Where the first unreadable token or ragged row of a matrix file is, as 'row R, column C: ...'.
+
+    Rows and columns count from 1; rows are the file's lines."""
+    columns = None
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for row, line in enumerate(f, 1):
+            tokens = line.split()
+            if not tokens:
+                continue
+            for column, token in enumerate(tokens, 1):
+                try:
+                    float(token)
+                except ValueError:
+                    return f"row {row}, column {column}: {token[:20]!r} is not a number"
+            columns = columns or len(tokens)
+            if len(tokens) != columns:
+                return f"row {row} has {len(tokens)} values where the first row has {columns} (ragged rows)"
+    return "cannot parse it as numbers"
+
+
 def read_matrix(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    """A whitespace-separated text matrix of the given [rows x columns] shape."""
+    """A whitespace-separated text matrix of the given [rows x columns] shape, every value finite.
+
+    A ragged row, a token that is not a number, NaN or infinity stops with the file, row and column: such a
+    matrix would otherwise be scored (NaN sorts first) and give wrong recall without a word."""
     if not path.is_file():
         raise VisaError(f"missing release file {path}; check dataset.root and dataset.name")
-    values = np.fromfile(path, dtype=np.float32, sep=" ")
-    with open(path, "rb") as f:
-        rows = sum(1 for line in f if line.strip())
-    cols = values.size // rows if rows else 0
-    if rows * cols != values.size or (rows, cols) != shape:
+    try:
+        values = np.loadtxt(path, dtype=np.float32, ndmin=2, encoding="utf-8")
+    except (ValueError, UnicodeDecodeError):
+        where = _locate_bad_value(path)
+        raise VisaError(f"{path}: {where}; each line holds one query's scores, separated by spaces") from None
+    if values.shape != shape:
         raise VisaError(
-            f"{path} has shape [{rows} x {values.size / max(rows, 1):g}], expected [{shape[0]} x {shape[1]}] "
+            f"{path} has shape [{values.shape[0]} x {values.shape[1]}], expected [{shape[0]} x {shape[1]}] "
             "(queries x gallery items); check that it belongs to this dataset's query and recap files"
         )
-    return values.reshape(shape)
+    bad = np.argwhere(~np.isfinite(values))
+    if bad.size:
+        row, column = (int(i) for i in bad[0])
+        raise VisaError(
+            f"{path}: row {row + 1}, column {column + 1} is {values[row, column]} ({len(bad)} non-finite "
+            "value(s)); every score must be a finite number"
+        )
+    return values
 
 
 class VisaRelease:
@@ -63,9 +102,8 @@ class VisaRelease:
         recap_path = self.root / f"{self.name}_recap.json"
         queries, recaps = _read_json(query_path), _read_json(recap_path)
         gallery = [Item(_entry_id(e, recap_path), _entry_id(e, recap_path)) for e in recaps]
-        dataset = build_dataset(
-            self.name, gallery, [(_entry_id(e, query_path), e["captions"]) for e in queries], str(query_path)
-        )
+        captions = [(_entry_id(e, query_path), _captions(e, query_path)) for e in queries]
+        dataset = build_dataset(self.name, gallery, captions, str(query_path))
         shape = (len(dataset.queries), len(gallery))
         descriptions = [" ".join(e.get("captions") or []) for e in recaps]
         questions = None

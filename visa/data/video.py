@@ -2,8 +2,9 @@
 
 - `sample_uniform(path, n)`: n frames, the middle frame of n equal segments (the usual test-time sampling of
   video-text backbones);
-- `sample_fps(path, fps, max_pixels, max_frames)`: frames at a fixed rate, each resized to a pixel budget
-  (what video MLLMs take; the method uses 3 fps at about 360x420).
+- `sample_fps(path, fps, max_pixels, max_frames, min_pixels)`: the frames a video MLLM gets, chosen and sized
+  as Qwen2-VL's reference preprocessing does (qwen_vl_utils 0.0.8, which the paper's code pinned; see
+  `mllm_frame_count` and `mllm_frame_size`); the method uses 3 fps and at most 360x420 pixels a frame.
 
 Both walk the stream once: frames are decoded one after another and only the selected ones are kept and
 converted; when the next wanted time is far ahead, the decoder seeks to the key frame before it instead of
@@ -17,6 +18,7 @@ import os
 from dataclasses import dataclass
 
 import av
+import torch
 from PIL import Image
 
 from visa.errors import VisaError
@@ -33,6 +35,7 @@ class VideoInfo:
     fps: float
     width: int
     height: int
+    frames: int  # number of frames: from the header, else duration x fps
 
 
 def _open(path: str):
@@ -74,7 +77,9 @@ def probe(path: str) -> VideoInfo:
             raise VisaError(f"cannot read video {path}: {e}; replace or remove the file") from e
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
-        return VideoInfo(start, duration, fps, stream.codec_context.width, stream.codec_context.height)
+        frames = stream.frames or round(duration * fps)
+        width, height = stream.codec_context.width, stream.codec_context.height
+        return VideoInfo(start, duration, fps, width, height, frames)
 
 
 def _frames_at(path: str, times: list[float]) -> list[Image.Image]:
@@ -134,20 +139,93 @@ def fit_pixels(image: Image.Image, max_pixels: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BICUBIC)
 
 
-def sample_fps(
-    path: str, fps: float = 3.0, max_pixels: int = 360 * 420, max_frames: int = 64
-) -> list[Image.Image]:
-    """Frames every 1/fps seconds (at most `max_frames`, spread over the whole video when it is longer),
-    each resized to at most `max_pixels` pixels."""
-    if fps <= 0 or max_frames < 1 or max_pixels < 1:
+# Qwen2-VL's video preprocessing (qwen_vl_utils 0.0.8): sides are multiples of PATCH_FACTOR (28: 14-pixel
+# patches merged 2x2), frame counts multiples of FRAME_FACTOR (2 frames form one temporal patch).
+PATCH_FACTOR = 28
+FRAME_FACTOR = 2
+MIN_FRAMES = 4
+MAX_FRAMES = 768
+VIDEO_MIN_PIXELS = 128 * 28 * 28  # smaller frames are scaled up to this
+VIDEO_MAX_PIXELS = 768 * 28 * 28  # without an explicit budget: at most this a frame ...
+VIDEO_TOTAL_PIXELS = 24576 * 28 * 28  # ... and at most this over the whole clip (per frame pair)
+PAPER_MAX_PIXELS = 360 * 420  # the budget the paper's code passes for every video frame
+MAX_ASPECT_RATIO = 200
+
+
+def _to_multiple(x: float, factor: int, how=round) -> int:
+    """`x` rounded (round, math.floor or math.ceil) to a multiple of `factor`; round is half-to-even, as
+    qwen_vl_utils' Python round."""
+    return int(how(x / factor)) * factor
+
+
+def mllm_frame_count(
+    total_frames: int, video_fps: float, fps: float = 3.0, max_frames: int | None = None
+) -> int:
+    """How many frames a clip of `total_frames` at `video_fps` gives at `fps` frames a second: the clip's
+    length x fps, clamped to [4, min(768, total_frames)] and rounded to an even number.
+
+    `max_frames` lowers the upper bound (rounded down to even) to bound memory: clips longer than
+    max_frames / fps seconds then get fewer frames than `fps` asks, still spread over the whole clip."""
+    if total_frames < FRAME_FACTOR or video_fps <= 0:
         raise VisaError(
-            f"sample_fps: fps={fps}, max_frames={max_frames}, max_pixels={max_pixels} must all be > 0"
+            f"a video with {total_frames} frame(s) at {video_fps} fps is too short to give the MLLM "
+            f"{FRAME_FACTOR} frames"
+        )
+    low = _to_multiple(MIN_FRAMES, FRAME_FACTOR, math.ceil)
+    high = _to_multiple(min(MAX_FRAMES, total_frames), FRAME_FACTOR, math.floor)
+    if max_frames is not None:
+        high = min(high, _to_multiple(max_frames, FRAME_FACTOR, math.floor))
+    wanted = total_frames / video_fps * fps
+    return max(FRAME_FACTOR, _to_multiple(min(max(wanted, low), high), FRAME_FACTOR))
+
+
+def mllm_frame_size(
+    width: int, height: int, min_pixels: int = VIDEO_MIN_PIXELS, max_pixels: int = PAPER_MAX_PIXELS
+) -> tuple[int, int]:
+    """(width, height) of a frame for the MLLM: sides multiples of 28, aspect ratio kept as closely as that
+    allows, area within [min_pixels, max_pixels] (small frames are scaled up, large ones down)."""
+    if max(width, height) / max(1, min(width, height)) > MAX_ASPECT_RATIO:
+        raise VisaError(f"a {width}x{height} frame is too elongated for the MLLM (aspect ratio over 200)")
+    f = PATCH_FACTOR
+    h, w = max(f, _to_multiple(height, f)), max(f, _to_multiple(width, f))
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h, w = _to_multiple(height / scale, f, math.floor), _to_multiple(width / scale, f, math.floor)
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h, w = _to_multiple(height * scale, f, math.ceil), _to_multiple(width * scale, f, math.ceil)
+    return w, h
+
+
+def sample_fps(
+    path: str,
+    fps: float = 3.0,
+    max_pixels: int | None = PAPER_MAX_PIXELS,
+    max_frames: int | None = None,
+    min_pixels: int = VIDEO_MIN_PIXELS,
+) -> list[Image.Image]:
+    """The frames of a video for an MLLM, as Qwen2-VL's reference preprocessing takes them.
+
+    `mllm_frame_count` frames at frame indices evenly spread from the first frame to the last (rounded to
+    the nearest), each resized (bicubic) to `mllm_frame_size`. `max_pixels=None` uses qwen_vl_utils' own
+    budget: at most 768x28x28 pixels a frame and 24576x28x28 for the clip."""
+    if fps <= 0 or (max_frames is not None and max_frames < FRAME_FACTOR) or min_pixels < 1:
+        raise VisaError(
+            f"sample_fps: fps={fps} and min_pixels={min_pixels} must be > 0, max_frames={max_frames} at "
+            f"least {FRAME_FACTOR}"
         )
     info = probe(path)
-    count = max(1, math.floor(info.duration * fps))
-    if count <= max_frames:
-        times = [info.start + i / fps for i in range(count)]
-    else:  # too long for the frame budget: uniform over the whole video instead
-        step = info.duration / max_frames
-        times = [info.start + (i + 0.5) * step for i in range(max_frames)]
-    return [fit_pixels(img, max_pixels) for img in _frames_at(path, times)]
+    try:
+        count = mllm_frame_count(info.frames, info.fps, fps, max_frames)
+    except VisaError as e:
+        raise VisaError(f"{path}: {e}; replace or remove the file") from e
+    if max_pixels is None:
+        max_pixels = max(
+            min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / count * FRAME_FACTOR), int(min_pixels * 1.05)
+        )
+    # torch's float32 linspace and half-to-even rounding, as qwen_vl_utils: a float64 formula picks another
+    # frame in about 1 case of 150
+    indices = torch.linspace(0, info.frames - 1, count).round().long().tolist()
+    times = [info.start + index / info.fps for index in indices]
+    size = mllm_frame_size(info.width, info.height, min_pixels, int(max_pixels))
+    return [img.resize(size, Image.Resampling.BICUBIC) for img in _frames_at(path, times)]

@@ -1,121 +1,53 @@
-"""Text and vision-language generation.
+"""Text and vision-language generation: the question LLM, the answering MLLM and the describer.
 
-A generator has this interface:
+One class per backend, selected by `_target_` in the yaml (`conf/question_llm/`, `conf/answer_mllm/`,
+`conf/describer/`); each class's keys are checked against its own signature at start-up:
 
-    identity() -> dict                      # model id, dtype, generation parameters: all that changes outputs
-    generate(list[Prompt]) -> list[str]     # one reply per prompt, same order
-    batch_size: int
-    uses_context: bool                      # True for text-only answerers that read Prompt.context
-                                            # (the item's description) instead of the pixels
-    stream(list[Prompt]) -> Iterator[(index, reply)]   # optional: replies as they complete (servers)
+- `visa.generation.hf.HFTextGenerator`: a text chat LLM through transformers (also GGUF files);
+- `visa.generation.hf.HFVisionGenerator`: a vision-language chat model through transformers;
+- `visa.generation.openai_api.OpenAIChatGenerator`: any OpenAI-compatible server (sglang, vLLM,
+  `transformers serve`), attached by `url` or launched from `server` (`visa.generation.sglang.SGLangServer`);
+- `visa.generation.label_describer.LabelDescriber`: the demo's describer (an ImageNet classifier's labels).
 
-Constructors only store settings; weights load (or servers start) on first use, so a fully cached run
-loads no model.
-
-`make_generator` is the `_target_` of every generator config (`conf/question_llm/`, `conf/answer_mllm/`,
-`conf/describer/`): all of them share one set of keys, and `backend` picks the implementation, so that
-`question_llm.backend=sglang question_llm.url=http://127.0.0.1:30000/v1` works on any of them.
+The chat backends share their sampling and media settings, `identity()` and message building through
+`visa.generation.chat.ChatSettings`. Constructors only store settings; weights load (or servers start) on
+first use, so a fully cached run loads no model.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
-from visa.errors import VisaError
-
-BACKENDS = ("hf", "sglang")
+from visa.prompts import Prompt
 
 
-def make_generator(
-    model: str,
-    backend: str = "hf",
-    gguf_file: str | None = None,
-    dtype: str = "float32",
-    device: str = "auto",
-    batch_size: int = 16,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    system_prompt: str | None = None,
-    uses_context: bool = False,
-    trust_remote_code: bool = False,
-    seed: int = 0,
-    url: str | None = None,
-    # sglang: attach to `url`, or launch a server from `server` (model_path, tp, mem_fraction, port, host,
-    # python, extra_args, startup_timeout); see docs/sglang.md.
-    launch: bool = False,
-    server: dict | None = None,
-    max_concurrency: int = 64,
-    request_timeout: float = 600.0,
-    max_retries: int = 5,
-    retry_backoff: float = 1.0,
-    # Media sent to vision-language models: videos as frames at video_fps (at most max_frames), every
-    # image or frame scaled down to at most max_pixels pixels (None: images as they are).
-    video_fps: float = 3.0,
-    max_frames: int = 64,
-    max_pixels: int | None = None,
-    # hf: "text" (AutoModelForCausalLM) or "vision" (AutoProcessor + AutoModelForImageTextToText)
-    kind: str = "text",
-) -> Any:
-    """Build the generator of `backend` ("hf": transformers in this process; "sglang": a server)."""
-    if backend == "hf" and kind == "vision":
-        from visa.generation.hf import HFVisionGenerator
+@runtime_checkable
+class Generator(Protocol):
+    """What the pipeline needs of a generator."""
 
-        return HFVisionGenerator(
-            model=model,
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            system_prompt=system_prompt,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-            video_fps=video_fps,
-            max_frames=max_frames,
-            max_pixels=max_pixels,
-        )
-    if kind not in ("text", "vision"):
-        raise VisaError(f"kind={kind!r} is not one of text, vision")
-    if backend == "hf":
-        from visa.generation.hf import HFTextGenerator
+    batch_size: int  # prompts per generate() call
+    uses_context: bool  # True: reads Prompt.context (the item's description) instead of the pixels
 
-        return HFTextGenerator(
-            model=model,
-            gguf_file=gguf_file,
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            system_prompt=system_prompt,
-            uses_context=uses_context,
-            trust_remote_code=trust_remote_code,
-            seed=seed,
-        )
-    if backend == "sglang":
-        from visa.generation.sglang import SGLangGenerator
+    def identity(self) -> dict:
+        """Model id, dtype, generation parameters: all that changes the replies (the cache key)."""
+        ...
 
-        return SGLangGenerator(
-            model=model,
-            url=url,
-            launch=launch,
-            server=server,
-            max_concurrency=max_concurrency,
-            request_timeout=request_timeout,
-            max_retries=max_retries,
-            retry_backoff=retry_backoff,
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            top_p=top_p,
-            system_prompt=system_prompt,
-            uses_context=uses_context,
-            seed=seed,
-            video_fps=video_fps,
-            max_frames=max_frames,
-            max_pixels=max_pixels,
-        )
-    raise VisaError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        """One reply per prompt, same order."""
+        ...
+
+
+class StreamingGenerator(Generator, Protocol):
+    """Optional ability (servers): replies as they complete, which the stage cache stores as they arrive."""
+
+    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str]]: ...
+
+
+class ClosableGenerator(Generator, Protocol):
+    """Optional abilities: `close()` stops what the generator started (a launched server) at the end of the
+    run; `counters()` are reported in metrics.json as generation/<part>/<name>."""
+
+    def close(self) -> None: ...
+
+    def counters(self) -> dict[str, int]: ...

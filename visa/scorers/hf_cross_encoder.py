@@ -1,60 +1,59 @@
 """Any transformers cross-encoder (a sequence-classification model over (query, passage) pairs) by hub id or
-local folder; bge-reranker-v2-m3 is one. The score is the raw logit of the first output."""
+local folder; bge-reranker-v2-m3 is one. The score is the raw logit of the first output. The query is cut to
+`query_max_length` tokens (default 3/4 of `max_length`), then the passage to what is left of `max_length`."""
 
 from __future__ import annotations
-
-import functools
-from pathlib import Path
 
 import torch
 
 from visa.devices import resolve_device
-from visa.errors import VisaError
-from visa.generation.hf import load_pretrained
-
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
+from visa.scorers.budget import PairBudget
 
 
-@functools.lru_cache(maxsize=2)
+@load_once(maxsize=2)
 def _load(model: str, dtype: str, device: str, trust_remote_code: bool):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     tokenizer = load_pretrained(AutoTokenizer, model, trust_remote_code=trust_remote_code)
     net = load_pretrained(
-        AutoModelForSequenceClassification, model, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code
+        AutoModelForSequenceClassification, model, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
     )
     return tokenizer, net.to(resolve_device(device)).eval()
 
 
-class HFCrossEncoder:
+class HFCrossEncoder(PairBudget):
     def __init__(
         self,
         model: str,
         max_length: int = 512,
+        query_max_length: int | None = None,
         dtype: str = "float32",
         device: str = "auto",
         batch_size: int = 32,
         trust_remote_code: bool = False,
     ):
-        if dtype not in _DTYPES:
-            raise VisaError(f"scorer.dtype={dtype!r} is not one of {', '.join(_DTYPES)}")
-        self.model, self.max_length, self.dtype, self.device = model, max_length, dtype, device
+        check_dtype(dtype, "scorer.dtype")
+        super().__init__(query_max_length, max_length)
+        self.model, self.dtype, self.device = model, dtype, device
         self.batch_size, self.trust_remote_code = batch_size, trust_remote_code
 
     def identity(self) -> dict:
         return {
             "scorer": "hf-cross-encoder",
-            "model": Path(self.model).name if Path(self.model).exists() else self.model,
+            "model": short_name(self.model),
             "max_length": self.max_length,
+            "query_max_length": self.query_max_length,
             "dtype": self.dtype,
         }
 
     @torch.no_grad()
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         tokenizer, net = _load(self.model, self.dtype, self.device, self.trust_remote_code)
+        queries, passages = self.cut_queries(tokenizer, pairs)
         enc = tokenizer(
-            [q for q, _ in pairs],
-            [p for _, p in pairs],
+            queries,
+            passages,
             padding=True,
             truncation="only_second",
             max_length=self.max_length,
@@ -63,5 +62,5 @@ class HFCrossEncoder:
         try:
             logits = net(**enc).logits
         except torch.OutOfMemoryError as e:
-            raise VisaError(f"out of memory scoring with {self.model}; lower scorer.batch_size") from e
+            raise oom_hint(e, self.model, "scorer.batch_size") from e
         return [float(x) for x in logits[:, 0].float().cpu()]

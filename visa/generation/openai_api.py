@@ -1,0 +1,279 @@
+"""A chat model (text or vision-language) behind any server that speaks the OpenAI chat-completions API:
+sglang, vLLM, `transformers serve`, a hosted endpoint.
+
+Two ways to get a server:
+- attach: `url: http://HOST:PORT/v1` of a server that is already running;
+- launch: `server:` a launcher config (e.g. `_target_: visa.generation.sglang.SGLangServer`); the server
+  starts on first use (so a fully cached run starts nothing) and stops when the run ends (`close`).
+
+Requests: up to `max_concurrency` in flight (asyncio + aiohttp), results handed to the stage cache as they
+complete (`stream`). Images go as base64 `data:` URLs before the text, and the text puts the fixed
+instructions first and the question last, so that the server's prefix cache shares the image and the
+instructions between the questions about one item. Videos are sent as frames sampled at `video_fps`.
+
+Faults: refused connections, timeouts, dropped connections, HTTP 5xx and 429 are retried with exponential
+backoff and jitter, `max_retries` times; then the run stops with a message naming the URL. Other HTTP
+errors (a wrong model name, a bad request) stop the run at once. A reply without a text (malformed JSON,
+no choices) becomes the empty string, which the pipeline treats like an unparsable answer, and is counted
+in `malformed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlparse
+
+import aiohttp
+
+from visa.errors import VisaError
+from visa.generation.chat import MediaSettings
+from visa.generation.media import frame_data_url, image_data_url, video_frames
+from visa.prompts import Prompt
+
+log = logging.getLogger("visa.openai_api")
+
+_MAX_BACKOFF = 60.0  # seconds: the longest wait between two tries of one request
+_RETRY_STATUS = {429, 500, 502, 503, 504}
+
+
+class ServerLauncher(Protocol):
+    """A server this program starts and stops (e.g. `visa.generation.sglang.SGLangServer`)."""
+
+    def ensure_running(self) -> str:
+        """Start the server unless it runs; its /v1 URL."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+@dataclass(kw_only=True, eq=False)
+class OpenAIChatGenerator(MediaSettings):
+    """See the module docstring. `model` is the name sent in each request (a server serves a model under
+    its path, or a name given at launch; `curl URL/models` lists it)."""
+
+    # The name the cache knows these replies by; kept from the sglang-only client so caches stay valid.
+    generator = "sglang-chat"
+
+    batch_size: int = 64  # prompts per generate() call; requests go one per prompt
+    url: str | None = None  # attach: http://HOST:PORT/v1 of a running server
+    server: Any = None  # launch: a ServerLauncher (a yaml node with its own _target_)
+    api_key_env: str = "OPENAI_API_KEY"  # environment variable whose value (if set) is sent as Bearer token
+    max_concurrency: int = 64  # requests in flight
+    request_timeout: float = 600.0  # seconds per try
+    max_retries: int = 5  # tries after the first, on refused/dropped connections, timeouts, 5xx, 429
+    retry_backoff: float = 1.0  # seconds before the first retry; doubles per try (with jitter)
+    malformed: int = field(default=0, init=False)  # replies without a text, returned as ""
+    retried: int = field(default=0, init=False)  # tries that failed and were repeated
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.url and self.server is not None:
+            raise VisaError(
+                f"url={self.url} and server (launch) exclude each other: attach to a running server "
+                "(set server=null) or launch one (set url=null)"
+            )
+        if not self.url and self.server is None:
+            raise VisaError(
+                "an OpenAI-compatible generator needs url=http://HOST:PORT/v1 of a running server, or a "
+                "server to launch (see docs/sglang.md)"
+            )
+        if self.server is not None and not hasattr(self.server, "ensure_running"):
+            raise VisaError(
+                "server must name a launcher with its _target_, e.g. visa.generation.sglang.SGLangServer"
+            )
+        if self.url and urlparse(self.url).scheme not in ("http", "https"):
+            raise VisaError(
+                f"url={self.url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:30000/v1"
+            )
+        if self.max_concurrency < 1 or self.max_retries < 0:
+            raise VisaError(
+                f"max_concurrency={self.max_concurrency} must be >= 1 and max_retries={self.max_retries} >= 0"
+            )
+        self.url = self.url.rstrip("/") if self.url else None
+
+    # -- server -----------------------------------------------------------------------------------------
+    def endpoint(self) -> str:
+        """The /v1 URL; starts the server on first call when one is to be launched."""
+        return self.server.ensure_running() if self.server is not None else self.url
+
+    def close(self) -> None:
+        """Stop a server this generator launched (the run is over)."""
+        if self.server is not None:
+            self.server.stop()
+
+    def counters(self) -> dict[str, int]:
+        return {"malformed": self.malformed, "retried": self.retried}
+
+    # -- requests ---------------------------------------------------------------------------------------
+    def _media_parts(self, prompt: Prompt) -> list[dict]:
+        if prompt.media_kind == "video":
+            urls = [
+                frame_data_url(frame)
+                for path in prompt.media
+                for frame in video_frames(path, self.video_fps, self.frame_pixels, self.max_frames)
+            ]
+        else:
+            urls = [image_data_url(path, self.max_pixels) for path in prompt.media]
+        return [{"type": "image_url", "image_url": {"url": url}} for url in urls]
+
+    def request_body(self, prompt: Prompt) -> dict:
+        parts = self._media_parts(prompt) if self.sees_media(prompt) else None
+        body = {
+            "model": self.model,
+            "messages": self.messages(prompt, parts),
+            "max_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
+        if self.sampling:
+            body["seed"] = self.seed
+        return body
+
+    def _headers(self) -> dict[str, str]:
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return {"Authorization": f"Bearer {key}"} if key else {}
+
+    def _reply_text(self, url: str, body: str) -> str:
+        try:
+            content = json.loads(body)["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            content = None
+        if not isinstance(content, str):
+            self.malformed += 1
+            if self.malformed <= 3:
+                log.warning("malformed reply from %s (kept as an empty answer): %.200r", url, body)
+            return ""
+        return content.strip()
+
+    def _delay(self, attempt: int, retry_after: str | None) -> float:
+        """Exponential backoff with jitter (so that many failed requests do not come back all at once)."""
+        delay = min(_MAX_BACKOFF, self.retry_backoff * 2**attempt) * random.uniform(0.5, 1.0)
+        if retry_after:
+            try:
+                delay = max(delay, min(_MAX_BACKOFF, float(retry_after)))
+            except ValueError:
+                pass  # an HTTP date: keep the backoff
+        return delay
+
+    async def _one(
+        self, client: aiohttp.ClientSession, url: str, index: int, prompt: Prompt
+    ) -> tuple[int, str]:
+        if self.sees_media(prompt):
+            body = await asyncio.to_thread(self.request_body, prompt)  # reading and encoding pixels
+        else:
+            body = self.request_body(prompt)
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                async with client.post(f"{url}/chat/completions", json=body) as response:
+                    status, text = response.status, await response.text(errors="replace")
+                    retry_after = response.headers.get("Retry-After")
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # refused, timed out, dropped, bad HTTP
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            else:
+                if status == 200:
+                    return index, self._reply_text(url, text)
+                if status not in _RETRY_STATUS:
+                    raise VisaError(
+                        f"{url}/chat/completions answered HTTP {status} for model {self.model!r}: "
+                        f"{text.strip()[:200]!r}; check model= against {url}/models"
+                    )
+                last = f"HTTP {status}"
+            if attempt < self.max_retries:
+                self.retried += 1
+                await asyncio.sleep(self._delay(attempt, retry_after))
+        raise VisaError(
+            f"{url}/chat/completions failed {self.max_retries + 1} times (last: {last}); check that the "
+            f"server is up and reachable, or raise max_retries / request_timeout={self.request_timeout:g}"
+        )
+
+    async def _run(self, url: str, prompts: list[Prompt], put) -> None:
+        """Keep up to max_concurrency requests in flight; hand each reply to `put` as it completes."""
+        connector = aiohttp.TCPConnector(limit=self.max_concurrency)
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout, connect=min(self.request_timeout, 30.0))
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=timeout, headers=self._headers()
+        ) as client:
+            todo = iter(enumerate(prompts))
+            in_flight: set[asyncio.Task] = set()
+
+            def refill() -> None:
+                # A sliding window, not one task per prompt: 300k prompts would hold 300k encoded images.
+                for index, prompt in todo:
+                    in_flight.add(asyncio.create_task(self._one(client, url, index, prompt)))
+                    if len(in_flight) >= self.max_concurrency:
+                        return
+
+            refill()
+            try:
+                while in_flight:
+                    done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
+                    in_flight.difference_update(done)
+                    for task in done:
+                        put(task.result())  # a request that failed for good stops the stage here
+                    refill()
+            finally:
+                for task in in_flight:
+                    task.cancel()
+                await asyncio.gather(*in_flight, return_exceptions=True)
+
+    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str]]:
+        """(index, reply) pairs in completion order.
+
+        The requests run on an event loop in a helper thread; this thread only waits on a queue, so Ctrl-C
+        and errors stop the stage at once, and closing the iterator cancels the requests in flight.
+        """
+        if not prompts:
+            return
+        url = self.endpoint()
+        results: queue.Queue = queue.Queue()
+        loop = asyncio.new_event_loop()
+        done = object()
+
+        def work() -> None:
+            asyncio.set_event_loop(loop)
+            try:
+                loop.run_until_complete(self._run(url, prompts, results.put))
+            except BaseException as e:  # handed to the consuming thread
+                results.put(e)
+            finally:
+                loop.run_until_complete(loop.shutdown_default_executor())
+                results.put(done)
+
+        thread = threading.Thread(target=work, name="visa-openai-client", daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    item = results.get(timeout=0.2)  # short waits keep Ctrl-C responsive
+                except queue.Empty:
+                    continue
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            if thread.is_alive():
+                # Cancel every task on the loop: the requests in flight are dropped, the rest never start.
+                loop.call_soon_threadsafe(lambda: [t.cancel() for t in asyncio.all_tasks(loop)])
+                thread.join(timeout=10.0)
+            if not thread.is_alive():
+                loop.close()
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        """One reply per prompt, in order (all requests in flight at once, up to max_concurrency)."""
+        out: list[str | None] = [None] * len(prompts)
+        for index, text in self.stream(prompts):
+            out[index] = text
+        return out  # type: ignore[return-value]
