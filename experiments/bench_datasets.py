@@ -142,7 +142,7 @@ def main() -> None:
         )
         for label, call in (
             ("sample_uniform(8)", "sample_uniform('{path}', 8)"),
-            ("sample_fps(3 fps, 64 max)", "sample_fps('{path}')"),
+            ("sample_fps(3 fps, 64 max)", "sample_fps('{path}', max_frames=64)"),
         ):
             n, peak, secs = peak_memory(video, call)
             print(f"  {label}: {n} frames, peak RSS growth {peak:.0f} MiB, {secs:.2f} s")

@@ -66,8 +66,8 @@ def worker(impl: str, setting: str, pairs: int, batch_size: int, repeats: int) -
             **options,
         )
 
-        def run():
-            return scorer.score(data)
+        def score(pairs):
+            return scorer.score(pairs)
 
     else:
         from FlagEmbedding.inference.reranker.decoder_only.lightweight import LightweightLLMReranker
@@ -81,22 +81,27 @@ def worker(impl: str, setting: str, pairs: int, batch_size: int, repeats: int) -
                 str(CHECKPOINT), attn_implementation="eager", torch_dtype=torch.float32
             )
 
-        def run():
+        def score(pairs):
             return reranker.compute_score(
-                [list(p) for p in data], batch_size=batch_size, max_length=1024, normalize=False, **options
+                [list(p) for p in pairs], batch_size=batch_size, max_length=1024, normalize=False, **options
             )
 
-    run()  # warm-up: weights loaded, first kernels run
+    score(data[:1])  # weights loaded (FlagEmbedding loads in its constructor, the native scorer on first use)
+    loaded_mb = peak_rss_mb()
+    score(data)  # warm-up: first kernels of every shape
     seconds = []
     for _ in range(repeats):
         t0 = time.perf_counter()
-        run()
+        score(data)
         seconds.append(time.perf_counter() - t0)
     return {
         "impl": impl,
         "setting": setting,
-        "pairs_per_s": round(pairs / statistics.median(seconds), 1),
+        # the fastest repeat: on a shared machine the slower ones measure the other work
+        "pairs_per_s": round(pairs / min(seconds), 1),
+        "median_pairs_per_s": round(pairs / statistics.median(seconds), 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
+        "scoring_mb": round(peak_rss_mb() - loaded_mb, 1),
     }
 
 
@@ -114,6 +119,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--worker", nargs=2, metavar=("IMPL", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -121,21 +127,30 @@ def main() -> None:
         return
 
     env = {**os.environ, "TQDM_DISABLE": "1", "PYTHONPATH": str(REPO)}
-    rows = []
-    for setting in SETTINGS:
-        for impl in IMPLEMENTATIONS:
-            python = sys.executable if impl.startswith("native") else args.flag_python
-            cmd = [python, __file__, "--flag-python", args.flag_python, "--worker", impl, setting]
-            cmd += ["--pairs", str(args.pairs), "--batch-size", str(args.batch_size)]
-            cmd += ["--repeats", str(args.repeats)]
-            out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-            print(rows[-1], file=sys.stderr)
-    print(f"\n{args.pairs} pairs, batch {args.batch_size}, median of {args.repeats}, CPU float32\n")
-    print("| setting | implementation | pairs/s | peak RSS (MB) |")
-    print("|---|---|---:|---:|")
-    for r in rows:
-        print(f"| {r['setting']} | {IMPLEMENTATIONS[r['impl']]} | {r['pairs_per_s']} | {r['peak_rss_mb']} |")
+    best: dict[tuple[str, str], dict] = {}
+    for _ in range(args.rounds):  # rounds interleave the implementations, so that load spikes hit them all
+        for setting in SETTINGS:
+            for impl in IMPLEMENTATIONS:
+                python = sys.executable if impl.startswith("native") else args.flag_python
+                cmd = [python, __file__, "--flag-python", args.flag_python, "--worker", impl, setting]
+                cmd += ["--pairs", str(args.pairs), "--batch-size", str(args.batch_size)]
+                cmd += ["--repeats", str(args.repeats)]
+                out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+                row = json.loads(out.stdout.strip().splitlines()[-1])
+                print(row, file=sys.stderr)
+                key = (setting, impl)
+                if key not in best or row["pairs_per_s"] > best[key]["pairs_per_s"]:
+                    best[key] = row
+    print(
+        f"\n{args.pairs} pairs, batch {args.batch_size}, CPU float32, "
+        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+        f"pairs/s of the fastest of {args.repeats} repeats x {args.rounds} rounds\n"
+    )
+    print("| setting | implementation | pairs/s | peak RSS (MB) | scoring above the loaded model (MB) |")
+    print("|---|---|---:|---:|---:|")
+    for (setting, impl), r in best.items():
+        figures = f"{r['pairs_per_s']} | {r['peak_rss_mb']} | {r['scoring_mb']}"
+        print(f"| {setting} | {IMPLEMENTATIONS[impl]} | {figures} |")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,29 @@ def release(root: Path, base: str | None = None, text: str | None = None) -> lis
     return ["dataset=visa_release", f"dataset.root={root}", "dataset.name=x"]
 
 
+def damaged_cache(root: Path) -> list[str]:
+    """A cache with results, then garbage written over its middle pages (a disk or copy fault)."""
+    from visa.cache import Cache
+
+    cache = Cache(root)
+    rng = np.random.default_rng(0)
+    for i in range(200):
+        cache.put_many("encode_text", {f"{i:064x}": rng.random(256, dtype=np.float32)})
+    cache.close()
+    path = root / "visa-cache.sqlite"
+    size = path.stat().st_size
+    with open(path, "r+b") as f:
+        f.seek(2 * 4096)  # past the header and schema pages
+        f.write(rng.bytes(size // 2))
+    return ["dataset.limit=1", f"cache_dir={root}"]
+
+
+def garbage_cache(root: Path) -> list[str]:
+    root.mkdir(parents=True)
+    (root / "visa-cache.sqlite").write_bytes(np.random.default_rng(1).bytes(10000))
+    return ["dataset.limit=1", f"cache_dir={root}"]
+
+
 def release_without_captions(root: Path) -> list[str]:
     overrides = release(root)
     (root / "x_query.json").write_text('[{"image_id": "img0.jpg"}]')
@@ -130,6 +153,41 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "on_bad_item=maybe": (
         lambda d: [*folder(d, GOOD_JSONL), "dataset.on_bad_item=maybe"],
         r"dataset\.on_bad_item='maybe' must be fail or skip",
+    ),
+    # -- secrets and nested parts --------------------------------------------------------------------------
+    "api_key in the config": (
+        lambda d: ["question_llm=qwen2_5_32b_sglang", "+question_llm.server.api_key=sk-never-seen-1"],
+        r"question_llm\.server\.api_key: secrets are not taken from the config .*api_key_env=OPENAI_API_KEY$",
+    ),
+    "token in a part": (
+        lambda d: ["+scorer.hf_token=hf_never_seen_2"],
+        r"scorer\.hf_token: secrets are not taken from the config",
+    ),
+    "the key itself in api_key_env": (
+        lambda d: [
+            "question_llm=server",
+            "question_llm.model=m",
+            "+question_llm.api_key_env=sk-never-seen-3",
+        ],
+        r"question_llm\.api_key_env must be the name of an environment variable \(letters, digits, _\)",
+    ),
+    "unknown key in a server": (
+        lambda d: ["question_llm=qwen2_5_32b_sglang", "+question_llm.server.tp_size=2"],
+        r"question_llm\.server\.tp_size is not a setting of visa\.generation\.sglang\.SGLangServer; valid",
+    ),
+    "server as a plain mapping": (
+        lambda d: ["question_llm=server", "question_llm.model=m", "+question_llm.server={tp: 2}"],
+        r"question_llm\.server is a mapping without _target_",
+    ),
+    # -- the cache -----------------------------------------------------------------------------------------
+    "damaged cache": (
+        damaged_cache,
+        r"the cache file .*/visa-cache\.sqlite is damaged \(database disk image is malformed\); nothing was "
+        r"deleted\. Move it aside with `python -m visa\.cache move-aside .*`",
+    ),
+    "garbage cache file": (
+        garbage_cache,
+        r"the cache file .*/visa-cache\.sqlite is damaged \(file is not a database\); nothing was deleted",
     ),
     # -- the reference release's files ---------------------------------------------------------------------
     "NaN in a release matrix": (
@@ -213,6 +271,7 @@ def assert_one_error_line(code: int, stdout: str, stderr: str, expected: str) ->
 def test_bad_input_is_one_line(case, outcomes):
     got = outcomes[case]
     assert_one_error_line(got["code"], got["stdout"], got["stderr"], CASES[case][1])
+    assert "never_seen" not in got["stderr"] and "never-seen" not in got["stderr"]  # a secret is not echoed
 
 
 def test_release_results_are_strict_json(outcomes):
@@ -270,3 +329,121 @@ def test_a_scorer_that_gives_infinity_stops_the_run_naming_the_query(tmp_path):
         VisaError, match=r"the scorer's score is not a finite number for 'a dog on the grass'"
     ):
         run.score(HFCrossEncoder(model=str(folder), device="cpu"), [("a dog on the grass", "a dog")])
+
+
+def test_a_key_from_the_environment_never_reaches_wandb_files_or_names(tmp_path):
+    """The server key lives in the environment (api_key_env); a W&B offline run of a job with overrides
+    writes it nowhere in the run folder, and the run's name, built from the overrides, keeps only the
+    harmless ones."""
+    pytest.importorskip("wandb")
+    secret = "sk-visa-test-4f1c9e"
+    env = {
+        **os.environ,
+        "VISA_TEST_KEY": secret,
+        "OPENAI_API_KEY": secret,
+        "HOME": str(tmp_path / "home"),
+        "VISA_CACHE": str(tmp_path / "cache"),
+        "WANDB_MODE": "offline",
+        "WANDB_CONFIG_DIR": str(tmp_path / "wandb-home/config"),
+        "WANDB_CACHE_DIR": str(tmp_path / "wandb-home/cache"),
+        "WANDB_DATA_DIR": str(tmp_path / "wandb-home/data"),
+    }
+    env.pop("WANDB_API_KEY", None)
+    run_dir = tmp_path / "run"
+    overrides = [
+        *release(tmp_path / "data"),
+        "logger=wandb",
+        "logger.log_artifact=false",
+        "question_llm=server",
+        "question_llm.model=m",
+        "+question_llm.api_key_env=VISA_TEST_KEY",
+        "fusion.alpha=0.3",
+    ]
+    cmd = [sys.executable, "-m", "visa.run", *overrides, "progress=false", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert secret not in proc.stdout + proc.stderr
+    files = [f for f in (tmp_path).rglob("*") if f.is_file()]
+    assert any(f.suffix == ".wandb" for f in files)
+    leaked = [str(f) for f in files if secret.encode() in f.read_bytes()]
+    assert leaked == []
+
+
+def test_run_names_from_overrides_drop_secret_looking_keys():
+    from visa.tracking import safe_override_dirname, scrub
+
+    task = ["fusion.alpha=0.3", "+question_llm.server.api_key=sk-1", "scorer.hf_token=t", "questions.num=2"]
+    assert safe_override_dirname(task, "unused") == "fusion.alpha=0.3,questions.num=2"
+    assert safe_override_dirname(task[:1], "fusion.alpha=0.3") == "fusion.alpha=0.3"
+    assert (
+        scrub("multirun/x/fusion.alpha=0.3,question_llm.server.api_key=sk-1")
+        == "multirun/x/fusion.alpha=0.3,"
+    )
+
+
+def test_move_aside_renames_a_damaged_cache_and_the_next_run_starts_anew(tmp_path):
+    damaged_cache(tmp_path / "cache")
+    cmd = [sys.executable, "-m", "visa.cache", "move-aside", str(tmp_path / "cache")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("moved aside: ") and len(proc.stdout.splitlines()) == 1
+    names = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(names) == 1 and re.fullmatch(r"visa-cache\.damaged-\d{8}-\d{6}\.sqlite", names[0])
+
+    from visa.cache import Cache
+
+    cache = Cache(tmp_path / "cache")  # a new, empty cache beside the damaged one, which is kept
+    assert cache.get_many(["0" * 64]) == {}
+    cache.close()
+
+
+@pytest.mark.slow
+def test_ctrl_c_prints_what_was_saved_and_exits_130(tmp_path):
+    """SIGINT once the describe stage has saved its results, while the question LLM loads and writes (the
+    slow part of the demo): one line naming what was saved and how to resume, status 130."""
+    import signal
+    import sqlite3
+    import time
+
+    cache = tmp_path / "cache"
+    env = {**os.environ, "VISA_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "visa.run",
+        "dataset.limit=1",
+        "progress=false",
+        f"hydra.run.dir={tmp_path}/r",
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        described = 0
+        deadline = time.monotonic() + 400
+        while not described and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            if not (cache / "visa-cache.sqlite").exists():
+                continue
+            with sqlite3.connect(f"file:{cache / 'visa-cache.sqlite'}?mode=ro", uri=True, timeout=30) as db:
+                try:
+                    described = db.execute("SELECT COUNT(*) FROM results WHERE stage='describe'").fetchone()[
+                        0
+                    ]
+                except sqlite3.OperationalError:  # the table is not created yet
+                    continue
+        assert described and proc.poll() is None, "the run did not reach the ask stage, or ended first"
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "Traceback" not in stdout + stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
+    assert proc.returncode == 130, stderr[-3000:]
+    # stderr also holds the model loaders' own progress bars; the run's message is its one last line
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert [line for line in lines if line.startswith(("interrupted", "error"))] == lines[-1:], stderr
+    assert re.fullmatch(
+        r"interrupted: \d+ new result\(s\) \(encode_text \d+, encode_visual 1, describe 1.*\) saved in the "
+        r"cache .*visa-cache\.sqlite, with every earlier one; run the same command again to resume \(nothing "
+        r"saved is computed again\)",
+        lines[-1],
+    ), lines[-1]

@@ -61,7 +61,7 @@ def test_cli_prints_one_line_for_a_bad_part_key(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: scorer.max_len is not a setting of visa.scorers.onnx_cross_encoder.OnnxCrossEncoder; "
-        "valid keys: model_dir, max_length, batch_size"
+        "valid keys: model_dir, max_length, query_max_length, batch_size"
     ]
 
 
@@ -125,7 +125,8 @@ def test_a_key_the_chosen_backend_does_not_take_is_an_error_not_dropped():
 
 
 def test_generator_identities_are_those_of_the_former_single_class():
-    """Existing caches stay valid: the identities equal what `make_generator` built before the split."""
+    """The identities keep the keys `make_generator` built before the split (caches of unchanged settings
+    stay valid); the paper configs now carry the reference's lengths, repetition penalty and frame rule."""
     from visa.config import instantiate_part
 
     vision = instantiate_part(compose_cfg("answer_mllm=qwen2_vl_7b"), "answer_mllm").identity()
@@ -134,13 +135,14 @@ def test_generator_identities_are_those_of_the_former_single_class():
         "model": "Qwen/Qwen2-VL-7B-Instruct",
         "gguf_file": None,
         "dtype": "bfloat16",
-        "max_new_tokens": 128,
+        "max_new_tokens": 1024,
         "temperature": 0.0,
         "top_p": 1.0,
         "system_prompt": None,
         "uses_context": False,
         "seed": None,
-        "video": {"fps": 3.0, "max_frames": 64},
+        "repetition_penalty": 1.05,
+        "video": {"fps": 3.0, "max_frames": None, "frames": "qwen_vl_utils", "min_pixels": 128 * 28 * 28},
         "max_pixels": None,
     }
     text = instantiate_part(compose_cfg("question_llm=qwen2_5_7b"), "question_llm").identity()
@@ -149,12 +151,13 @@ def test_generator_identities_are_those_of_the_former_single_class():
         "model": "Qwen/Qwen2.5-7B-Instruct",
         "gguf_file": None,
         "dtype": "bfloat16",
-        "max_new_tokens": 256,
+        "max_new_tokens": 1024,
         "temperature": 0.2,
         "top_p": 1.0,
         "system_prompt": None,
         "uses_context": False,
         "seed": 0,
+        "repetition_penalty": 1.0,
     }
     served = instantiate_part(compose_cfg("answer_mllm=qwen2_vl_7b_sglang"), "answer_mllm").identity()
     assert served == {

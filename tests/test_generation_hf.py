@@ -58,7 +58,8 @@ def test_vision_model_reads_video_frames(models):
     replies = gen.generate([Prompt("what happens in this video ?", (str(video),), "video")])
     assert len(replies) == 1 and replies[0]
     assert (
-        gen.identity()["video"] == {"fps": 0.5, "max_frames": 2}
+        gen.identity()["video"]
+        == {"fps": 0.5, "max_frames": 2, "frames": "qwen_vl_utils", "min_pixels": 128 * 28 * 28}
         and gen.identity()["generator"] == "hf-vision"
     )
 

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -68,21 +69,40 @@ class Cache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            if not isinstance(e, sqlite3.OperationalError):  # "file is not a database"
+                raise self._damaged(e) from None
+            raise VisaError(
+                f"cannot open the cache in {self.root}: {e}; set cache_dir=... or VISA_CACHE"
+            ) from e
         except (OSError, sqlite3.Error) as e:
             raise VisaError(
                 f"cannot open the cache in {self.root}: {e}; set cache_dir=... or VISA_CACHE"
             ) from e
+        self.written: dict[str, int] = {}  # results stored by this run, per stage
+
+    def _damaged(self, error: Exception) -> VisaError:
+        return VisaError(
+            f"the cache file {self.path} is damaged ({error}); nothing was deleted. Move it aside with "
+            f"`python -m visa.cache move-aside {self.root}` and run again (finished results are computed "
+            "anew), or point cache_dir at another folder"
+        )
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
         keys = list(dict.fromkeys(keys))
-        for start in range(0, len(keys), 500):  # SQLite limits the number of bound parameters
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, blob in self._db.execute(
-                f"SELECT key, value FROM results WHERE key IN ({marks})", chunk
-            ):
-                found[key] = _decode(blob)
+        try:
+            for start in range(0, len(keys), 500):  # SQLite limits the number of bound parameters
+                chunk = keys[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                for key, blob in self._db.execute(
+                    f"SELECT key, value FROM results WHERE key IN ({marks})", chunk
+                ):
+                    found[key] = _decode(blob)
+        except sqlite3.OperationalError as e:  # I/O error, locked for longer than the timeout, ...
+            raise VisaError(f"cannot read the cache {self.path}: {e}") from None
+        except (sqlite3.DatabaseError, ValueError, OSError, EOFError) as e:  # damaged pages or values
+            raise self._damaged(e) from None
         return found
 
     def put_many(self, stage: str, items: dict[str, Any]) -> None:
@@ -90,8 +110,17 @@ class Cache:
             return
         now = time.time()
         rows = [(k, stage, _encode(v), now) for k, v in items.items()]
-        with self._db:  # one transaction
-            self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", rows)
+        try:
+            with self._db:  # one transaction
+                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.OperationalError as e:  # disk full, read-only, ...
+            raise VisaError(
+                f"cannot write to the cache {self.path}: {e}; free space or fix its permissions, or point "
+                "cache_dir at another folder"
+            ) from None
+        except sqlite3.DatabaseError as e:
+            raise self._damaged(e) from None
+        self.written[stage] = self.written.get(stage, 0) + len(rows)
 
     def close(self) -> None:
         self._db.close()
@@ -155,3 +184,40 @@ def run_stage(
             raise RuntimeError(f"stage {stage}: {len(lost)} inputs got no result")
     stats.seconds += time.perf_counter() - t0
     return [found[k] for k in keys]
+
+
+def move_aside(root: str | os.PathLike) -> list[Path]:
+    """Rename the cache file in `root` (and its -wal/-shm companions) to visa-cache.damaged-<time>.sqlite...,
+    so that the next run starts a new cache; nothing is deleted. The new names, in order."""
+    folder = Path(root).expanduser()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for suffix in ("", "-wal", "-shm"):
+        path = folder / f"visa-cache.sqlite{suffix}"
+        if path.exists():
+            target = folder / f"visa-cache.damaged-{stamp}.sqlite{suffix}"
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m visa.cache move-aside [CACHE_DIR]` (default: $VISA_CACHE, else the user cache folder)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m visa.cache", description="Manage the stage cache.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    aside = sub.add_parser("move-aside", help="rename a damaged cache file so that the next run starts anew")
+    aside.add_argument("cache_dir", nargs="?", default=None)
+    args = parser.parse_args(argv)
+    folder = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    moved = move_aside(folder)
+    if not moved:
+        print(f"error: no cache file (visa-cache.sqlite) in {folder}", file=sys.stderr)
+        return 1
+    print(f"moved aside: {', '.join(str(p) for p in moved)}; the next run starts a new cache in {folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -14,6 +15,22 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from visa.errors import VisaError
+
+# Keys whose values are secrets (a server's api_key, a hub token, ...): never taken from the config, where
+# they would be saved in .hydra/ and logged; dropped from anything built from the config or the overrides.
+# Whole words only: `max_new_tokens` is not a secret, `hf_token` is.
+SECRET_KEY = re.compile(
+    r"(^|[._-])(api[_-]?key|(access[_-]?|auth[_-]?)?token|secret|passw(or)?d|credentials?|private[_-]?key|auth)"
+    r"([._-]|$)",
+    re.I,
+)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a config key (plain or dotted) holds a secret; `*_env` keys name a variable and do not."""
+    return bool(SECRET_KEY.search(key)) and not key.endswith("_env")
+
 
 GROUPS = ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "scorer", "fusion", "logger")
 
@@ -28,6 +45,17 @@ class RetrievalConfig:
 class QuestionsConfig:
     num: int = 3  # questions used per query
     max: int = 3  # questions generated per query (a sweep over num reuses them)
+    retries: int = (
+        2  # re-asks of a query whose reply does not parse, each with a new seed, before falling back
+    )
+    retry_temperature: float = 0.2  # retries sample at this temperature (the reference re-samples at 0.2)
+
+
+@dataclass
+class PassageConfig:
+    # put between the answers and the description in the re-ranker's passage; "" concatenates them as the
+    # reference does ("A dog.It is brown.A park.")
+    separator: str = ""
 
 
 @dataclass
@@ -50,6 +78,7 @@ class VisaConfig:
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     questions: QuestionsConfig = field(default_factory=QuestionsConfig)
     answers: AnswersConfig = field(default_factory=AnswersConfig)
+    passage: PassageConfig = field(default_factory=PassageConfig)
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     cache_dir: str | None = None  # None: $VISA_CACHE, else the user cache folder
     data_dir: str = "./data"
@@ -94,6 +123,28 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+def _check_secrets(key: str, value: Any, where: str) -> None:
+    """Refuse a secret given in the config (its value is never echoed) and a `*_env` key that holds
+    something other than a variable's name (most likely the secret itself)."""
+    if is_secret_key(key):
+        raise VisaError(
+            f"{where}.{key}: secrets are not taken from the config (it is saved in .hydra/ and logged); put "
+            "the key in an environment variable and name that variable, e.g. api_key_env=OPENAI_API_KEY"
+        )
+    if (
+        key.endswith("_env")
+        and value is not None
+        and not (isinstance(value, str) and ENV_NAME.fullmatch(value))
+    ):
+        raise VisaError(
+            f"{where}.{key} must be the name of an environment variable (letters, digits, _), not its value"
+        )
+    if isinstance(value, dict):
+        for inner, inner_value in value.items():
+            if not str(inner).startswith("_"):
+                _check_secrets(str(inner), inner_value, f"{where}.{key}")
+
+
 def check_part(node: DictConfig, where: str) -> None:
     """Every key of a part's config must be a parameter of its class, of the annotated type."""
     if "_target_" not in node:
@@ -110,9 +161,20 @@ def check_part(node: DictConfig, where: str) -> None:
     for key, value in values.items():
         if key.startswith("_"):
             continue
+        _check_secrets(key, value, where)
         if key not in params:
             valid = ", ".join(params) or "(none)"
             raise VisaError(f"{where}.{key} is not a setting of {node._target_}; valid keys: {valid}")
+        if isinstance(value, dict):  # a nested part (a server launcher) is checked like a part
+            if "_target_" in value:
+                check_part(node[key], f"{where}.{key}")
+                continue
+            annotation = hints.get(key, params[key].annotation)
+            if not (annotation is dict or typing.get_origin(annotation) is dict):
+                raise VisaError(
+                    f"{where}.{key} is a mapping without _target_; it takes a part that names its class, "
+                    "e.g. _target_: visa.generation.sglang.SGLangServer"
+                )
         if isinstance(value, dict) and "_target_" in value:  # a nested part (e.g. a server to launch)
             check_part(node[key], f"{where}.{key}")
             continue

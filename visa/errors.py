@@ -4,3 +4,7 @@ class VisaError(Exception):
     The message is one line that names the file, key or value and says what to do; `visa.run` prints it
     without a stack trace and exits with status 1.
     """
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, with what was saved (`str(e)`); `visa.run` prints it on one line and exits 130."""

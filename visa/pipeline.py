@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -76,6 +76,9 @@ class Settings:
     num_questions: int = 3
     max_questions: int = 3
     recall_at: Sequence[int] = (1, 5, 10)
+    question_retries: int = 2  # re-asks of a query whose reply does not parse, each with a new seed
+    retry_temperature: float = 0.2  # ... sampled at this temperature (the reference re-samples at 0.2)
+    passage_separator: str = ""  # between the answers and the description; "" as the reference joins them
     progress: bool = True
     answer_mode: str = "per_question"  # or "per_candidate" (all of a query's questions in one call)
 
@@ -92,6 +95,11 @@ class Settings:
             )
         if self.answer_mode not in ANSWER_MODES:
             raise VisaError(f"answers.mode={self.answer_mode!r} is not one of {', '.join(ANSWER_MODES)}")
+        if self.question_retries < 0 or self.retry_temperature < 0:
+            raise VisaError(
+                f"questions.retries={self.question_retries} and questions.retry_temperature="
+                f"{self.retry_temperature} must be >= 0"
+            )
 
 
 def _stream(model) -> Any:
@@ -135,6 +143,7 @@ class Run:
         self.dataset, self.settings, self.cache = dataset, settings, cache
         self.stats: dict[str, StageStats] = {}
         self.times: dict[str, float] = {}
+        self.question_tries: list[tuple[int, int]] = []  # (asked, parsed) per question try
 
     def _stage(self, name: str, keys: list[str], inputs: list[Any], stream) -> list[Any]:
         stats = self.stats.setdefault(name, StageStats())
@@ -216,7 +225,7 @@ class Run:
 
     def describe(self, describer, items: list[Item]) -> dict[str, str]:
         ident = describer.identity()
-        ps = [prompts.Prompt(prompts.DESCRIBE_PROMPT, (i.path,), i.kind) for i in items]
+        ps = [prompts.Prompt(prompts.describe_prompt(i.kind), (i.path,), i.kind) for i in items]
         keys = [make_key("describe", ident, [p.as_key(), item_fingerprint(i)]) for p, i in zip(ps, items)]
         texts = self._stage("describe", keys, ps, _stream(describer))
         return {i.id: t for i, t in zip(items, texts)}
@@ -224,16 +233,45 @@ class Run:
     def ask(self, question_llm, query_texts: list[str] | None = None) -> list[prompts.Questions]:
         """Questions for every query, generated once at questions.max; the first questions.num are used.
         `query_texts`: each query as the LLM reads it (a composed query with its reference's description;
-        default: the query texts)."""
+        default: the query texts).
+
+        A reply that does not parse is asked again, up to questions.retries times, each retry sampled at
+        questions.retry_temperature with its own seed (the generator's seed + the retry's number), before
+        the query falls back to the generic questions. Every try is cached under its own key."""
         n = self.settings.max_questions
+        kind = self.dataset.gallery[0].kind if self.dataset.gallery else "image"
+        identity = question_llm.identity()
         query_texts = query_texts or [q.text for q in self.dataset.queries]
-        ps = [prompts.question_prompt(t, n) for t in query_texts]
-        keys = [
-            make_key("ask", question_llm.identity(), self._with_reference(p.as_key(), q))
-            for p, q in zip(ps, self.dataset.queries)
-        ]
-        replies = self._stage("ask", keys, ps, _stream(question_llm))
-        parsed = [prompts.parse_questions(r, n) for r in replies]
+        first = [prompts.question_prompt(t, n, kind) for t in query_texts]
+        parsed: list[prompts.Questions] = []
+        pending = list(range(len(first)))
+        self.question_tries = []
+        for attempt in range(self.settings.question_retries + 1):
+            ps = [
+                first[i]
+                if attempt == 0
+                else replace(
+                    first[i],
+                    seed=(identity.get("seed") or 0) + attempt,
+                    temperature=self.settings.retry_temperature,
+                )
+                for i in pending
+            ]
+            keys = [
+                make_key("ask", identity, self._with_reference(p.as_key(), self.dataset.queries[i]))
+                for p, i in zip(ps, pending)
+            ]
+            replies = self._stage("ask", keys, ps, _stream(question_llm))
+            tried = [prompts.parse_questions(r, n) for r in replies]
+            if attempt == 0:
+                parsed = tried
+            for i, q in zip(pending, tried):
+                q.tries = attempt + 1
+                parsed[i] = q
+            self.question_tries.append((len(pending), sum(q.parsed for q in tried)))
+            pending = [i for i in pending if not parsed[i].parsed]
+            if not pending:
+                break
         for p in parsed:
             p.questions = p.questions[: self.settings.num_questions]
         return parsed
@@ -379,6 +417,7 @@ def run_visa(
                 answers[qi][r],
                 item_passage_text(dataset.gallery[gi], descriptions[dataset.gallery[gi].id]),
                 questions[qi].parsed,
+                settings.passage_separator,
             )
             for r, gi in enumerate(top[qi].tolist())
         ]
@@ -395,6 +434,10 @@ def run_visa(
     run._timed("fuse", t0)
     metrics = run.evaluate(candidates, visa_order)
     metrics["questions/fallback"] = sum(not q.parsed for q in questions)
+    metrics["questions/retries"] = sum(asked for asked, _ in run.question_tries[1:])
+    for attempt, (asked, ok) in enumerate(run.question_tries):
+        metrics[f"questions/try_{attempt}/asked"] = asked
+        metrics[f"questions/try_{attempt}/parsed"] = ok
     metrics["answers/mode"] = settings.answer_mode
     metrics.update(run.report())
     results = _records(
@@ -452,6 +495,7 @@ def _records(dataset, candidates, base_scores, visa_order, fused, text_scores, q
             "key_phrases": questions[qi].key_phrases,
             "questions": questions[qi].questions,
             "questions_parsed": questions[qi].parsed,
+            "question_tries": questions[qi].tries,  # 1 + the retries this query's reply needed
             "base_top": [{"id": i, "score": by_id[i]["base"]} for i in top_ids],
             "visa_top": [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in visa_order[qi, :k].tolist()],
         }

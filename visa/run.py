@@ -17,7 +17,7 @@ from omegaconf.errors import OmegaConfBaseException
 from visa.cache import Cache, default_cache_dir
 from visa.config import GROUPS, _import_target, check_part, instantiate_part, register
 from visa.data import check_modalities
-from visa.errors import VisaError
+from visa.errors import Interrupted, VisaError
 from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa
 
 log = logging.getLogger("visa")
@@ -60,6 +60,16 @@ def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
         raise VisaError(f"metrics.json: a non-finite value (NaN or Infinity): {e}") from None
 
 
+def saved_line(cache: Cache) -> str:
+    """What an interrupted run kept, and how to go on from it."""
+    stages = ", ".join(f"{stage} {n}" for stage, n in cache.written.items())
+    saved = f"{sum(cache.written.values())} new result(s) ({stages})" if stages else "no new result"
+    return (
+        f"{saved} saved in the cache {cache.path}, with every earlier one; run the same command again to "
+        "resume (nothing saved is computed again)"
+    )
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     for group in GROUPS:  # every part's keys are checked before anything is loaded
@@ -70,6 +80,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         num_questions=cfg.questions.num,
         max_questions=cfg.questions.max,
         answer_mode=cfg.answers.mode,
+        question_retries=cfg.questions.retries,
+        retry_temperature=cfg.questions.retry_temperature,
+        passage_separator=cfg.passage.separator,
         recall_at=list(cfg.recall_at),
         progress=cfg.progress,
     )
@@ -96,6 +109,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             cache = Cache(cfg.cache_dir or default_cache_dir())
             try:
                 metrics, results = run_visa(dataset, parts, settings, cache)
+            except KeyboardInterrupt:
+                raise Interrupted(saved_line(cache)) from None
             finally:
                 cache.close()
                 parts.close()  # stops the servers this run launched
@@ -126,6 +141,10 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     except OmegaConfBaseException as e:
         print(f"error: config: {str(e).splitlines()[0]}", file=sys.stderr)
         sys.exit(1)
+    except KeyboardInterrupt as e:  # Ctrl-C: one line, and the shell's status for SIGINT
+        saved = str(e) if isinstance(e, Interrupted) else "no model result computed yet; nothing to resume"
+        print(f"interrupted: {saved}", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
+from visa.config import is_secret_key
 from visa.data import Dataset, Item
 from visa.errors import VisaError
 
@@ -45,14 +46,10 @@ class NullLogger:
         pass
 
 
-# Config keys whose values must never leave the machine (an sglang server's api_key, a hub token, ...).
-SECRET_KEY = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential|private[_-]?key|auth", re.I)
-
-
 def redact(config: Any) -> Any:
-    """`config` without the entries whose key looks like a secret, at any depth."""
+    """`config` without the entries whose key looks like a secret (`is_secret_key`), at any depth."""
     if isinstance(config, dict):
-        return {k: redact(v) for k, v in config.items() if not SECRET_KEY.search(str(k))}
+        return {k: redact(v) for k, v in config.items() if not is_secret_key(str(k))}
     if isinstance(config, list):
         return [redact(v) for v in config]
     return config
@@ -73,10 +70,26 @@ def hydra_job() -> dict[str, Any]:
     return {
         "sweep_dir": str(hc.sweep.dir) if multirun else None,
         "job_num": int(hc.job.num) if multirun else None,
-        "override_dirname": hc.job.override_dirname,
+        "override_dirname": safe_override_dirname(list(hc.overrides.task), hc.job.override_dirname),
         # A group choice (`scorer=x`) and a value (`fusion.alpha=0.5`) alike become one column each.
         "overrides": {o.key_or_group: o.value() for o in overrides if not o.is_delete()},
     }
+
+
+def safe_override_dirname(task_overrides: list[str], override_dirname: str) -> str:
+    """Hydra's `key=value,...` string of the job's overrides (W&B names runs by it), without any override
+    whose key looks like a secret."""
+    kept = [o for o in task_overrides if not is_secret_key(o.split("=", 1)[0].lstrip("+~"))]
+    return override_dirname if len(kept) == len(task_overrides) else ",".join(sorted(kept))
+
+
+def scrub(text: str) -> str:
+    """`text` (a folder name that may embed overrides) without the `key=value` parts with a secret key."""
+
+    def keep(match: re.Match) -> str:
+        return "" if is_secret_key(match.group().split("=")[0]) else match.group()
+
+    return re.sub(r"[^,/=]+=[^,/]*", keep, text)
 
 
 def has_wandb_key() -> bool:
@@ -167,7 +180,7 @@ class WandbLogger:
         job = hydra_job()
         sweep_dir = job.get("sweep_dir")
         # A multirun is one group; its folder is unique and names the sweep on disk too. W&B caps it at 128.
-        group = self.group or (str(sweep_dir)[-128:] if sweep_dir else None)
+        group = self.group or (scrub(str(sweep_dir))[-128:] if sweep_dir else None)
         name = self.name
         if name is None and job.get("override_dirname"):
             prefix = f"{job['job_num']}:" if job.get("job_num") is not None else ""

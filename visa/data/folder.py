@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 
 from visa.data import Dataset, Item, Query
-from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_media, media_kind
+from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_many, media_kind
 from visa.errors import VisaError
 
 log = logging.getLogger("visa")
@@ -132,9 +132,10 @@ class FolderDataset:
         bad: list[str] = [f"{media_root / p} (not found, or not an image/video file)" for p in unknown]
         gallery: list[Item] = []
         index: dict[str, int] = {}
+        problems = check_many([str(media_root / rel) for rel in files])
         for rel in files:
             path = str(media_root / rel)
-            problem = check_media(path, media_kind(path))
+            problem = problems[path]
             if problem is not None:
                 bad.append(f"{path} ({problem})")
                 continue

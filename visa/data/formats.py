@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from visa.data import Dataset, Item, build_dataset, check_count
-from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_media, media_kind
+from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_many, media_kind
 from visa.errors import VisaError
 
 log = logging.getLogger("visa")
@@ -331,10 +331,11 @@ class AnnotatedDataset:
         gallery: list[Item] = []
         captions: list[tuple[str, list[str]]] = []
         self.skipped = []
+        problems = check_many(list(merged)) if self.check_items else {}
         for path, texts in merged.items():
             kind = media_kind(path)
             if self.check_items:
-                problem = check_media(path, kind)
+                problem = problems[path]
                 if problem is not None:
                     if self.on_bad_item == "fail":
                         raise VisaError(

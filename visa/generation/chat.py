@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from visa.data.video import PAPER_MAX_PIXELS, VIDEO_MIN_PIXELS
 from visa.errors import VisaError
 from visa.loading import short_name
 from visa.prompts import Prompt
@@ -30,6 +31,9 @@ class ChatSettings:
     temperature: float = 0.0  # 0: greedy
     top_p: float = 1.0
     seed: int = 0  # used when sampling (temperature > 0)
+    # None: what the model's own generation_config.json says (transformers) or the server's default;
+    # docs/models.md says what the paper's runs used.
+    repetition_penalty: float | None = None
     system_prompt: str | None = None
     # True: a text-only "Socratic" answerer that reads each item's description (Prompt.context) in place
     # of its pixels.
@@ -42,6 +46,8 @@ class ChatSettings:
             )
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise VisaError(f"temperature={self.temperature} must be >= 0 and top_p={self.top_p} in (0, 1]")
+        if self.repetition_penalty is not None and self.repetition_penalty <= 0:
+            raise VisaError(f"repetition_penalty={self.repetition_penalty} must be > 0 (1.0: none)")
 
     def identity(self) -> dict[str, Any]:
         """All that changes the replies (not where or how fast the model runs)."""
@@ -54,11 +60,30 @@ class ChatSettings:
             "system_prompt": self.system_prompt,
             "uses_context": self.uses_context,
             "seed": self.seed if self.temperature > 0 else None,
+            # only when set: the identities (and caches) of generators that leave it alone stay as they were
+            **(
+                {"repetition_penalty": self.repetition_penalty} if self.repetition_penalty is not None else {}
+            ),
         }
 
     @property
     def sampling(self) -> bool:
         return self.temperature > 0
+
+    def sampling_of(self, prompts: list[Prompt]) -> tuple[float, int]:
+        """(temperature, seed) for a batch: the prompts' own when they carry them (a question retry
+        re-samples with a new seed), else the generator's. A batch must agree (the pipeline sends each
+        retry round as its own batches)."""
+        chosen = {
+            (
+                self.temperature if p.temperature is None else p.temperature,
+                self.seed if p.seed is None else p.seed,
+            )
+            for p in prompts
+        }
+        if len(chosen) > 1:
+            raise VisaError(f"one batch asks for different sampling settings {sorted(chosen)}")
+        return chosen.pop() if chosen else (self.temperature, self.seed)
 
     def sees_media(self, prompt: Prompt) -> bool:
         """Whether the prompt's images or video go to the model (not when it reads descriptions)."""
@@ -87,37 +112,42 @@ class ChatSettings:
         return [*head, {"role": "user", "content": user}]
 
 
-VIDEO_MAX_PIXELS = 360 * 420  # per frame when max_pixels is not set: the method's video setting
+VIDEO_MAX_PIXELS = PAPER_MAX_PIXELS  # per frame when max_pixels is not set: the method's 360x420
 
 
 @dataclass(kw_only=True, eq=False)
 class MediaSettings(ChatSettings):
-    """`ChatSettings` for models that see images and videos: a video goes as frames sampled at
-    `video_fps` (at most `max_frames`), and every image or frame is scaled down to at most `max_pixels`
-    pixels (None: images as they are, video frames at the method's 360x420)."""
+    """`ChatSettings` for models that see images and videos. A video goes as the frames Qwen2-VL's reference
+    preprocessing takes (`visa.data.video.sample_fps`): `video_fps` frames a second over the whole clip, an
+    even count between 4 and min(768, the clip's frames), each frame resized to sides that are multiples of
+    28 and an area between `video_min_pixels` and `max_pixels` (None: the method's 360x420). `max_frames`
+    caps the count for memory: clips longer than max_frames / video_fps seconds then get fewer frames a
+    second than asked, still spread over the whole clip (None: no cap beyond the 768 of qwen_vl_utils).
+    Images are scaled down to at most `max_pixels` when it is set, else go as they are (the model's
+    processor resizes them)."""
 
     video_fps: float = 3.0
-    max_frames: int = 64
+    max_frames: int | None = None
     max_pixels: int | None = None
+    video_min_pixels: int = VIDEO_MIN_PIXELS
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if (
             self.video_fps <= 0
-            or self.max_frames < 1
+            or (self.max_frames is not None and self.max_frames < 2)
             or (self.max_pixels is not None and self.max_pixels < 1)
+            or self.video_min_pixels < 1
         ):
             raise VisaError(
-                f"video_fps={self.video_fps} must be > 0, max_frames={self.max_frames} and "
-                f"max_pixels={self.max_pixels} at least 1"
+                f"video_fps={self.video_fps} must be > 0, max_frames={self.max_frames} at least 2 (or null), "
+                f"max_pixels={self.max_pixels} and video_min_pixels={self.video_min_pixels} at least 1"
             )
 
     def identity(self) -> dict[str, Any]:
-        return {
-            **super().identity(),
-            "video": {"fps": self.video_fps, "max_frames": self.max_frames},
-            "max_pixels": self.max_pixels,
-        }
+        video = {"fps": self.video_fps, "max_frames": self.max_frames}
+        video.update(frames="qwen_vl_utils", min_pixels=self.video_min_pixels)
+        return {**super().identity(), "video": video, "max_pixels": self.max_pixels}
 
     @property
     def frame_pixels(self) -> int:

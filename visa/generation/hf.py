@@ -59,19 +59,26 @@ def load_vision_model(model: str, dtype: str, device: str, trust_remote_code: bo
     return processor, _load_lm(AutoModelForImageTextToText, model, dtype, device, trust_remote_code)
 
 
-def _complete(gen: ChatSettings, lm, enc, tokenizer) -> list[str]:
-    """Generate after the (left-padded) prompts in `enc`; the new tokens decoded, per prompt."""
-    if gen.sampling:
-        torch.manual_seed(gen.seed)
+def _complete(gen: ChatSettings, lm, enc, tokenizer, prompts: list[Prompt]) -> list[str]:
+    """Generate after the (left-padded) prompts in `enc`; the new tokens decoded, per prompt.
+
+    Sampling is what the settings say, never the model's generation_config: top_k off, top_p only when
+    sampling; the repetition penalty is the model's own unless `repetition_penalty` is set."""
+    temperature, seed = gen.sampling_of(prompts)
+    sampling = temperature > 0
+    if sampling:
+        torch.manual_seed(seed)
+    penalty = {} if gen.repetition_penalty is None else {"repetition_penalty": gen.repetition_penalty}
     try:
         out = lm.generate(
             **enc,
             max_new_tokens=gen.max_new_tokens,
-            do_sample=gen.sampling,
-            temperature=gen.temperature if gen.sampling else None,
-            top_p=gen.top_p if gen.sampling else None,
+            do_sample=sampling,
+            temperature=temperature if sampling else None,
+            top_p=gen.top_p if sampling else None,
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
+            **penalty,
         )
     except torch.OutOfMemoryError as e:
         raise VisaError(
@@ -118,7 +125,7 @@ class HFTextGenerator(ChatSettings):
             for p in prompts
         ]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-        return _complete(self, lm, enc, tokenizer)
+        return _complete(self, lm, enc, tokenizer, prompts)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -151,9 +158,7 @@ class HFVisionGenerator(MediaSettings):
         for p in prompts:
             item_images, item_videos = [], []
             if self.sees_media(p):
-                item_images, item_videos = prompt_media(
-                    p, self.video_fps, self.max_frames, self.max_pixels, self.frame_pixels
-                )
+                item_images, item_videos = prompt_media(p, self)
             parts = [{"type": "image"} for _ in item_images] + [{"type": "video"} for _ in item_videos]
             texts.append(
                 processor.apply_chat_template(
@@ -174,4 +179,4 @@ class HFVisionGenerator(MediaSettings):
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(lm.dtype)
         self.media_encoded += len(images) + len(videos)
-        return _complete(self, lm, enc, processor.tokenizer)
+        return _complete(self, lm, enc, processor.tokenizer, prompts)

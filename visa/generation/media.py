@@ -28,18 +28,28 @@ def read_image(path: str, max_pixels: int | None) -> Image.Image:
     return fit_pixels(image, max_pixels) if max_pixels else image
 
 
-def video_frames(path: str, fps: float, max_pixels: int, max_frames: int) -> list:
-    """Frames sampled at `fps` (at most `max_frames`), each at most `max_pixels` pixels."""
-    from visa.data.video import sample_fps  # only video runs need the video reader
+def video_frames(path: str, fps: float, max_pixels: int, max_frames: int | None, min_pixels: int) -> list:
+    """A video's frames as Qwen2-VL's reference preprocessing takes them (`visa.data.video.sample_fps`)."""
+    from visa.data.video import sample_fps
 
-    return sample_fps(path, fps, max_pixels, max_frames)
+    return sample_fps(path, fps, max_pixels, max_frames, min_pixels)
 
 
-def prompt_media(prompt: Prompt, fps: float, max_frames: int, max_pixels: int | None, frame_pixels: int):
-    """(images, videos) of one prompt; a video is a list of frames."""
+def prompt_media(prompt: Prompt, settings) -> tuple[list, list]:
+    """(images, videos) of one prompt for a generator with `MediaSettings`; a video is a list of frames."""
     if prompt.media_kind == "video":
-        return [], [video_frames(path, fps, frame_pixels, max_frames) for path in prompt.media]
-    return [read_image(path, max_pixels) for path in prompt.media], []
+        frames = [
+            video_frames(
+                path,
+                settings.video_fps,
+                settings.frame_pixels,
+                settings.max_frames,
+                settings.video_min_pixels,
+            )
+            for path in prompt.media
+        ]
+        return [], frames
+    return [read_image(path, settings.max_pixels) for path in prompt.media], []
 
 
 # The questions about one item are sent one after another: encode each image once for all of them.

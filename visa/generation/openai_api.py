@@ -119,7 +119,9 @@ class OpenAIChatGenerator(MediaSettings):
             urls = [
                 frame_data_url(frame)
                 for path in prompt.media
-                for frame in video_frames(path, self.video_fps, self.frame_pixels, self.max_frames)
+                for frame in video_frames(
+                    path, self.video_fps, self.frame_pixels, self.max_frames, self.video_min_pixels
+                )
             ]
         else:
             urls = [image_data_url(path, self.max_pixels) for path in prompt.media]
@@ -127,15 +129,18 @@ class OpenAIChatGenerator(MediaSettings):
 
     def request_body(self, prompt: Prompt) -> dict:
         parts = self._media_parts(prompt) if self.sees_media(prompt) else None
+        temperature, seed = self.sampling_of([prompt])
         body = {
             "model": self.model,
             "messages": self.messages(prompt, parts),
             "max_tokens": self.max_new_tokens,
-            "temperature": self.temperature,
+            "temperature": temperature,
             "top_p": self.top_p,
         }
-        if self.sampling:
-            body["seed"] = self.seed
+        if temperature > 0:
+            body["seed"] = seed
+        if self.repetition_penalty is not None:  # sglang's and vLLM's extension of the OpenAI API
+            body["repetition_penalty"] = self.repetition_penalty
         return body
 
     def _headers(self) -> dict[str, str]:

@@ -10,7 +10,7 @@ read as
 and the score is the raw logit of a head applied to the last token's normalised hidden state at a cutoff layer
 (no sigmoid). Two options make it cheaper, as in FlagEmbedding's LightweightLLMReranker, whose behaviour this
 module reproduces (tests/test_bge_lightweight.py checks it against FlagEmbedding's own scores):
-- `cutoff_layers`: stop the stack at that layer; layers above the deepest cutoff are not even loaded. As in
+- `cutoff_layers`: stop the stack at that layer; layers past the deepest cutoff are not even loaded. As in
   FlagEmbedding and the model's published code, the k-th requested cutoff layer (in depth order) is scored by
   head `lm_head.k`; with one cutoff layer (the method's 28) that is `lm_head.0`.
 - `compress_ratio` + `compress_layers`: before each listed layer (the deepest cutoff ends the stack first) the
@@ -24,7 +24,7 @@ default: `max_length` + the separator and prompt tokens). Cuts are counted in `t
 
 Attention is eager so that Gemma 2's attention-logit soft-capping applies. FlagEmbedding's own class, and the
 paper's step-3 script, ask transformers 4.x for SDPA attention, which skips the soft-capping:
-`attention_softcapping=False` reproduces those numbers.
+`attention_softcapping=False` reproduces those numbers, with torch's SDPA kernel too.
 """
 
 from __future__ import annotations
@@ -43,20 +43,24 @@ DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SEPARATOR = "\n"
 # config.json keys of the published checkpoint that are not Gemma 2's
 _LIGHTWEIGHT_KEYS = ("start_layer", "layer_sep", "layer_wise")
-_NOT_GEMMA2 = ("model_type", "architectures", "auto_map", "_name_or_path", "transformers_version")
-_NOT_GEMMA2 += ("torch_dtype",)
+_NOT_GEMMA2 = (
+    "model_type",
+    "architectures",
+    "auto_map",
+    "_name_or_path",
+    "transformers_version",
+    "torch_dtype",
+)
 
 
 class LightweightGemma(torch.nn.Module):
     """A stock transformers `Gemma2Model` with the light-weight re-ranker's score heads, cutoff and token
     compression. `heads[k]` is the checkpoint's `lm_head.k.linear_head.weight`."""
 
-    def __init__(self, decoder, heads: torch.Tensor, start_layer: int, layer_sep: int, num_layers: int):
+    def __init__(self, decoder, heads: torch.Tensor):
         super().__init__()
         self.decoder = decoder
         self.register_buffer("heads", heads)
-        self.usable_layers = list(range(start_layer, num_layers + 1, layer_sep))
-        self.num_layers = num_layers
         self.final_softcap = decoder.config.final_logit_softcapping
         self.sliding_window = decoder.config.sliding_window
         self.layer_types = decoder.config.layer_types
@@ -241,10 +245,13 @@ def load_lightweight(model: str, dtype: str, device: str, deepest_layer: int, so
         missing = sorted(info["missing_keys"])[0]
         raise VisaError(f"{model!r} lacks Gemma 2 weights ({missing}, ...); is the download complete?")
     if not softcapping:
+        # without the soft-cap, attention is plain scaled dot-product attention: torch's fused kernel computes
+        # it without materialising the attention matrices (the numbers of FlagEmbedding's SDPA default)
         for layer in decoder.layers:
             layer.self_attn.attn_logit_softcapping = None
+        decoder.config._attn_implementation = "sdpa"
     heads = _read_heads(folder, len(range(start, layers + 1, sep)))
-    return tokenizer, LightweightGemma(decoder, heads.to(placement), start, sep, layers).eval()
+    return tokenizer, LightweightGemma(decoder, heads.to(placement)).eval()
 
 
 class BGELightweightReranker:
