@@ -6,7 +6,8 @@ entry per request, in arrival order, and `fault_rule(body)` is asked when the li
 None (answer normally), "500"/"503"/"429"/"404" (that HTTP status), "drop" (close the connection without a
 reply), "malformed" (200 with JSON that has no choices), "garbage" (200 with a body that is not JSON) or
 "slow:SECONDS" (answer after that long). It records every request body and the most requests it had in
-flight at once.
+flight at once. `capacity` bounds how many requests it works on at once (a GPU server's batch); the others
+wait their turn.
 
 Run it alone (for the benchmark, so that the client and the server do not share one interpreter):
     python tests/fake_openai_server.py --latency 0.05    # prints the URL, serves until killed
@@ -49,6 +50,7 @@ class FakeOpenAIServer:
         fault_rule: Callable[[dict], str | None] | None = None,
         reply: Callable[[dict], str] = default_reply,
         port: int = 0,
+        capacity: int | None = None,
     ):
         self.latency, self.faults, self.fault_rule, self.reply = (
             latency,
@@ -61,6 +63,7 @@ class FakeOpenAIServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
+        self._slots = threading.Semaphore(capacity) if capacity else None
         self._httpd = _HTTPServer(("127.0.0.1", port), self._handler_class())
         self._thread: threading.Thread | None = None
 
@@ -131,7 +134,11 @@ class FakeOpenAIServer:
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
                 try:
-                    self._answer(body)
+                    if server._slots is None:
+                        self._answer(body)
+                    else:
+                        with server._slots:
+                            self._answer(body)
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout) or was killed
                 finally:
@@ -180,8 +187,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
+    parser.add_argument("--capacity", type=int, default=None, help="requests worked on at once")
     args = parser.parse_args()
-    server = FakeOpenAIServer(latency=args.latency, port=args.port)
+    server = FakeOpenAIServer(latency=args.latency, port=args.port, capacity=args.capacity)
     print(server.url, flush=True)
     try:
         server._httpd.serve_forever(poll_interval=0.05)

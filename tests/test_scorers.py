@@ -45,7 +45,7 @@ def test_cross_encoder_cuts_a_long_query_to_its_budget_and_counts_it(tmp_path):
     assert (scorer.truncated_queries, scorer.truncated_passages) == (1, 0)
     # the passage gets what the query leaves: 384 query tokens + a 200-token passage exceed 512
     scorer.score([(LONG_QUERY, "the cat is sitting " * 50), PAIRS[1]])
-    assert (scorer.truncated_queries, scorer.truncated_passages) == (2, 1)
+    assert scorer.counters() == {"truncated_queries": 2, "truncated_passages": 1}  # score/<name> in metrics
     tight = HFCrossEncoder(model=model, device="cpu", max_length=64, query_max_length=8)
     tight.score(PAIRS)  # "the cat is sitting " * 200 does not fit; the short ones do
     assert (tight.truncated_queries, tight.truncated_passages) == (0, 1)

@@ -37,6 +37,15 @@ def default_cache_dir() -> Path:
     return Path(user_cache_dir("visa"))
 
 
+def model_label(identity: Any) -> str:
+    """A short name for the model behind a stage's results (`python -m visa.cache` groups by it)."""
+    if isinstance(identity, dict):
+        for field in ("model", "model_path", "name", "backbone", "generator", "scorer"):
+            if isinstance(identity.get(field), str):
+                return identity[field]
+    return str(identity)[:80]
+
+
 def make_key(stage: str, identity: Any, inputs: Any) -> str:
     """SHA-256 over a canonical JSON encoding of (stage, model identity, inputs)."""
     blob = json.dumps([stage, identity, inputs], sort_keys=True, ensure_ascii=False, default=str)
@@ -69,6 +78,9 @@ class Cache:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
+            if "model" not in columns:  # caches written before results named their model
+                self._db.execute("ALTER TABLE results ADD COLUMN model TEXT DEFAULT ''")
         except sqlite3.DatabaseError as e:
             if not isinstance(e, sqlite3.OperationalError):  # "file is not a database"
                 raise self._damaged(e) from None
@@ -105,14 +117,18 @@ class Cache:
             raise self._damaged(e) from None
         return found
 
-    def put_many(self, stage: str, items: dict[str, Any]) -> None:
+    def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
         if not items:
             return
         now = time.time()
-        rows = [(k, stage, _encode(v), now) for k, v in items.items()]
+        rows = [(k, stage, _encode(v), now, model) for k, v in items.items()]
         try:
             with self._db:  # one transaction
-                self._db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)", rows)
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO results (key, stage, value, created, model) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
         except sqlite3.OperationalError as e:  # disk full, read-only, ...
             raise VisaError(
                 f"cannot write to the cache {self.path}: {e}; free space or fix its permissions, or point "
@@ -158,6 +174,7 @@ def run_stage(
     stats: StageStats,
     *,
     progress: bool = True,
+    model: str = "",
 ) -> list[Any]:
     """Results for `inputs`, computing only the keys the cache lacks.
 
@@ -175,7 +192,7 @@ def run_stage(
             total=len(missing), desc=stage, unit="call", disable=not progress, dynamic_ncols=True
         ) as bar:
             for index, result in compute([first_input[k] for k in missing]):
-                cache.put_many(stage, {missing[index]: result})
+                cache.put_many(stage, {missing[index]: result}, model=model)
                 found[missing[index]] = result
                 stats.computed += 1
                 bar.update(1)
@@ -202,15 +219,35 @@ def move_aside(root: str | os.PathLike) -> list[Path]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m visa.cache move-aside [CACHE_DIR]` (default: $VISA_CACHE, else the user cache folder)."""
+    """`python -m visa.cache {show,merge,prune,move-aside} [CACHE_DIR]` (default: $VISA_CACHE, else the user
+    cache folder)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m visa.cache", description="Manage the stage cache.")
     sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "show": "what the cache folder holds, per stage and model",
+        "merge": "pack the per-writer logs of finished writers (shared storage) into one file",
+        "prune": "remove the results of a stage and/or a model",
+    }
+    for name, text in commands.items():
+        command = sub.add_parser(name, help=text)
+        command.add_argument("cache_dir", nargs="?", default=None)
+        if name == "prune":
+            command.add_argument("--stage", help="only this stage (encode_text, ..., score)")
+            command.add_argument("--model", help="only results of this model (as `show` lists it)")
+        if name != "show":
+            command.add_argument(
+                "--force", action="store_true", help="also logs that may have a running writer"
+            )
     aside = sub.add_parser("move-aside", help="rename a damaged cache file so that the next run starts anew")
     aside.add_argument("cache_dir", nargs="?", default=None)
     args = parser.parse_args(argv)
     folder = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if args.command in commands:
+        from visa.cache_admin import command
+
+        return command(args.command, folder, args)
     moved = move_aside(folder)
     if not moved:
         print(f"error: no cache file (visa-cache.sqlite) in {folder}", file=sys.stderr)

@@ -38,7 +38,10 @@ GROUPS = ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "sc
 @dataclass
 class RetrievalConfig:
     top_k: int = 20  # K: candidates per query that VISA re-ranks
-    chunk_size: int = 1024  # queries (and gallery items) scored per block in the top-K search
+    chunk_size: int = 1024  # queries scored per block in the top-K search
+    gallery_chunk_size: int = 16384  # gallery items per block (torch index)
+    index: str = "torch"  # torch (chunked, exact) or faiss (exact flat inner product; the faiss extra)
+    device: str = "cpu"  # where the torch index scores blocks: cpu, cuda, cuda:1, auto
 
 
 @dataclass
@@ -66,6 +69,13 @@ class AnswersConfig:
 
 
 @dataclass
+class ShardConfig:
+    count: int = 1  # N > 1: this run does 1/N of each model stage's work (docs/scaling.md)
+    index: int = 0  # which 1/N: 0 .. count-1 ('shard.index=range(N)' in a multirun)
+    idle_seconds: float = 600.0  # waiting on other shards with no progress this long: compute the rest
+
+
+@dataclass
 class VisaConfig:
     dataset: Any = MISSING
     backbone: Any = MISSING
@@ -81,6 +91,9 @@ class VisaConfig:
     passage: PassageConfig = field(default_factory=PassageConfig)
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     cache_dir: str | None = None  # None: $VISA_CACHE, else the user cache folder
+    # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
+    cache_layout: str = "auto"
+    shard: ShardConfig = field(default_factory=ShardConfig)
     data_dir: str = "./data"
     progress: bool = True  # progress bars per stage
 
@@ -175,9 +188,6 @@ def check_part(node: DictConfig, where: str) -> None:
                     f"{where}.{key} is a mapping without _target_; it takes a part that names its class, "
                     "e.g. _target_: visa.generation.sglang.SGLangServer"
                 )
-        if isinstance(value, dict) and "_target_" in value:  # a nested part (e.g. a server to launch)
-            check_part(node[key], f"{where}.{key}")
-            continue
         if not _type_ok(value, hints.get(key, params[key].annotation)):
             expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
             raise VisaError(f"{where}.{key}={value!r} has the wrong type; expected {expected}")

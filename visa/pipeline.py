@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -18,15 +18,16 @@ import torch
 
 from visa import prompts
 from visa.backbones import Backbone
-from visa.cache import Cache, StageStats, batched, make_key, run_stage
+from visa.cache import Cache, StageStats, batched, make_key, model_label, run_stage
 from visa.composed import composed_query_text, item_passage_text, query_item
 from visa.data import Dataset, Item
 from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
 from visa.generation import Generator
 from visa.metrics import recall_at_k, recall_subset_at_k
-from visa.retrieval import ranked_candidates
+from visa.retrieval import check_index, ranked_candidates
 from visa.scorers import Scorer
+from visa.shard import SHARED_STAGES, Shard, wait_for_others
 
 ANSWER_MODES = ("per_question", "per_candidate")
 MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
@@ -73,6 +74,9 @@ class Components:
 class Settings:
     top_k: int = 20
     chunk_size: int = 1024
+    gallery_chunk_size: int = 16384
+    index: str = "torch"  # the top-K engine: torch or faiss (visa.retrieval)
+    search_device: str = "cpu"
     num_questions: int = 3
     max_questions: int = 3
     recall_at: Sequence[int] = (1, 5, 10)
@@ -81,6 +85,7 @@ class Settings:
     passage_separator: str = ""  # between the answers and the description; "" as the reference joins them
     progress: bool = True
     answer_mode: str = "per_question"  # or "per_candidate" (all of a query's questions in one call)
+    shard: Shard = field(default_factory=Shard)  # a sharded run: this run's 1/N of each stage (visa.shard)
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -93,6 +98,7 @@ class Settings:
             raise VisaError(
                 f"questions.num={self.num_questions} must be between 0 and questions.max={self.max_questions}"
             )
+        check_index(self.index)
         if self.answer_mode not in ANSWER_MODES:
             raise VisaError(f"answers.mode={self.answer_mode!r} is not one of {', '.join(ANSWER_MODES)}")
         if self.question_retries < 0 or self.retry_temperature < 0:
@@ -124,6 +130,12 @@ def item_fingerprint(item: Item) -> dict:
     return fingerprint
 
 
+def visual_keys(backbone, items: Sequence[Item]) -> list[str]:
+    """The encode_visual stage's cache keys of `items`."""
+    ident = backbone.identity()
+    return [make_key("encode_visual", ident, item_fingerprint(i)) for i in items]
+
+
 def check_finite(scores: np.ndarray | torch.Tensor, what: str, names: Sequence[str], fix: str) -> None:
     """Stop with one line when a model gave NaN or infinity: it would sort first and decide the ranking
     without a word, and it is not valid JSON in results.jsonl. `names` label the rows of `scores`."""
@@ -145,9 +157,34 @@ class Run:
         self.times: dict[str, float] = {}
         self.question_tries: list[tuple[int, int]] = []  # (asked, parsed) per question try
 
-    def _stage(self, name: str, keys: list[str], inputs: list[Any], stream) -> list[Any]:
+    def _stage(self, name: str, keys: list[str], inputs: list[Any], stream, model: Any = "") -> list[Any]:
+        """`model`: the identity of the stage's model, for the cache's summary by model."""
         stats = self.stats.setdefault(name, StageStats())
-        out = run_stage(self.cache, name, keys, inputs, stream, stats, progress=self.settings.progress)
+        shard, label = self.settings.shard, model_label(model)
+        progress = self.settings.progress
+        if not shard.active or name not in SHARED_STAGES:
+            out = run_stage(self.cache, name, keys, inputs, stream, stats, progress=progress, model=label)
+        else:  # this shard's share, then the other shards' results from the cache
+            mine = shard.mine(len(keys))
+            run_stage(
+                self.cache,
+                name,
+                [keys[i] for i in mine],
+                [inputs[i] for i in mine],
+                stream,
+                stats,
+                progress=progress,
+                model=label,
+            )
+            by_key = dict(zip(keys, inputs))
+
+            def compute_missing(missing: list[str]) -> dict[str, Any]:
+                inputs_missing = [by_key[k] for k in missing]
+                results = run_stage(self.cache, name, missing, inputs_missing, stream, stats, model=label)
+                return dict(zip(missing, results))
+
+            found = wait_for_others(shard, name, keys, self.cache.get_many, compute_missing)
+            out = [found[k] for k in keys]
         self.times[name] = stats.seconds  # run_stage accumulates
         return out
 
@@ -161,6 +198,7 @@ class Run:
             [make_key("encode_text", ident, t) for t in texts],
             texts,
             batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
+            ident,
         )
 
     def retrieve(self, backbone) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +221,7 @@ class Run:
                 [make_key("encode_composed", ident, item_fingerprint(it)) for it in items],
                 items,
                 batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
+                ident,
             )
             for i, e in zip(composed, emb):
                 query_emb[i] = e
@@ -195,11 +234,12 @@ class Run:
         media_items = [gallery[i] for i in media]
         emb = self._stage(
             "encode_visual",
-            [make_key("encode_visual", ident, item_fingerprint(i)) for i in media_items],
+            visual_keys(backbone, media_items),
             media_items,
             # a backbone's own stream_visual (data-parallel gallery encoding) when it has one
             getattr(backbone, "stream_visual", None)
             or batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
+            ident,
         )
         for i, e in zip(media, emb):
             item_emb[i] = e
@@ -219,6 +259,9 @@ class Run:
             exclude=[q.exclude for q in queries],
             groups=self.dataset.groups,
             query_groups=[q.group for q in queries],
+            gallery_chunk_size=self.settings.gallery_chunk_size,
+            index=self.settings.index,
+            device=self.settings.search_device,
         )
         self._timed("retrieve", t0)
         return result
@@ -227,7 +270,7 @@ class Run:
         ident = describer.identity()
         ps = [prompts.Prompt(prompts.describe_prompt(i.kind), (i.path,), i.kind) for i in items]
         keys = [make_key("describe", ident, [p.as_key(), item_fingerprint(i)]) for p, i in zip(ps, items)]
-        texts = self._stage("describe", keys, ps, _stream(describer))
+        texts = self._stage("describe", keys, ps, _stream(describer), ident)
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm, query_texts: list[str] | None = None) -> list[prompts.Questions]:
@@ -261,7 +304,7 @@ class Run:
                 make_key("ask", identity, self._with_reference(p.as_key(), self.dataset.queries[i]))
                 for p, i in zip(ps, pending)
             ]
-            replies = self._stage("ask", keys, ps, _stream(question_llm))
+            replies = self._stage("ask", keys, ps, _stream(question_llm), identity)
             tried = [prompts.parse_questions(r, n) for r in replies]
             if attempt == 0:
                 parsed = tried
@@ -308,7 +351,7 @@ class Run:
                     slots.append((qi, rank))
                     ps.append(p)
                     keys.append(make_key("answer", ident, [{"mode": mode}, p.as_key(), fp]))
-        texts = self._stage("answer", keys, ps, _stream(answer_mllm))
+        texts = self._stage("answer", keys, ps, _stream(answer_mllm), ident)
         k = candidates.shape[1]
         answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
         for (qi, rank), text in zip(slots, texts):
@@ -334,7 +377,8 @@ class Run:
             make_key("score", scorer.identity(), self._with_reference(list(p), q))
             for p, q in zip(pairs, pair_queries or [None] * len(pairs))
         ]
-        scores = self._stage("score", keys, pairs, batched(scorer.score, scorer.batch_size))
+        stream = batched(scorer.score, scorer.batch_size)
+        scores = self._stage("score", keys, pairs, stream, scorer.identity())
         fix = f"check the scorer's weights and dtype ({str(scorer.identity())[:160]})"
         check_finite(np.array(scores, dtype=np.float32), "the scorer's score", [q for q, _ in pairs], fix)
         return scores
@@ -408,6 +452,8 @@ def run_visa(
     media = [item for item in to_describe.values() if item.kind != "text"]
     descriptions = run.describe(parts.describer, media)
     descriptions.update({i.id: i.text or "" for i in to_describe.values() if i.kind == "text"})
+    if settings.shard.active:  # ask, answer and score: this shard's queries only; no evaluation
+        return _shard_rest(dataset, parts, settings, run, top, descriptions), []
     query_texts = [composed_query_text(q, descriptions) for q in dataset.queries]
     questions = run.ask(parts.question_llm, query_texts)
     answers = run.answer(parts.answer_mllm, questions, top, descriptions)
@@ -444,6 +490,32 @@ def run_visa(
         dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages
     )
     return metrics, results
+
+
+def _shard_rest(
+    dataset: Dataset, parts: Components, settings: Settings, run: Run, top: torch.Tensor, descriptions
+) -> dict[str, Any]:
+    """ask, answer and score for this shard's queries, into the cache; metrics.json gets the call counts."""
+    own = settings.shard.mine(len(dataset.queries))
+    part = Run(replace(dataset, queries=[dataset.queries[q] for q in own]), settings, run.cache)
+    part.stats, part.times = run.stats, run.times  # one report for the whole shard
+    top = top[own]
+    query_texts = [composed_query_text(q, descriptions) for q in part.dataset.queries]
+    questions = part.ask(parts.question_llm, query_texts)
+    answers = part.answer(parts.answer_mllm, questions, top, descriptions)
+    pairs, pair_queries = [], []
+    for qi, qs in enumerate(questions):
+        for r, gi in enumerate(top[qi].tolist()):
+            item = dataset.gallery[gi]
+            passage_text = item_passage_text(item, descriptions[item.id])
+            passage = prompts.build_passage(
+                answers[qi][r], passage_text, qs.parsed, settings.passage_separator
+            )
+            pairs.append((query_texts[qi], passage))
+            pair_queries.append(part.dataset.queries[qi])
+    part.score(parts.scorer, pairs, pair_queries)
+    shard = settings.shard
+    return {"shard/index": shard.index, "shard/count": shard.count, "shard/queries": len(own), **run.report()}
 
 
 def evaluate_precomputed(

@@ -18,7 +18,9 @@ from visa.cache import Cache, default_cache_dir
 from visa.config import GROUPS, _import_target, check_part, instantiate_part, register
 from visa.data import check_modalities
 from visa.errors import Interrupted, VisaError
-from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa
+from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa, visual_keys
+from visa.shard import Shard
+from visa.shared_store import SharedFolderStore, open_cache
 
 log = logging.getLogger("visa")
 register()
@@ -60,7 +62,7 @@ def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
         raise VisaError(f"metrics.json: a non-finite value (NaN or Infinity): {e}") from None
 
 
-def saved_line(cache: Cache) -> str:
+def saved_line(cache: Cache | SharedFolderStore) -> str:
     """What an interrupted run kept, and how to go on from it."""
     stages = ", ".join(f"{stage} {n}" for stage, n in cache.written.items())
     saved = f"{sum(cache.written.values())} new result(s) ({stages})" if stages else "no new result"
@@ -70,6 +72,24 @@ def saved_line(cache: Cache) -> str:
     )
 
 
+def encode_gallery_on_nodes(cfg: DictConfig, dataset, backbone) -> bool:
+    """backbone.num_nodes > 1: every process that srun started (one per device on every node) encodes its
+    share of the gallery into the cache. True in the process that goes on with the run (global rank 0)."""
+    from visa.backbones.parallel import encode_across_nodes, start_nodes
+
+    fabric = start_nodes(backbone)
+    rank0 = fabric.global_rank == 0
+    cache = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout) if rank0 else None
+    try:
+        keys = visual_keys(backbone, dataset.gallery)
+        encoded = encode_across_nodes(fabric, backbone, dataset.gallery, keys, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+    log.info("encode_visual on %d processes: %d items encoded", fabric.world_size, encoded)
+    return fabric.global_rank == 0
+
+
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     for group in GROUPS:  # every part's keys are checked before anything is loaded
@@ -77,6 +97,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     settings = Settings(
         top_k=cfg.retrieval.top_k,
         chunk_size=cfg.retrieval.chunk_size,
+        gallery_chunk_size=cfg.retrieval.gallery_chunk_size,
+        index=cfg.retrieval.index,
+        search_device=cfg.retrieval.device,
         num_questions=cfg.questions.num,
         max_questions=cfg.questions.max,
         answer_mode=cfg.answers.mode,
@@ -85,10 +108,14 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         passage_separator=cfg.passage.separator,
         recall_at=list(cfg.recall_at),
         progress=cfg.progress,
+        shard=Shard(cfg.shard.count, cfg.shard.index, cfg.shard.idle_seconds),
     )
     fusion = instantiate_part(cfg, "fusion")
     dataset = instantiate_part(cfg, "dataset").load()
     log.info("dataset %s: %d queries over %d items", dataset.name, len(dataset.queries), len(dataset.gallery))
+    if dataset.precomputed is None and cfg.backbone.get("num_nodes", 1) > 1:
+        if not encode_gallery_on_nodes(cfg, dataset, instantiate_part(cfg, "backbone")):
+            return {}  # a helper process of the multi-node gallery encoding: its share is written
     logger = instantiate_part(cfg, "logger")
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
     try:
@@ -106,7 +133,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 scorer=instantiate_part(cfg, "scorer"),
                 fusion=fusion,
             )
-            cache = Cache(cfg.cache_dir or default_cache_dir())
+            cache = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
             try:
                 metrics, results = run_visa(dataset, parts, settings, cache)
             except KeyboardInterrupt:
@@ -123,6 +150,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "time/total": round(time.perf_counter() - t_start, 3),
         }
         write_outputs(run_dir, metrics, results)
+        if settings.shard.active:  # no ranking: the final run without shard settings evaluates
+            computed = sum(v for k, v in metrics.items() if k.endswith("/computed"))
+            print(f"shard {settings.shard.index}/{settings.shard.count}: {computed} model calls computed")
+            print(f"run folder: {run_dir}")
+            return metrics
         print(format_table(metrics, list(cfg.recall_at)))
         print(f"run folder: {run_dir}")
         logger.log(metrics, results, dataset)

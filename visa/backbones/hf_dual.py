@@ -34,6 +34,7 @@ class HFDualEncoder(FabricEncoding):
         device: str = "auto",
         batch_size: int = 64,
         devices: int = 1,
+        num_nodes: int = 1,
         strategy: str = "ddp_spawn",
         trust_remote_code: bool = False,
     ):
@@ -41,6 +42,7 @@ class HFDualEncoder(FabricEncoding):
         self.model, self.revision, self.text_padding = model, revision, text_padding
         self.precision, self.device, self.batch_size = precision, device, batch_size
         self.devices, self.strategy, self.trust_remote_code = devices, strategy, trust_remote_code
+        self.num_nodes = num_nodes  # > 1: one process per device on every node, started by srun
         self.check_parallel("backbone")
 
     def identity(self) -> dict:

@@ -51,6 +51,7 @@ class OpenClipBackbone(FabricEncoding):
         device: str = "auto",
         batch_size: int = 64,
         devices: int = 1,
+        num_nodes: int = 1,
         strategy: str = "ddp_spawn",
         cache_dir: str | None = None,
     ):
@@ -58,6 +59,7 @@ class OpenClipBackbone(FabricEncoding):
         self.model, self.pretrained, self.context_length = model, pretrained, context_length
         self.precision, self.device, self.batch_size = precision, device, batch_size
         self.devices, self.strategy, self.cache_dir = devices, strategy, cache_dir
+        self.num_nodes = num_nodes  # > 1: one process per device on every node, started by srun
         self.check_parallel("backbone")
 
     def identity(self) -> dict:

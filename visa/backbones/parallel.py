@@ -6,12 +6,19 @@ stage uses instead of plain batching. With `devices: 1` it is plain batching in 
 Fabric starts one process per device (`strategy: ddp_spawn`, the default: it works from inside a Hydra run
 and from a notebook), each process loads its own copy of the model, encodes every world_size-th item, and
 the embeddings are gathered back in gallery order. The embeddings are the same as a single-process run.
+
+Across nodes (`num_nodes: N`, `devices: G` per node), the processes are started by the cluster, one per GPU
+(`srun --nodes=N --ntasks-per-node=G python -m visa.run ...`; torchrun works too): each runs the same
+command, `start_nodes` joins them into one Fabric process group, `encode_across_nodes` encodes the
+gallery items that global rank 0's cache lacks (every process a 1/(N*G) share), rank 0 writes them to the
+cache, and the other processes end; rank 0 goes on with the run, its encode_visual stage all cached.
+See docs/scaling.md for the SLURM script.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from typing import Any
 
@@ -91,11 +98,57 @@ def encode_parallel(
     return torch.from_numpy(fabric.launch(_encode_shard, backbone, rows, backbone.batch_size))
 
 
+def start_nodes(backbone: Any) -> Any:
+    """A launched Fabric spanning the processes that the cluster started (one per device on every node)."""
+    from lightning.fabric import Fabric
+
+    accelerator = resolve_device(backbone.device).type if backbone.device != "auto" else "auto"
+    if accelerator == "auto":
+        accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        fabric = Fabric(
+            accelerator=accelerator, devices=backbone.devices, num_nodes=backbone.num_nodes, strategy="ddp"
+        )
+        fabric.launch()  # the processes exist already (srun, torchrun): this joins them into one group
+    except (ValueError, RuntimeError) as e:
+        raise VisaError(
+            f"backbone.num_nodes={backbone.num_nodes} backbone.devices={backbone.devices}: cannot join the "
+            f"processes ({str(e).splitlines()[0]}); start one process per device on every node, e.g. "
+            f"srun --nodes={backbone.num_nodes} --ntasks-per-node={backbone.devices} python -m visa.run ..."
+        ) from e
+    if fabric.world_size != backbone.num_nodes * backbone.devices:
+        raise VisaError(
+            f"backbone.num_nodes={backbone.num_nodes} x backbone.devices={backbone.devices} processes "
+            f"expected, {fabric.world_size} started; start them with srun --nodes={backbone.num_nodes} "
+            f"--ntasks-per-node={backbone.devices}"
+        )
+    return fabric
+
+
+def encode_across_nodes(fabric: Any, backbone: Any, items: Sequence[Item], keys: Sequence[str], cache) -> int:
+    """Called by every process of `fabric`; encodes the items whose keys rank 0's `cache` lacks and writes
+    them to it from rank 0 (the other processes pass cache=None). Returns the number of items encoded."""
+    missing: list[int] | None = None
+    if fabric.global_rank == 0:
+        found = cache.get_many(list(keys))
+        first = {k: i for i, k in reversed(list(enumerate(keys)))}  # each distinct key once
+        missing = sorted(i for k, i in first.items() if k not in found)
+    missing = fabric.broadcast(missing, src=0)  # rank 0's view decides, so every process does the same work
+    if missing:
+        rows = [(items[i].id, items[i].path, items[i].kind) for i in missing]
+        embeddings = _encode_shard(fabric, backbone, rows, backbone.batch_size)
+        if fabric.global_rank == 0:
+            cache.put_many("encode_visual", {keys[i]: row for i, row in zip(missing, embeddings)})
+    fabric.barrier()
+    return len(missing)
+
+
 class FabricEncoding:
     """Mixin: `stream_visual` for the pipeline; needs `encode_visual`, `batch_size`, `devices`, `strategy`,
-    `device`. Loaded weights are not pickled into the worker processes (each loads its own)."""
+    `device`, `num_nodes`. Loaded weights are not pickled into the worker processes (each loads its own)."""
 
     devices: int
+    num_nodes: int = 1
     strategy: str
     device: str
     batch_size: int
@@ -103,6 +156,8 @@ class FabricEncoding:
     def check_parallel(self, where: str) -> None:
         if not isinstance(self.devices, int) or self.devices < 1:
             raise VisaError(f"{where}.devices={self.devices!r} must be a number of devices >= 1")
+        if not isinstance(self.num_nodes, int) or self.num_nodes < 1:
+            raise VisaError(f"{where}.num_nodes={self.num_nodes!r} must be a number of nodes >= 1")
         if self.strategy not in STRATEGIES:
             raise VisaError(f"{where}.strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}")
 

@@ -2,7 +2,8 @@
 sglang, vLLM, `transformers serve`, a hosted endpoint.
 
 Two ways to get a server:
-- attach: `url: http://HOST:PORT/v1` of a server that is already running;
+- attach: `url: http://HOST:PORT/v1` of a server that is already running, or a list of such URLs: the
+  requests are balanced over them (least outstanding requests) with failover (`visa.generation.balance`);
 - launch: `server:` a launcher config (e.g. `_target_: visa.generation.sglang.SGLangServer`); the server
   starts on first use (so a fully cached run starts nothing) and stops when the run ends (`close`).
 
@@ -35,6 +36,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from visa.errors import VisaError
+from visa.generation.balance import ServerPool
 from visa.generation.chat import MediaSettings
 from visa.generation.media import frame_data_url, image_data_url, video_frames
 from visa.prompts import Prompt
@@ -64,13 +66,14 @@ class OpenAIChatGenerator(MediaSettings):
     generator = "sglang-chat"
 
     batch_size: int = 64  # prompts per generate() call; requests go one per prompt
-    url: str | None = None  # attach: http://HOST:PORT/v1 of a running server
+    url: str | list[str] | None = None  # attach: http://HOST:PORT/v1 of a running server, or a list of them
     server: Any = None  # launch: a ServerLauncher (a yaml node with its own _target_)
     api_key_env: str = "OPENAI_API_KEY"  # environment variable whose value (if set) is sent as Bearer token
     max_concurrency: int = 64  # requests in flight
     request_timeout: float = 600.0  # seconds per try
     max_retries: int = 5  # tries after the first, on refused/dropped connections, timeouts, 5xx, 429
     retry_backoff: float = 1.0  # seconds before the first retry; doubles per try (with jitter)
+    server_backoff: float = 5.0  # several servers: a failing one gets no requests this long (doubling)
     malformed: int = field(default=0, init=False)  # replies without a text, returned as ""
     retried: int = field(default=0, init=False)  # tries that failed and were repeated
 
@@ -90,20 +93,34 @@ class OpenAIChatGenerator(MediaSettings):
             raise VisaError(
                 "server must name a launcher with its _target_, e.g. visa.generation.sglang.SGLangServer"
             )
-        if self.url and urlparse(self.url).scheme not in ("http", "https"):
-            raise VisaError(
-                f"url={self.url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:30000/v1"
-            )
+        for url in [self.url] if isinstance(self.url, str) else self.url or []:
+            if not isinstance(url, str) or urlparse(url).scheme not in ("http", "https"):
+                raise VisaError(
+                    f"url={url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:30000/v1 "
+                    "or a list of such URLs"
+                )
         if self.max_concurrency < 1 or self.max_retries < 0:
             raise VisaError(
                 f"max_concurrency={self.max_concurrency} must be >= 1 and max_retries={self.max_retries} >= 0"
             )
-        self.url = self.url.rstrip("/") if self.url else None
+        if isinstance(self.url, str):
+            self.url = self.url.rstrip("/")
+        elif self.url:
+            self.url = [url.rstrip("/") for url in self.url]
+        self._pool: ServerPool | None = None  # made on first use: launched servers have their URLs then
 
     # -- server -----------------------------------------------------------------------------------------
     def endpoint(self) -> str:
-        """The /v1 URL; starts the server on first call when one is to be launched."""
-        return self.server.ensure_running() if self.server is not None else self.url
+        """The /v1 URL (the first one, with several servers); starts the server(s) to be launched."""
+        return self.pool().urls[0]
+
+    def pool(self) -> ServerPool:
+        """The servers this generator sends to; started on first call when they are to be launched."""
+        if self._pool is None:
+            urls = self.server.ensure_running() if self.server is not None else self.url
+            urls = [urls] if isinstance(urls, str) else list(urls)
+            self._pool = ServerPool(urls, backoff=self.server_backoff)
+        return self._pool
 
     def close(self) -> None:
         """Stop a server this generator launched (the run is over)."""
@@ -111,7 +128,12 @@ class OpenAIChatGenerator(MediaSettings):
             self.server.stop()
 
     def counters(self) -> dict[str, int]:
-        return {"malformed": self.malformed, "retried": self.retried}
+        """Malformed replies, retried tries, and with several servers the replies of each (host:port)."""
+        out = {"malformed": self.malformed, "retried": self.retried}
+        if self._pool is not None and len(self._pool.servers) > 1:
+            for url, count in self._pool.counts().items():
+                out[f"requests/{urlparse(url).netloc}"] = count
+        return out
 
     # -- requests ---------------------------------------------------------------------------------------
     def _media_parts(self, prompt: Prompt) -> list[dict]:
@@ -170,39 +192,61 @@ class OpenAIChatGenerator(MediaSettings):
         return delay
 
     async def _one(
-        self, client: aiohttp.ClientSession, url: str, index: int, prompt: Prompt
+        self, client: aiohttp.ClientSession, pool: ServerPool, index: int, prompt: Prompt
     ) -> tuple[int, str]:
         if self.sees_media(prompt):
             body = await asyncio.to_thread(self.request_body, prompt)  # reading and encoding pixels
         else:
             body = self.request_body(prompt)
-        last = ""
-        for attempt in range(self.max_retries + 1):
+        last, last_url, failures = "", pool.urls[0], 0
+        # A failure counts against max_retries only when no other server can take the request at once; the
+        # cap on tries ends a request whose servers keep failing in turn.
+        for _ in range((self.max_retries + 1) * len(pool.urls) * 2):
+            url = pool.acquire()
+            if url is None:  # every server is out: wait for the first to come back
+                await asyncio.sleep(pool.wait_seconds())
+                continue
+            answered: bool | None = None  # None: cancelled before an outcome (the stage was closed)
             retry_after = None
             try:
                 async with client.post(f"{url}/chat/completions", json=body) as response:
                     status, text = response.status, await response.text(errors="replace")
                     retry_after = response.headers.get("Retry-After")
-            except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # refused, timed out, dropped, bad HTTP
-                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            else:
-                if status == 200:
-                    return index, self._reply_text(url, text)
-                if status not in _RETRY_STATUS:
-                    raise VisaError(
-                        f"{url}/chat/completions answered HTTP {status} for model {self.model!r}: "
-                        f"{text.strip()[:200]!r}; check model= against {url}/models"
-                    )
+                # a reply, or an error that is the request's own fault (a wrong model name): the server works
+                answered = status == 200 or status not in _RETRY_STATUS
                 last = f"HTTP {status}"
-            if attempt < self.max_retries:
-                self.retried += 1
-                await asyncio.sleep(self._delay(attempt, retry_after))
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:  # refused, timed out, dropped, bad HTTP
+                answered = False
+                last = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            finally:
+                pool.release(url, answered)
+            if answered and status == 200:
+                return index, self._reply_text(url, text)
+            if answered:
+                raise VisaError(
+                    f"{url}/chat/completions answered HTTP {status} for model {self.model!r}: "
+                    f"{text.strip()[:200]!r}; check model= against {url}/models"
+                )
+            last_url = url
+            self.retried += 1
+            if any(server.url != url for server in pool.up()):
+                continue  # another server takes it at once
+            failures += 1
+            if failures > self.max_retries:
+                self.retried -= 1  # this try is not repeated
+                break
+            await asyncio.sleep(max(self._delay(failures - 1, retry_after), pool.wait_seconds()))
+        if len(pool.urls) == 1:
+            raise VisaError(
+                f"{last_url}/chat/completions failed {failures} times (last: {last}); check that the "
+                f"server is up and reachable, or raise max_retries / request_timeout={self.request_timeout:g}"
+            )
         raise VisaError(
-            f"{url}/chat/completions failed {self.max_retries + 1} times (last: {last}); check that the "
-            f"server is up and reachable, or raise max_retries / request_timeout={self.request_timeout:g}"
+            f"all {len(pool.urls)} servers failed (last: {last} from {last_url}): {', '.join(pool.urls)}; "
+            "check that they are up and reachable, or raise max_retries / server_backoff"
         )
 
-    async def _run(self, url: str, prompts: list[Prompt], put) -> None:
+    async def _run(self, pool: ServerPool, prompts: list[Prompt], put) -> None:
         """Keep up to max_concurrency requests in flight; hand each reply to `put` as it completes."""
         connector = aiohttp.TCPConnector(limit=self.max_concurrency)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout, connect=min(self.request_timeout, 30.0))
@@ -215,7 +259,7 @@ class OpenAIChatGenerator(MediaSettings):
             def refill() -> None:
                 # A sliding window, not one task per prompt: 300k prompts would hold 300k encoded images.
                 for index, prompt in todo:
-                    in_flight.add(asyncio.create_task(self._one(client, url, index, prompt)))
+                    in_flight.add(asyncio.create_task(self._one(client, pool, index, prompt)))
                     if len(in_flight) >= self.max_concurrency:
                         return
 
@@ -240,7 +284,7 @@ class OpenAIChatGenerator(MediaSettings):
         """
         if not prompts:
             return
-        url = self.endpoint()
+        pool = self.pool()
         results: queue.Queue = queue.Queue()
         loop = asyncio.new_event_loop()
         done = object()
@@ -248,7 +292,7 @@ class OpenAIChatGenerator(MediaSettings):
         def work() -> None:
             asyncio.set_event_loop(loop)
             try:
-                loop.run_until_complete(self._run(url, prompts, results.put))
+                loop.run_until_complete(self._run(pool, prompts, results.put))
             except BaseException as e:  # handed to the consuming thread
                 results.put(e)
             finally:

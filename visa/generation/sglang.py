@@ -83,8 +83,9 @@ class SGLangServer:
     def signature(self) -> tuple:
         return (self.python, self.model_path, self.tp, self.mem_fraction, self.host, tuple(self.extra_args))
 
-    def ensure_running(self) -> str:
-        """Start this server, or attach to the same one already launched by this run; its /v1 URL."""
+    def ensure_running(self, wait: bool = True) -> str:
+        """Start this server, or attach to the same one already launched by this run; its /v1 URL.
+        wait=False: return once started, before it is healthy (`wait_healthy`)."""
         have = _LAUNCHED.get(self.port)
         if have is not None and have is not self and have.running():
             if have.signature() != self.signature():
@@ -94,14 +95,17 @@ class SGLangServer:
                 )
             return have.url
         _LAUNCHED[self.port] = self
-        self.start()
+        self.start(wait)
         return self.url
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def start(self) -> None:
-        """Start the server and wait until its /health answers 200 (at most `startup_timeout` seconds)."""
+    def start(self, wait: bool = True) -> None:
+        """Start the server and wait until its /health answers 200 (at most `startup_timeout` seconds).
+
+        Call it from the thread that lives as long as the server should: the server gets SIGTERM when the
+        thread that started it ends (Linux's parent-death signal is per thread)."""
         if self.running():
             return
         if _port_open(self.host, self.port):
@@ -133,6 +137,13 @@ class SGLangServer:
         finally:
             log_file.close()  # the child holds its own descriptor
         atexit.register(self.stop)
+        if wait:
+            self.wait_healthy()
+
+    def wait_healthy(self) -> None:
+        """Wait until a server started with wait=False is healthy; stop it if it does not get there."""
+        if self.process is None:
+            return  # not started by this object (attached to the same server launched by another)
         try:
             self._wait_healthy()
         except BaseException:

@@ -11,7 +11,7 @@ and the score is the raw logit of a head applied to the last token's normalised 
 (no sigmoid). Two options make it cheaper, as in FlagEmbedding's LightweightLLMReranker, whose behaviour this
 module reproduces (tests/test_bge_lightweight.py checks it against FlagEmbedding's own scores):
 - `cutoff_layers`: stop the stack at that layer; layers past the deepest cutoff are not even loaded. As in
-  FlagEmbedding and the model's published code, the k-th requested cutoff layer (in depth order) is scored by
+  FlagEmbedding's model code, the k-th requested cutoff layer (in depth order) is scored by
   head `lm_head.k`; with one cutoff layer (the method's 28) that is `lm_head.0`.
 - `compress_ratio` + `compress_layers`: before each listed layer (the deepest cutoff ends the stack first) the
   passage tokens are mean-pooled in windows of `compress_ratio` (the last window over the tokens it has), the

@@ -1,0 +1,100 @@
+"""`python -m visa.cache show|merge|prune [FOLDER]`: what a cache folder holds, per stage and model, and
+its upkeep. A folder may hold the single-machine SQLite file, the per-writer logs of shared storage
+(visa.shared_store), or both."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+from visa.errors import VisaError
+from visa.shared_store import FOLDER, rewrite, scan
+
+SQLITE = "visa-cache.sqlite"
+
+
+def sqlite_summary(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    """(stage, model) -> (entries, value bytes) of a SQLite cache file, read-only."""
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+        model = "model" if "model" in columns else "''"
+        rows = db.execute(
+            f"SELECT stage, COALESCE({model}, ''), COUNT(*), SUM(LENGTH(value)) FROM results GROUP BY 1, 2"
+        ).fetchall()
+    finally:
+        db.close()
+    return {(stage, m): (n, size or 0) for stage, m, n, size in rows}
+
+
+def show(folder: Path) -> str:
+    lines = [f"cache folder {folder}"]
+    if (folder / SQLITE).exists():
+        table = sqlite_summary(folder / SQLITE)
+        size = (folder / SQLITE).stat().st_size
+        lines.append(f"\nSQLite file {SQLITE} ({size / 2**20:.1f} MB; one host)")
+        lines += _table({k: (n, b) for k, (n, b) in table.items()})
+    if (folder / FOLDER).is_dir():
+        table, logs = scan(folder)
+        open_logs = sum(not log.closed for log in logs)
+        size = sum(log.path.stat().st_size for log in logs)
+        files = f"{len(logs)} files ({open_logs} not closed)"
+        lines.append(f"\nper-writer logs in {FOLDER}/: {files}, {size / 2**20:.1f} MB")
+        lines += _table({k: (row.keys, row.bytes) for k, row in table.items()})
+    if len(lines) == 1:
+        lines.append("(no cache here)")
+    return "\n".join(lines)
+
+
+def _table(rows: dict[tuple[str, str], tuple[int, int]]) -> list[str]:
+    out = [f"  {'stage':<14} {'model':<44} {'entries':>9} {'MB':>9}"]
+    for (stage, model), (n, size) in sorted(rows.items()):
+        out.append(f"  {stage:<14} {(model or '-')[:44]:<44} {n:>9,} {size / 2**20:>9.2f}")
+    return out
+
+
+def prune(folder: Path, stage: str | None, model: str | None, force: bool) -> str:
+    def matches(stage_of: str, model_of: str) -> bool:
+        return (stage is None or stage_of == stage) and (model is None or model_of == model)
+
+    report = []
+    if (folder / SQLITE).exists():
+        db = sqlite3.connect(folder / SQLITE, timeout=120, isolation_level=None)
+        try:
+            clauses, args = [], []
+            if stage is not None:
+                clauses.append("stage = ?")
+                args.append(stage)
+            if model is not None:
+                clauses.append("model = ?")
+                args.append(model)
+            with db:
+                deleted = db.execute(f"DELETE FROM results WHERE {' AND '.join(clauses)}", args).rowcount
+        finally:
+            db.close()
+        report.append(f"{SQLITE}: {deleted} entries removed")
+    if (folder / FOLDER).is_dir():
+        files, kept, dropped = rewrite(folder, drop=lambda r: matches(r.stage, r.model), force=force)
+        report.append(f"{FOLDER}/: {files} finished logs rewritten, {kept} entries kept, {dropped} removed")
+    return "\n".join(report) or "(no cache here)"
+
+
+def command(name: str, folder: Path, args) -> int:
+    """show / merge / prune for `python -m visa.cache` (visa.cache.main); the exit status."""
+    try:
+        if not folder.is_dir():
+            raise VisaError(f"{folder} is not a folder; give the cache folder (cache_dir)")
+        if name == "show":
+            print(show(folder))
+        elif name == "merge":
+            files, kept, _ = rewrite(folder, force=args.force)
+            print(f"{files} finished logs packed into one ({kept} entries)" if files else "nothing to merge")
+        else:
+            if args.stage is None and args.model is None:
+                raise VisaError("prune needs --stage and/or --model (what to remove)")
+            print(prune(folder, args.stage, args.model, args.force))
+    except (VisaError, sqlite3.Error, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
