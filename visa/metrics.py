@@ -45,3 +45,12 @@ def recall_subset_at_k(
         for k in ks:
             hits[k].append(any(g in relevant[q] for g in order[:k]))
     return {f"R_subset@{k}": round(100.0 * sum(h) / len(h), 4) for k, h in hits.items() if h}
+
+
+def recall_gains(metrics: dict[str, float]) -> dict[str, float]:
+    """gain/R@k = VISA's R@k - the backbone's R@k (points), for every k that both have in `metrics`."""
+    return {
+        f"gain/{key[5:]}": round(value - metrics[f"base/{key[5:]}"], 4)
+        for key, value in metrics.items()
+        if key.startswith("visa/R@") and f"base/{key[5:]}" in metrics
+    }

@@ -154,19 +154,20 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if cfg.model.get("vsl_weight", 0) > 0 and not cfg.data.semantics:
             raise VisaError("model.vsl_weight > 0 needs data.semantics=true (VSL's TF-IDF image similarity)")
         model = build(cfg.model, "model", vocab_size=len(datamodule.vocab))
-        checkpoint = ModelCheckpoint(
+        checkpoint = ModelCheckpoint(  # the best epoch by validation rsum
             dirpath=run_dir / "checkpoints",
             filename="epoch{epoch:03d}-rsum{val/rsum:.2f}",
             auto_insert_metric_name=False,
             monitor="val/rsum",
             mode="max",
-            save_last=True,
         )
+        # Every epoch's end, for ckpt_path=last (ModelCheckpoint's own save_last only follows a new best).
+        last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
         loggers = make_loggers(cfg, run_dir)
         trainer = build(
             cfg.trainer,
             "trainer",
-            callbacks=[checkpoint, LearningRateMonitor("epoch")],
+            callbacks=[checkpoint, last, LearningRateMonitor("epoch")],
             logger=loggers,
             default_root_dir=str(run_dir),
         )
@@ -186,11 +187,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         trainer.fit(model, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         if not trainer.is_global_zero:
             return {}
-        best = checkpoint.best_model_path or checkpoint.last_model_path
+        best = checkpoint.best_model_path or last.best_model_path
         metrics.update(
             {
                 "best_checkpoint": best,
-                "last_checkpoint": checkpoint.last_model_path,
+                "last_checkpoint": last.best_model_path,
                 "val/rsum": round(float(checkpoint.best_model_score or float("nan")), 4),
                 "time/train": round(time.perf_counter() - t_start, 3),
             }

@@ -184,6 +184,9 @@ class PrecompDataModule(L.LightningDataModule):
             collate_fn=collate,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            # Its own generator: making an iterator draws a worker seed, which must not shift the global
+            # random state (dropout) that a resumed run restores.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

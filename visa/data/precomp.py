@@ -1,0 +1,73 @@
+"""A benchmark that carries both its images (for the MLLM) and SCAN's precomputed region features (for a
+region matcher backbone), checked to line up: the Flickr30K / COCO Karpathy test images are SCAN's
+test / testall rows in the same order, with the same 5 captions."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from visa.data import Dataset
+from visa.data.formats import AnnotatedDataset
+from visa.errors import VisaError
+
+
+def _normalise(caption: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+", caption.lower()))
+
+
+class AnnotatedPrecompDataset(AnnotatedDataset):
+    """An `AnnotatedDataset` plus `features` ({split}_ims.npy) and `captions` ({split}_caps.txt) of SCAN."""
+
+    def __init__(
+        self,
+        name: str,
+        root: str,
+        annotation: str,
+        media_dir: str,
+        format: str,
+        features: str,
+        captions: str,
+        min_matching: int = 3,  # of an image's 5 SCAN captions, how many must be among its captions here
+        on_bad_item: str = "fail",
+        split: str = "test",
+        max_captions: int | None = None,
+        check_items: bool = True,
+        published: str = "",
+    ):
+        super().__init__(
+            name, root, annotation, media_dir, format, on_bad_item, split, max_captions,
+            check_items=check_items, published=published,
+        )  # fmt: skip
+        self.features, self.captions, self.min_matching = features, captions, min_matching
+
+    def load(self) -> Dataset:
+        dataset = super().load()
+        for path in (self.features, self.captions):
+            if not Path(path).is_file():
+                raise VisaError(
+                    f"dataset {self.name}: {path} not found (SCAN's precomputed {Path(path).name})"
+                )
+        rows = np.load(self.features, mmap_mode="r").shape[0]
+        with open(self.captions, encoding="utf-8", errors="replace") as f:
+            scan = [_normalise(line) for line in f]
+        if len(dataset.gallery) != rows or len(scan) != 5 * rows:
+            raise VisaError(
+                f"dataset {self.name}: {len(dataset.gallery)} images but {self.features} has {rows} rows and "
+                f"{self.captions} {len(scan)} captions; use the precomputed split of the same images"
+            )
+        ours: list[set[str]] = [set() for _ in dataset.gallery]
+        for query in dataset.queries:
+            for i in query.relevant:
+                ours[i].add(_normalise(query.text))
+        for i, item in enumerate(dataset.gallery):
+            matching = sum(c in ours[i] for c in scan[5 * i : 5 * i + 5])
+            if matching < self.min_matching:
+                raise VisaError(
+                    f"dataset {self.name}: image {i} ({Path(item.path).name}) does not line up with row {i} "
+                    f"of {self.features}: {matching} of its 5 captions in {self.captions} match (e.g. "
+                    f"{scan[5 * i]!r}); the images must be in SCAN's order"
+                )
+        return dataset
