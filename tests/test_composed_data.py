@@ -5,13 +5,10 @@ from __future__ import annotations
 import base64
 import io
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+from helpers import tiny_models
 
 from visa.data import Dataset, Item, Query, check_modalities  # noqa: E402
 from visa.data.composed import (  # noqa: E402

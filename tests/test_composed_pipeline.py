@@ -5,20 +5,16 @@ modalities check of the command line."""
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
-import tiny_visualized_bge as tiny  # noqa: E402
 from conftest import run_cli  # noqa: E402
+from helpers import tiny_models
+from helpers import tiny_visualized_bge as tiny
 from test_composed_data import write_cirr, write_fashioniq  # noqa: E402
 
 from visa.backbones.visualized_bge import VisualizedBGEBackbone  # noqa: E402
-from visa.cache import Cache, make_key  # noqa: E402
+from visa.cache import SQLiteStore, make_key  # noqa: E402
 from visa.composed import composed_query_text, item_passage_text  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
 from visa.data.composed import CIRRDataset, FashionIQDataset  # noqa: E402
@@ -66,13 +62,14 @@ def test_recall_subset_ranks_the_subset_by_the_ranking_then_by_score():
 
 def test_cirr_retrieval_composed_queries_and_subset_metrics(backbone, tmp_path):
     data = CIRRDataset(root=str(write_cirr(tmp_path / "cirr"))).load()
-    run = Run(data, Settings(top_k=3, recall_at=(1, 5), progress=False), Cache(tmp_path / "cache"))
+    run = Run(data, Settings(top_k=3, recall_at=(1, 5), progress=False), SQLiteStore(tmp_path / "cache"))
     scores, candidates = run.retrieve(backbone)
     assert candidates.shape == (2, 5)
     for q, query in enumerate(data.queries):  # the reference is never its own candidate
         assert query.exclude[0] not in candidates[q].tolist()
-    assert run.stats["encode_composed"].computed == 2 and run.stats["encode_visual"].computed == 8
-    assert "encode_text" not in run.stats or run.stats["encode_text"].computed == 0
+    stats = run.runner.stats
+    assert stats["encode_composed"].computed == 2 and stats["encode_visual"].computed == 8
+    assert "encode_text" not in stats or stats["encode_text"].computed == 0
     metrics = run.evaluate(candidates, candidates)
     assert {"base/R@1", "base/R@5", "base/R_subset@1", "base/R_subset@3", "visa/R_subset@2"} <= set(metrics)
     # the composed query embeds the reference image with the text: not the text alone, not the image alone
@@ -80,14 +77,14 @@ def test_cirr_retrieval_composed_queries_and_subset_metrics(backbone, tmp_path):
     text = backbone.encode_text([data.queries[0].text])[0]
     assert not torch.allclose(run.query_emb[0], ref, atol=1e-4)
     assert not torch.allclose(run.query_emb[0], text, atol=1e-4)
-    again = Run(data, Settings(top_k=3, recall_at=(1, 5), progress=False), Cache(tmp_path / "cache"))
+    again = Run(data, Settings(top_k=3, recall_at=(1, 5), progress=False), SQLiteStore(tmp_path / "cache"))
     again.retrieve(backbone)
-    assert again.stats["encode_composed"].computed == 0  # cached
+    assert again.runner.stats["encode_composed"].computed == 0  # cached
 
 
 def test_fashioniq_reports_each_category_and_the_average(backbone, tmp_path):
     data = FashionIQDataset(root=str(write_fashioniq(tmp_path / "fiq"))).load()
-    run = Run(data, Settings(top_k=2, recall_at=(1, 5), progress=False), Cache(tmp_path / "cache"))
+    run = Run(data, Settings(top_k=2, recall_at=(1, 5), progress=False), SQLiteStore(tmp_path / "cache"))
     _, candidates = run.retrieve(backbone)
     for q, query in enumerate(data.queries):
         assert set(candidates[q].tolist()) <= set(data.groups[query.group])
