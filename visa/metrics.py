@@ -20,3 +20,12 @@ def recall_at_k(
         hits[q] = torch.isin(ranking[q], torch.as_tensor(list(rel), dtype=ranking.dtype))
     first_hit = torch.where(hits.any(1), hits.float().argmax(1), torch.full((len(relevant),), 10**9))
     return {f"R@{k}": round(100.0 * (first_hit < k).float().mean().item(), 4) for k in ks}
+
+
+def recall_gains(metrics: dict[str, float]) -> dict[str, float]:
+    """gain/R@k = VISA's R@k - the backbone's R@k (points), for every k that both have in `metrics`."""
+    return {
+        f"gain/{key[5:]}": round(value - metrics[f"base/{key[5:]}"], 4)
+        for key, value in metrics.items()
+        if key.startswith("visa/R@") and f"base/{key[5:]}" in metrics
+    }

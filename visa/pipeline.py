@@ -1,8 +1,9 @@
 """The VISA stage graph: retrieve -> describe -> ask -> answer -> score -> fuse -> evaluate.
 
-Every model stage goes through `visa.cache.run_stage`, keyed by the model's identity and the stage's inputs,
-so a repeated run, a sweep or a resumed run recomputes nothing it already has. The pipeline knows the
-interfaces of the parts (backbone, generators, scorer, fusion), never a particular model.
+Every model stage goes through one `visa.cache.StageRunner` (via `Run._stage`), keyed by the model's
+identity and the stage's inputs, so a repeated run, a sweep or a resumed run recomputes nothing it already
+has. The pipeline knows the interfaces of the parts (backbone, generators, scorer, fusion), never a
+particular model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 
 from visa import prompts
 from visa.backbones import Backbone
-from visa.cache import Cache, StageStats, batched, make_key, model_label, run_stage
+from visa.cache import StageRunner, Store, batched, make_key, model_label
 from visa.data import Dataset, Item
 from visa.errors import VisaError
 from visa.fusion import MinMaxFusion, rerank
@@ -149,45 +150,31 @@ def check_finite(scores: np.ndarray | torch.Tensor, what: str, names: Sequence[s
 class Run:
     """One evaluation of a dataset; holds the per-stage statistics reported in metrics.json."""
 
-    def __init__(self, dataset: Dataset, settings: Settings, cache: Cache | None):
-        self.dataset, self.settings, self.cache = dataset, settings, cache
-        self.stats: dict[str, StageStats] = {}
-        self.times: dict[str, float] = {}
+    def __init__(self, dataset: Dataset, settings: Settings, store: Store | None):
+        self.dataset, self.settings, self.store = dataset, settings, store
+        self.runner = StageRunner(store, progress=settings.progress)
         self.question_tries: list[tuple[int, int]] = []  # (asked, parsed) per question try
 
     def _stage(self, name: str, keys: list[str], inputs: list[Any], stream, model: Any = "") -> list[Any]:
         """`model`: the identity of the stage's model, for the cache's summary by model."""
-        stats = self.stats.setdefault(name, StageStats())
         shard, label = self.settings.shard, model_label(model)
-        progress = self.settings.progress
         if not shard.active or name not in SHARED_STAGES:
-            out = run_stage(self.cache, name, keys, inputs, stream, stats, progress=progress, model=label)
-        else:  # this shard's share, then the other shards' results from the cache
-            mine = shard.mine(len(keys))
-            run_stage(
-                self.cache,
-                name,
-                [keys[i] for i in mine],
-                [inputs[i] for i in mine],
-                stream,
-                stats,
-                progress=progress,
-                model=label,
-            )
-            by_key = dict(zip(keys, inputs))
+            return self.runner.run(name, keys, inputs, stream, model=label)
+        # this shard's share, then the other shards' results from the store
+        mine = shard.mine(len(keys))
+        self.runner.run(name, [keys[i] for i in mine], [inputs[i] for i in mine], stream, model=label)
+        by_key = dict(zip(keys, inputs))
 
-            def compute_missing(missing: list[str]) -> dict[str, Any]:
-                inputs_missing = [by_key[k] for k in missing]
-                results = run_stage(self.cache, name, missing, inputs_missing, stream, stats, model=label)
-                return dict(zip(missing, results))
+        def compute_missing(missing: list[str]) -> dict[str, Any]:
+            results = self.runner.run(name, missing, [by_key[k] for k in missing], stream, model=label)
+            return dict(zip(missing, results))
 
-            found = wait_for_others(shard, name, keys, self.cache.get_many, compute_missing)
-            out = [found[k] for k in keys]
-        self.times[name] = stats.seconds  # run_stage accumulates
-        return out
+        found = wait_for_others(shard, name, keys, self.store.get_many, compute_missing)
+        return [found[k] for k in keys]
 
     def _timed(self, name: str, t0: float) -> None:
-        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - t0
+        """Adds the seconds since `t0` to `name` (steps without a model: retrieve, fuse, evaluate)."""
+        self.runner.add_time(name, time.perf_counter() - t0)
 
     # -- stages -----------------------------------------------------------------------------------------
     def retrieve(self, backbone) -> tuple[torch.Tensor, torch.Tensor]:
@@ -339,23 +326,17 @@ class Run:
         return metrics
 
     def report(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for stage in MODEL_STAGES:
-            s = self.stats.get(stage, StageStats())
-            out[f"calls/{stage}/computed"] = s.computed
-            out[f"calls/{stage}/cached"] = s.cached
-        for stage, seconds in self.times.items():
-            out[f"time/{stage}"] = round(seconds, 4)
-        return out
+        """calls/<stage>/computed|cached of the model stages and time/<stage> of every stage that ran."""
+        return self.runner.report(MODEL_STAGES)
 
 
 def run_visa(
-    dataset: Dataset, parts: Components, settings: Settings, cache: Cache
+    dataset: Dataset, parts: Components, settings: Settings, store: Store
 ) -> tuple[dict, list[dict]]:
     """Run every stage; returns (metrics, one result record per query)."""
     for item in dataset.gallery:  # a missing file stops the run here, before any model loads
         item_fingerprint(item)
-    run = Run(dataset, settings, cache)
+    run = Run(dataset, settings, store)
     base_scores, candidates = run.retrieve(parts.backbone)
     k = min(settings.top_k, candidates.shape[1])
     top = candidates[:, :k]
@@ -404,8 +385,8 @@ def _shard_rest(
 ) -> dict[str, Any]:
     """ask, answer and score for this shard's queries, into the cache; metrics.json gets the call counts."""
     own = settings.shard.mine(len(dataset.queries))
-    part = Run(replace(dataset, queries=[dataset.queries[q] for q in own]), settings, run.cache)
-    part.stats, part.times = run.stats, run.times  # one report for the whole shard
+    part = Run(replace(dataset, queries=[dataset.queries[q] for q in own]), settings, run.store)
+    part.runner = run.runner  # one report for the whole shard
     top = top[own]
     questions = part.ask(parts.question_llm)
     answers = part.answer(parts.answer_mllm, questions, top, descriptions)
@@ -428,7 +409,7 @@ def evaluate_precomputed(
     """Base and fused recall from precomputed score matrices (the reference release); loads no model."""
     pre = dataset.precomputed
     assert pre is not None
-    run = Run(dataset, settings, cache=None)
+    run = Run(dataset, settings, store=None)
     t0 = time.perf_counter()
     base = torch.from_numpy(pre.base_scores)
     depth = min(max(settings.top_k, *settings.recall_at), base.shape[1])
@@ -441,7 +422,7 @@ def evaluate_precomputed(
     visa_order = rerank(candidates, fused)
     run._timed("fuse", t0)
     metrics = run.evaluate(candidates, visa_order)
-    metrics.update({f"time/{s}": round(t, 4) for s, t in run.times.items()})
+    metrics.update(run.runner.report(model_stages=()))
     questions = [prompts.Questions([], qs, True) for qs in (pre.questions or [[] for _ in dataset.queries])]
     results = _records(
         dataset, candidates, base_scores, visa_order, fused, text_scores, questions, None, None

@@ -14,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from visa.cache import Cache, default_cache_dir
+from visa.cache import SQLiteStore, default_cache_dir
 from visa.config import GROUPS, check_part, instantiate_part, register
 from visa.errors import Interrupted, VisaError
 from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa, visual_keys
@@ -50,7 +50,7 @@ def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
         raise VisaError(f"metrics.json: a non-finite value (NaN or Infinity): {e}") from None
 
 
-def saved_line(cache: Cache | SharedFolderStore) -> str:
+def saved_line(cache: SQLiteStore | SharedFolderStore) -> str:
     """What an interrupted run kept, and how to go on from it."""
     stages = ", ".join(f"{stage} {n}" for stage, n in cache.written.items())
     saved = f"{sum(cache.written.values())} new result(s) ({stages})" if stages else "no new result"
@@ -119,13 +119,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 scorer=instantiate_part(cfg, "scorer"),
                 fusion=fusion,
             )
-            cache = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
+            store = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
             try:
-                metrics, results = run_visa(dataset, parts, settings, cache)
+                metrics, results = run_visa(dataset, parts, settings, store)
             except KeyboardInterrupt:
-                raise Interrupted(saved_line(cache)) from None
+                raise Interrupted(saved_line(store)) from None
             finally:
-                cache.close()
+                store.close()
                 parts.close()  # stops the servers this run launched
             metrics.update(parts.counters())
         metrics = {

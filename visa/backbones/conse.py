@@ -11,9 +11,9 @@ import functools
 
 import torch
 
-from visa.backbones.imagenet import classnames, media_probabilities
 from visa.backbones.text_embedder import embed_sentences, minilm_path
 from visa.data import Item
+from visa.imagenet import classnames, media_probabilities
 
 
 class ConSEBackbone:

@@ -59,12 +59,6 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def oom_hint(error: BaseException, model: str, key: str) -> VisaError:
-    """A one-line VisaError for an out-of-memory, naming the batch-size key to lower."""
-    first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-    return VisaError(f"out of memory running {model} ({first}); lower {key} (e.g. {key}=8)")
-
-
 def _encode_shard(fabric, backbone: Any, rows: list[tuple[str, str, str]], batch_size: int) -> np.ndarray:
     """Runs in every process: encode this rank's share, gather all shares, restore gallery order."""
     items = [Item(*row) for row in rows]
