@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from visa.cache import SQLiteStore, default_cache_dir
-from visa.config import GROUPS, check_part, instantiate_part, register
+from visa.config import GROUPS, _import_target, check_part, instantiate_part, register
+from visa.data import check_modalities
 from visa.errors import Interrupted, VisaError
 from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa, visual_keys
 from visa.shard import Shard
@@ -27,10 +28,21 @@ register()
 
 def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
     header = f"{'':<12}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
+    subset = [k for k in (1, 2, 3) if f"base/R_subset@{k}" in metrics]  # CIRR's Recall_subset
+    header += "".join(f"{'Rs@' + str(k):>8}" for k in subset)
     rows = [header]
     for label, prefix in (("backbone", "base"), ("+ VISA", "visa")):
-        rows.append(f"{label:<12}" + "".join(f"{metrics[f'{prefix}/R@{k}']:>8.1f}" for k in ks))
+        cells = [metrics[f"{prefix}/R@{k}"] for k in ks] + [metrics[f"{prefix}/R_subset@{k}"] for k in subset]
+        rows.append(f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells))
     return "\n".join(rows)
+
+
+def _choice(cfg: DictConfig, group: str) -> str:
+    """The config file chosen for a group (`backbone=demo` -> "demo"), or its class outside a Hydra run."""
+    try:
+        return HydraConfig.get().runtime.choices[group]
+    except ValueError:
+        return cfg[group]._target_
 
 
 def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
@@ -111,6 +123,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if dataset.precomputed is not None:
             metrics, results = evaluate_precomputed(dataset, fusion, settings)
         else:
+            # what the backbone can embed, from its class: a mismatch stops here, before any model loads
+            backbone_class = _import_target(cfg.backbone._target_, "backbone")
+            check_modalities(dataset, backbone_class, _choice(cfg, "backbone"))
             parts = Components(
                 backbone=instantiate_part(cfg, "backbone"),
                 question_llm=instantiate_part(cfg, "question_llm"),

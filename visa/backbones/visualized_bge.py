@@ -370,7 +370,9 @@ class VisualizedBGEBackbone(FabricEncoding):
         return self.encode_image_text(images, [""] * len(images))
 
     def encode_visual(self, items: list[Item]) -> torch.Tensor:
+        """Images, each with its text when it carries one (a composed query, a captioned item)."""
         for item in items:
             if item.kind != "image":
                 raise VisaError(f"backbone=visualized_bge encodes images; item {item.id!r} is a {item.kind}")
-        return self.encode_images([load_image(item.path) for item in items])
+        images = [load_image(item.path) for item in items]
+        return self.encode_image_text(images, [item.text or "" for item in items])
