@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from hydra import compose, initialize_config_dir
 
-from visa.cache import Cache, default_cache_dir
+from visa.cache import SQLiteStore, default_cache_dir
 from visa.config import instantiate_part, register
 from visa.fusion import rerank
 from visa.metrics import recall_at_k
@@ -33,7 +33,7 @@ def description_rerank(describer: str, overrides: list[str]) -> tuple[dict, dict
     dataset = instantiate_part(cfg, "dataset").load()
     fusion = instantiate_part(cfg, "fusion")
     settings = Settings(top_k=cfg.retrieval.top_k, recall_at=list(cfg.recall_at), progress=False)
-    cache = Cache(cfg.cache_dir or default_cache_dir())
+    cache = SQLiteStore(cfg.cache_dir or default_cache_dir())
     try:
         run = Run(dataset, settings, cache)
         base_scores, candidates = run.retrieve(instantiate_part(cfg, "backbone"))
