@@ -3,7 +3,7 @@
 1. generation throughput at batch 16 against batch 1 (tiny Qwen2-VL, one image per prompt, fixed length);
 2. vision-encoder calls per query in both answer modes, counted by a hook on the model's vision tower.
 
-    python experiments/bench_models.py [--prompts 32] [--new-tokens 16] [--top-k 20] [--questions 3]
+    python -m experiments.bench_models [--prompts 32] [--new-tokens 16] [--top-k 20] [--questions 3]
 
 Figures go to experiments/models.md. They measure the code path (batching, left padding, media handling),
 not the speed of the real 7B models on a GPU.
@@ -12,21 +12,18 @@ not the speed of the real 7B models on a GPU.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tiny_models  # noqa: E402
-
-from visa.cache import Cache  # noqa: E402
-from visa.data import Dataset, Item, Query  # noqa: E402
-from visa.generation.hf import HFVisionGenerator, load_vision_model  # noqa: E402
-from visa.pipeline import Run, Settings  # noqa: E402
-from visa.prompts import Prompt, Questions  # noqa: E402
+from tests.helpers import tiny_models
+from visa.cache import SQLiteStore
+from visa.data import Dataset, Item, Query
+from visa.generation.hf import HFVisionGenerator, load_vision_model
+from visa.pipeline import Run, Settings
+from visa.prompts import Prompt, Questions
 
 
 def throughput(vlm: Path, images: list[Path], n: int, new_tokens: int, batch_size: int) -> float:
@@ -56,10 +53,10 @@ def vision_calls(vlm: Path, images: list[Path], top_k: int, num_questions: int, 
         Questions(["dog", "red car"], [f"Question {i} about the dog?" for i in range(num_questions)], True)
     ]
     with tempfile.TemporaryDirectory() as cache_dir:
-        run = Run(dataset, Settings(top_k=top_k, answer_mode=mode, progress=False), Cache(cache_dir))
+        run = Run(dataset, Settings(top_k=top_k, answer_mode=mode, progress=False), SQLiteStore(cache_dir))
         run.answer(gen, questions, torch.arange(top_k).view(1, -1), {})
     handle.remove()
-    return sum(seen), run.stats["answer"].computed
+    return sum(seen), run.runner.stats["answer"].computed
 
 
 def main() -> None:

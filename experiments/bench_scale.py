@@ -103,7 +103,9 @@ def topk(args: argparse.Namespace) -> None:
 
 
 def _start_servers(n: int, latency: float, capacity: int) -> tuple[list[subprocess.Popen], list[str]]:
-    script = REPO / "tests" / "fake_openai_server.py"
+    script = REPO / "tests" / "helpers" / "fake_openai_server.py"
+    if not script.exists():
+        script = REPO / "tests" / "fake_openai_server.py"
     procs, urls = [], []
     for _ in range(n):
         cmd = [sys.executable, str(script), "--latency", str(latency), "--capacity", str(capacity)]
@@ -116,7 +118,7 @@ def _start_servers(n: int, latency: float, capacity: int) -> tuple[list[subproce
 def servers(args: argparse.Namespace) -> None:
     import time
 
-    from visa.cache import Cache, StageStats, run_stage
+    from visa.cache import SQLiteStore, StageRunner
     from visa.generation.openai_api import OpenAIChatGenerator
     from visa.prompts import Prompt
 
@@ -135,11 +137,10 @@ def servers(args: argparse.Namespace) -> None:
             try:
                 gen = client(urls)
                 gen.generate(prompts("warm-up")[:50])
-                stats = StageStats()
-                cache = Cache(f"{tmp}/cache-{n}")
+                cache = SQLiteStore(f"{tmp}/cache-{n}")
                 todo = prompts(f"{n}-servers")
                 t0 = time.perf_counter()
-                run_stage(cache, "answer", [p.text for p in todo], todo, gen.stream, stats, progress=False)
+                StageRunner(cache, progress=False).run("answer", [p.text for p in todo], todo, gen.stream)
                 rates[n] = args.requests / (time.perf_counter() - t0)
                 cache.close()
             finally:
@@ -161,14 +162,15 @@ def servers(args: argparse.Namespace) -> None:
                         procs[0].kill()  # SIGKILL: its requests in flight are lost
                     yield item
 
-            cache, stats = Cache(f"{tmp}/cache-kill"), StageStats()
+            cache = SQLiteStore(f"{tmp}/cache-kill")
+            first, second = StageRunner(cache, progress=False), StageRunner(cache, progress=False)
             keys = [p.text for p in todo]
             t0 = time.perf_counter()
-            out = run_stage(cache, "answer", keys, todo, stream_killing_one, stats, progress=False)
+            out = first.run("answer", keys, todo, stream_killing_one)
             seconds = time.perf_counter() - t0
             replies = {k: v for k, v in gen.counters().items() if k.startswith("requests/")}
-            again = StageStats()
-            run_stage(cache, "answer", keys, todo, gen.stream, again, progress=False)
+            second.run("answer", keys, todo, gen.stream)
+            stats, again = first.stats["answer"], second.stats["answer"]
             cache.close()
         finally:
             for proc in procs:

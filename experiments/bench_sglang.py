@@ -8,9 +8,9 @@ What it measures:
   seconds on the server: what many requests in flight buy against a server that batches;
 - the client's overhead per request: the CPU time this process spends per request (building the body,
   HTTP, JSON, the event-loop thread, the hand-over to the caller), for text prompts and for prompts with a
-  real photo sent as a base64 data URL, and the same through `run_stage` with the SQLite cache.
+  real photo sent as a base64 data URL, and the same through the stage runner with the SQLite store.
 
-The fake server runs in its own process (tests/fake_openai_server.py) so that its work is not counted.
+The fake server runs in its own process (tests/helpers/fake_openai_server.py) so that its work is not counted.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from visa.cache import Cache, StageStats, make_key, run_stage
+from visa.cache import SQLiteStore, StageRunner, make_key
 from visa.data.media import package_dir
 from visa.generation.openai_api import OpenAIChatGenerator
 from visa.prompts import Prompt, answer_prompt
@@ -31,9 +31,12 @@ from visa.prompts import Prompt, answer_prompt
 REPO = Path(__file__).resolve().parents[1]
 
 
+FAKE_SERVER = REPO / "tests" / "helpers" / "fake_openai_server.py"
+
+
 def start_server(latency: float) -> tuple[subprocess.Popen, str]:
     server = subprocess.Popen(
-        [sys.executable, str(REPO / "tests" / "fake_openai_server.py"), "--latency", str(latency)],
+        [sys.executable, str(FAKE_SERVER), "--latency", str(latency)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -47,9 +50,9 @@ def measure(url: str, prompts: list[Prompt], concurrency: int, cache_dir: str | 
         out = gen.generate(prompts)
     else:
         keys = [make_key("bench", gen.identity(), [p.as_key(), i]) for i, p in enumerate(prompts)]
-        cache = Cache(cache_dir)
-        out = run_stage(cache, "bench", keys, prompts, gen.stream, StageStats(), progress=False)
-        cache.close()
+        store = SQLiteStore(cache_dir)
+        out = StageRunner(store, progress=False).run("bench", keys, prompts, gen.stream)
+        store.close()
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert len(out) == len(prompts) and all(out) and gen.malformed == 0
     n = len(prompts)
@@ -104,7 +107,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache_dir:
             rows.append(
                 (
-                    "text via run_stage + SQLite cache, latency 0, max_conc. 64",
+                    "text via StageRunner + SQLite store, latency 0, max_conc. 64",
                     measure(url, text, 64, cache_dir),
                 )
             )

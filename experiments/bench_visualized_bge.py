@@ -1,7 +1,7 @@
 """Benchmark of the Visualized-BGE backbone on a tiny random checkpoint in the published key layout (CPU):
 encode throughput (items/s) for text, images and image + text, at batch 1 against batch 32, one run each.
 
-    python experiments/bench_visualized_bge.py [--items 64]
+    python -m experiments.bench_visualized_bge [--items 64]   # from the repository root
 
 The tiny model: 32 px images in 8 px patches (16 image tokens), a 2-layer tower and a 2-layer BERT. Figures
 go to experiments/visualized_bge.md. They measure the code path (batching, padding, preprocessing), not the
@@ -11,7 +11,6 @@ real model's speed on a GPU.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,11 +18,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import tiny_models  # noqa: E402
-import tiny_visualized_bge as tiny  # noqa: E402
-
-from visa.backbones.visualized_bge import VisualizedBGEBackbone  # noqa: E402
+from tests.helpers import tiny_models
+from tests.helpers import tiny_visualized_bge as tiny
+from visa.backbones.visualized_bge import VisualizedBGEBackbone
 
 TEXTS = ["a dog running on the grass", "two cats sitting on a red car", "people walking on the beach at"]
 

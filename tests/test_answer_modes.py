@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from helpers import tiny_models
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
-
-from visa.cache import Cache  # noqa: E402
+from visa.cache import SQLiteStore  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
 from visa.errors import VisaError  # noqa: E402
 from visa.generation.hf import HFVisionGenerator  # noqa: E402
@@ -35,11 +30,11 @@ def setup(tmp_path_factory):
 def test_calls_and_media_per_mode(setup, mode, calls_per_candidate, tmp_path):
     dataset, vlm, _ = setup
     gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=3, batch_size=8)
-    run = Run(dataset, Settings(top_k=2, answer_mode=mode, progress=False), Cache(tmp_path / "cache"))
+    run = Run(dataset, Settings(top_k=2, answer_mode=mode, progress=False), SQLiteStore(tmp_path / "cache"))
     questions = [Questions(["dog"], QUESTIONS, True), Questions(["people"], QUESTIONS, True)]
     candidates = torch.tensor([[0, 1], [1, 2]])
     answers = run.answer(gen, questions, candidates, {})
-    assert run.stats["answer"].computed == 2 * 2 * calls_per_candidate
+    assert run.runner.stats["answer"].computed == 2 * 2 * calls_per_candidate
     assert gen.media_encoded == 2 * 2 * calls_per_candidate  # the vision encoder sees each item this often
     assert all(len(per_rank) == 3 for per_query in answers for per_rank in per_query)
 
@@ -47,13 +42,13 @@ def test_calls_and_media_per_mode(setup, mode, calls_per_candidate, tmp_path):
 def test_mode_is_part_of_the_cache_key(setup, tmp_path):
     dataset, vlm, _ = setup
     gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=3)
-    cache = Cache(tmp_path / "cache")
+    cache = SQLiteStore(tmp_path / "cache")
     questions = [Questions([], QUESTIONS[:1], True), Questions([], QUESTIONS[:1], True)]
     candidates = torch.tensor([[0], [1]])
     for mode, computed in (("per_question", 2), ("per_candidate", 2), ("per_question", 0)):
         run = Run(dataset, Settings(top_k=1, answer_mode=mode, progress=False), cache)
         run.answer(gen, questions, candidates, {})
-        assert run.stats["answer"].computed == computed, mode
+        assert run.runner.stats["answer"].computed == computed, mode
 
 
 def test_all_answers_prompt_and_parsing():

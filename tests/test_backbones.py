@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+from helpers import tiny_models
 
 from visa.backbones.hf_dual import HFDualEncoder  # noqa: E402
 from visa.backbones.open_clip import OpenClipBackbone  # noqa: E402

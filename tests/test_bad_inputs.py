@@ -59,9 +59,9 @@ def release(root: Path, base: str | None = None, text: str | None = None) -> lis
 
 def damaged_cache(root: Path) -> list[str]:
     """A cache with results, then garbage written over its middle pages (a disk or copy fault)."""
-    from visa.cache import Cache
+    from visa.cache import SQLiteStore
 
-    cache = Cache(root)
+    cache = SQLiteStore(root)
     rng = np.random.default_rng(0)
     for i in range(200):
         cache.put_many("encode_text", {f"{i:064x}": rng.random(256, dtype=np.float32)})
@@ -97,7 +97,8 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "top_k=0": (lambda d: ["retrieval.top_k=0"], r"retrieval\.top_k=0 must be at least 1"),
     "unknown key": (
         lambda d: ["+dataset.limits=3"],
-        r"dataset\.limits is not a setting of visa\.data\.demo\.DemoDataset; valid keys: annotation, limit",
+        r"dataset\.limits is not a setting of visa\.data\.demo\.DemoDataset; "
+        r"valid keys: kind, annotation, limit",
     ),
     # -- a folder collection -------------------------------------------------------------------------------
     "empty caption": (
@@ -152,7 +153,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "on_bad_item=maybe": (
         lambda d: [*folder(d, GOOD_JSONL), "dataset.on_bad_item=maybe"],
-        r"dataset\.on_bad_item='maybe' must be fail or skip",
+        r"dataset\.on_bad_item='maybe' must be one of fail, skip",
     ),
     # -- secrets and nested parts --------------------------------------------------------------------------
     "api_key in the config": (
@@ -307,12 +308,10 @@ def test_csv_empty_cells_are_no_caption(tmp_path):
 def test_a_scorer_that_gives_infinity_stops_the_run_naming_the_query(tmp_path):
     """A real (tiny) cross-encoder whose output overflows, as float16 can: the score stage stops."""
     import torch
+    from helpers import tiny_models
     from transformers import XLMRobertaForSequenceClassification
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    import tiny_models
-
-    from visa.cache import Cache
+    from visa.cache import SQLiteStore
     from visa.data import Dataset, Item, Query
     from visa.errors import VisaError
     from visa.pipeline import Run, Settings
@@ -324,7 +323,7 @@ def test_a_scorer_that_gives_infinity_stops_the_run_naming_the_query(tmp_path):
         model.classifier.out_proj.bias.fill_(float("inf"))
     model.save_pretrained(folder)
     dataset = Dataset("tiny", [Item("a", "a.jpg")], [Query("a dog on the grass", (0,))])
-    run = Run(dataset, Settings(top_k=1, progress=False), Cache(tmp_path / "cache"))
+    run = Run(dataset, Settings(top_k=1, progress=False), SQLiteStore(tmp_path / "cache"))
     with pytest.raises(
         VisaError, match=r"the scorer's score is not a finite number for 'a dog on the grass'"
     ):
@@ -390,9 +389,9 @@ def test_move_aside_renames_a_damaged_cache_and_the_next_run_starts_anew(tmp_pat
     names = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(names) == 1 and re.fullmatch(r"visa-cache\.damaged-\d{8}-\d{6}\.sqlite", names[0])
 
-    from visa.cache import Cache
+    from visa.cache import SQLiteStore
 
-    cache = Cache(tmp_path / "cache")  # a new, empty cache beside the damaged one, which is kept
+    cache = SQLiteStore(tmp_path / "cache")  # a new, empty cache beside the damaged one, which is kept
     assert cache.get_many(["0" * 64]) == {}
     cache.close()
 

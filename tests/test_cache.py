@@ -3,7 +3,7 @@ import multiprocessing
 import numpy as np
 import pytest
 
-from visa.cache import Cache, StageStats, batched, make_key, run_stage
+from visa.cache import SQLiteStore, StageRunner, batched, make_key
 
 
 def test_key_covers_stage_identity_and_inputs():
@@ -17,7 +17,7 @@ def test_key_covers_stage_identity_and_inputs():
 
 
 def test_values_round_trip(tmp_path):
-    cache = Cache(tmp_path)
+    cache = SQLiteStore(tmp_path)
     vec = np.arange(6, dtype=np.float32).reshape(2, 3)
     cache.put_many("s", {"a": "text", "b": [1.5, None], "c": vec})
     got = cache.get_many(["a", "b", "c", "missing"])
@@ -26,32 +26,29 @@ def test_values_round_trip(tmp_path):
     assert got["c"].dtype == np.float32
 
 
-def test_run_stage_computes_only_missing_and_dedupes(tmp_path):
-    cache = Cache(tmp_path)
+def test_stage_runner_computes_only_missing_and_dedupes(tmp_path):
+    cache = SQLiteStore(tmp_path)
     calls: list[list[int]] = []
 
     def square(xs):
         calls.append(list(xs))
         return [x * x for x in xs]
 
-    stats = StageStats()
+    runner = StageRunner(cache, progress=False)
     keys = [f"k{x}" for x in [1, 2, 2, 3]]
-    assert run_stage(cache, "sq", keys, [1, 2, 2, 3], batched(square, 2), stats, progress=False) == [
-        1,
-        4,
-        4,
-        9,
-    ]
-    assert (stats.computed, stats.cached) == (3, 0)
+    assert runner.run("sq", keys, [1, 2, 2, 3], batched(square, 2)) == [1, 4, 4, 9]
+    assert (runner.stats["sq"].computed, runner.stats["sq"].cached) == (3, 0)
     assert sorted(x for c in calls for x in c) == [1, 2, 3]
 
-    stats2 = StageStats()
-    out = run_stage(cache, "sq", ["k3", "k4"], [3, 4], batched(square, 2), stats2, progress=False)
-    assert out == [9, 16] and (stats2.computed, stats2.cached) == (1, 1)
+    again = StageRunner(cache, progress=False)
+    out = again.run("sq", ["k3", "k4"], [3, 4], batched(square, 2))
+    assert out == [9, 16] and (again.stats["sq"].computed, again.stats["sq"].cached) == (1, 1)
+    report = again.report(["sq", "other"])
+    assert report["calls/sq/computed"] == 1 and report["calls/other/cached"] == 0 and "time/sq" in report
 
 
 def test_interrupted_stage_keeps_finished_results(tmp_path):
-    cache = Cache(tmp_path)
+    cache = SQLiteStore(tmp_path)
 
     def stream(xs):
         for i, x in enumerate(xs):
@@ -61,18 +58,16 @@ def test_interrupted_stage_keeps_finished_results(tmp_path):
 
     keys = [f"k{x}" for x in range(5)]
     with pytest.raises(KeyboardInterrupt):
-        run_stage(cache, "s", keys, list(range(5)), stream, StageStats(), progress=False)
+        StageRunner(cache, progress=False).run("s", keys, list(range(5)), stream)
     assert cache.get_many(keys) == {"k0": 0, "k1": 10, "k2": 20}
 
-    stats = StageStats()
-    done = run_stage(
-        cache, "s", keys, list(range(5)), batched(lambda xs: [x * 10 for x in xs], 8), stats, progress=False
-    )
-    assert done == [0, 10, 20, 30, 40] and (stats.computed, stats.cached) == (2, 3)
+    runner = StageRunner(cache, progress=False)
+    done = runner.run("s", keys, list(range(5)), batched(lambda xs: [x * 10 for x in xs], 8))
+    assert done == [0, 10, 20, 30, 40] and (runner.stats["s"].computed, runner.stats["s"].cached) == (2, 3)
 
 
 def _writer(root: str, worker: int) -> None:
-    cache = Cache(root)
+    cache = SQLiteStore(root)
     for start in range(0, 200, 20):
         cache.put_many("w", {f"{worker}-{i}": i for i in range(start, start + 20)})
 
@@ -85,5 +80,5 @@ def test_two_processes_write_at_once(tmp_path):
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
-    got = Cache(tmp_path).get_many([f"{w}-{i}" for w in range(2) for i in range(200)])
+    got = SQLiteStore(tmp_path).get_many([f"{w}-{i}" for w in range(2) for i in range(200)])
     assert len(got) == 400

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visa.cache import Cache, _decode, _encode, model_label
+from visa.cache import SQLiteStore, _decode, _encode, model_label
 from visa.shared_store import FOLDER, SharedFolderStore, open_cache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def _fill(folder: Path) -> None:
-    cache = Cache(folder)
+    cache = SQLiteStore(folder)
     cache.put_many("answer", {"a1": "yes", "a2": "no"}, model="Qwen2-VL-7B-Instruct")
     cache.put_many("encode_visual", {"v1": np.zeros(4, np.float32)}, model="siglip")
     cache.close()
@@ -48,7 +48,7 @@ def test_prune_and_merge(tmp_path):
     _fill(tmp_path)
     out = cli("prune", str(tmp_path), "--stage", "answer")
     assert out.returncode == 0 and "2 entries removed" in out.stdout
-    cache = Cache(tmp_path)
+    cache = SQLiteStore(tmp_path)
     assert cache.get_many(["a1", "v1"]).keys() == {"v1"}
     cache.close()
     out = cli("merge", str(tmp_path))  # prune rewrote the two logs into one already
@@ -69,7 +69,7 @@ def test_bad_folder_and_missing_prune_target_are_one_line(tmp_path):
 def test_layouts_and_model_labels(tmp_path):
     assert isinstance(open_cache(tmp_path / "a", "shared"), SharedFolderStore)
     local = open_cache(tmp_path / "b", "auto")  # tmp is a local disk: the single SQLite file
-    assert isinstance(local, Cache)
+    assert isinstance(local, SQLiteStore)
     local.close()
     assert model_label({"backbone": "open_clip", "model": "ViT-B-32"}) == "ViT-B-32"
     assert model_label({"scorer": "onnx"}) == "onnx"

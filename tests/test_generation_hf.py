@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+from helpers import tiny_models
 
 from visa.errors import VisaError  # noqa: E402
 from visa.generation.hf import HFTextGenerator, HFVisionGenerator  # noqa: E402

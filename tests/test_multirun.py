@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SMALL_DEMO
-
-from visa.tracking import read_transaction_log
+from helpers.wandb_log import read_transaction_log
 
 pytest.importorskip("wandb")
 

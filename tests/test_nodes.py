@@ -13,12 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+from helpers import tiny_models
 
 from visa.backbones.open_clip import OpenClipBackbone  # noqa: E402
-from visa.cache import Cache  # noqa: E402
+from visa.cache import SQLiteStore  # noqa: E402
 from visa.data import Item  # noqa: E402
 from visa.errors import VisaError  # noqa: E402
 from visa.pipeline import visual_keys  # noqa: E402
@@ -30,7 +28,7 @@ import sys
 from pathlib import Path
 from visa.backbones.open_clip import OpenClipBackbone
 from visa.backbones.parallel import encode_across_nodes, start_nodes
-from visa.cache import Cache
+from visa.cache import SQLiteStore
 from visa.data import Item
 from visa.pipeline import visual_keys
 
@@ -38,7 +36,7 @@ model, cache_dir, *paths = sys.argv[1:]
 items = [Item(f"i{n}", p) for n, p in enumerate(paths)]
 backbone = OpenClipBackbone(model=model, device="cpu", batch_size=2, devices=1, num_nodes=2)
 fabric = start_nodes(backbone)
-cache = Cache(cache_dir) if fabric.global_rank == 0 else None
+cache = SQLiteStore(cache_dir) if fabric.global_rank == 0 else None
 encoded = encode_across_nodes(fabric, backbone, items, visual_keys(backbone, items), cache)
 print("rank", fabric.global_rank, "encoded", encoded)
 """
@@ -85,7 +83,7 @@ def test_two_nodes_fill_rank0_cache_like_one_process(tmp_path):
     items = [Item(f"i{n}", p) for n, p in enumerate(paths)]
     single = OpenClipBackbone(model=model, device="cpu", batch_size=2)
     keys = visual_keys(single, items)
-    cache = Cache(cache_dir)
+    cache = SQLiteStore(cache_dir)
     stored = cache.get_many(keys)
     cache.close()
     assert set(stored) == set(keys)

@@ -3,15 +3,10 @@ questions.retry_temperature) before the query falls back; every try is cached an
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import tiny_models
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
-
-from visa.cache import Cache  # noqa: E402
+from visa.cache import SQLiteStore  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
 from visa.errors import VisaError  # noqa: E402
 from visa.generation.hf import HFTextGenerator  # noqa: E402
@@ -56,25 +51,25 @@ def test_unparsed_replies_are_retried_with_new_seeds_then_fall_back(tmp_path):
     dataset = _dataset(tmp_path)
     llm = ScriptedLLM({"zebra": 0, "yak": 2, "xerus": None})  # parses at once, on retry 2, never
     settings = Settings(top_k=1, question_retries=2, retry_temperature=0.2, progress=False)
-    run = Run(dataset, settings, Cache(tmp_path / "cache"))
+    run = Run(dataset, settings, SQLiteStore(tmp_path / "cache"))
     questions = run.ask(llm)
     assert [q.parsed for q in questions] == [True, True, False]
     assert [q.tries for q in questions] == [1, 3, 3]
     assert run.question_tries == [(3, 1), (2, 0), (2, 1)]  # (asked, parsed) at try 0, 1, 2
     retries = [p for p in llm.requests if p.seed is not None]
     assert [(p.seed, p.temperature) for p in retries] == [(1, 0.2), (1, 0.2), (2, 0.2), (2, 0.2)]
-    assert run.stats["ask"].computed == 7
+    assert run.runner.stats["ask"].computed == 7
     assert run.report()["calls/ask/computed"] == 7
 
-    again = Run(dataset, settings, Cache(tmp_path / "cache"))  # every try was cached under its own key
+    again = Run(dataset, settings, SQLiteStore(tmp_path / "cache"))  # every try was cached under its own key
     llm.requests.clear()
     assert [q.parsed for q in again.ask(llm)] == [True, True, False]
-    assert llm.requests == [] and again.stats["ask"].cached == 7
+    assert llm.requests == [] and again.runner.stats["ask"].cached == 7
 
 
 def test_no_retries_falls_back_at_once(tmp_path):
     llm = ScriptedLLM({"zebra": 0, "yak": 2, "xerus": None})
-    run = Run(_dataset(tmp_path), Settings(question_retries=0, progress=False), Cache(tmp_path / "c"))
+    run = Run(_dataset(tmp_path), Settings(question_retries=0, progress=False), SQLiteStore(tmp_path / "c"))
     assert [q.parsed for q in run.ask(llm)] == [True, False, False]
     assert len(llm.requests) == 3
     with pytest.raises(VisaError, match="questions.retries"):

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import tiny_models
 from hydra import compose, initialize_config_dir
 
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
-
-from visa.cache import Cache  # noqa: E402
+from visa.cache import SQLiteStore  # noqa: E402
 from visa.config import check_part, instantiate_part, register  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
 from visa.errors import VisaError  # noqa: E402
@@ -69,15 +66,15 @@ def test_cache_key_follows_the_files_content_not_its_place(tmp_path):
 
     paths = tiny_models.write_images(tmp_path / "imgs", 1)
     dataset = Dataset("t", [Item("img0.png", str(paths[0]))], [Query("a", (0,))])
-    cache = Cache(tmp_path / "cache")
+    cache = SQLiteStore(tmp_path / "cache")
     run = Run(dataset, Settings(progress=False), cache)
     assert run.describe(ReleaseDescriber(path=str(recap)), dataset.gallery) == {"img0.png": "First."}
     again = Run(dataset, Settings(progress=False), cache)
     assert again.describe(ReleaseDescriber(path=str(moved)), dataset.gallery) == {"img0.png": "First."}
-    assert again.stats["describe"].cached == 1
+    assert again.runner.stats["describe"].cached == 1
     third = Run(dataset, Settings(progress=False), cache)
     assert third.describe(ReleaseDescriber(path=str(edited)), dataset.gallery) == {"img0.png": "Second."}
-    assert third.stats["describe"].computed == 1
+    assert third.runner.stats["describe"].computed == 1
 
 
 def test_config_selects_it(tmp_path):

@@ -5,15 +5,12 @@ folder, a model exposing encode_image / encode_text, the CLIP tokenizer files an
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import tiny_models
 from hydra import compose, initialize_config_dir
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
 
 from visa.backbones.remote_clip import RemoteCodeClip  # noqa: E402
 from visa.config import check_part, register  # noqa: E402

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
+from helpers import tiny_models
 
 from visa.errors import VisaError  # noqa: E402
 from visa.prompts import build_passage  # noqa: E402

@@ -7,7 +7,7 @@ import socket
 import sys
 
 import pytest
-from fake_openai_server import FakeOpenAIServer
+from helpers.fake_openai_server import FakeOpenAIServer
 from test_sglang_launch import fake_sglang as fake_sglang  # a fixture
 
 from visa.errors import VisaError

@@ -8,7 +8,7 @@ import os
 import socket
 
 import pytest
-from fake_openai_server import FakeOpenAIServer
+from helpers.fake_openai_server import FakeOpenAIServer
 from PIL import Image
 
 from visa.errors import VisaError

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from fake_openai_server import FakeOpenAIServer
+from helpers.fake_openai_server import FakeOpenAIServer
 
 from visa.errors import VisaError
 from visa.generation.openai_api import OpenAIChatGenerator
@@ -26,7 +26,7 @@ TESTS = Path(__file__).resolve().parent
 
 FAKE_LAUNCH_SERVER = """
 import argparse, os, sys, time
-from fake_openai_server import FakeOpenAIServer
+from helpers.fake_openai_server import FakeOpenAIServer
 
 print("args:", " ".join(sys.argv[1:]), flush=True)
 parser = argparse.ArgumentParser()

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import SMALL_DEMO, read_run, run_cli
-from fake_openai_server import FakeOpenAIServer
+from helpers.fake_openai_server import FakeOpenAIServer
 
-from visa.cache import Cache, StageStats, make_key, run_stage
+from visa.cache import SQLiteStore, StageRunner, make_key
 from visa.generation.openai_api import OpenAIChatGenerator
 from visa.prompts import Prompt
 
@@ -23,7 +23,7 @@ CONCURRENCY = 4
 
 STAGE = """
 import sys
-from visa.cache import Cache, StageStats, make_key, run_stage
+from visa.cache import SQLiteStore, StageRunner, make_key
 from visa.generation.openai_api import OpenAIChatGenerator
 from visa.prompts import Prompt
 
@@ -31,7 +31,7 @@ url, cache_dir, n, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int
 gen = OpenAIChatGenerator(model="fake-model", url=url, max_concurrency=concurrency)
 prompts = [Prompt(f"prompt\\nitem {i}") for i in range(n)]
 keys = [make_key("answer", gen.identity(), p.as_key()) for p in prompts]
-out = run_stage(Cache(cache_dir), "answer", keys, prompts, gen.stream, StageStats(), progress=False)
+out = StageRunner(SQLiteStore(cache_dir), progress=False).run("answer", keys, prompts, gen.stream)
 assert out == [f"Reply to: item {i}" for i in range(n)]
 """
 
@@ -51,11 +51,11 @@ def run_stage_here(url: str, cache_dir: Path) -> list[str]:
     gen = OpenAIChatGenerator(model="fake-model", url=url, max_concurrency=CONCURRENCY)
     prompts = [Prompt(f"prompt\nitem {i}") for i in range(N)]
     keys = [make_key("answer", gen.identity(), p.as_key()) for p in prompts]
-    cache = Cache(cache_dir)
+    store = SQLiteStore(cache_dir)
     try:
-        return run_stage(cache, "answer", keys, prompts, gen.stream, StageStats(), progress=False)
+        return StageRunner(store, progress=False).run("answer", keys, prompts, gen.stream)
     finally:
-        cache.close()
+        store.close()
 
 
 def start_and_stop_midway(url: str, cache_dir: Path, sig: int) -> subprocess.Popen:

@@ -57,12 +57,12 @@ def test_computes_the_rest_when_others_stall():
 
 
 def _run(tmp_path, index: int, idle: float = 30.0):
-    from visa.cache import Cache
+    from visa.cache import SQLiteStore
     from visa.data import Dataset
     from visa.pipeline import Run, Settings
 
     shard = Shard(2, index, idle_seconds=idle, poll_seconds=0.02)
-    return Run(Dataset("d", [], []), Settings(progress=False, shard=shard), Cache(tmp_path))
+    return Run(Dataset("d", [], []), Settings(progress=False, shard=shard), SQLiteStore(tmp_path))
 
 
 def _square(calls: list):
@@ -98,6 +98,6 @@ def test_a_shard_alone_computes_the_rest_after_the_idle_time(tmp_path):
     calls: list = []
     run = _run(tmp_path, 1, idle=0.2)
     assert run._stage("describe", ["a", "b", "c"], [1, 2, 3], _square(calls)) == [1, 4, 9]
-    assert calls == [2, 1, 3] and run.stats["describe"].computed == 3
+    assert calls == [2, 1, 3] and run.runner.stats["describe"].computed == 3
     # a stage split by query is not shared: the caller passes only this shard's inputs
     assert run._stage("answer", ["x"], [5], _square(calls)) == [25]

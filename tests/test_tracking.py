@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers.wandb_log import read_transaction_log
 from PIL import Image
 
 from visa.data import Dataset, Item, Query
-from visa.tracking import NullLogger, WandbLogger, pick_samples, read_transaction_log, redact
+from visa.tracking import NullLogger, WandbLogger, pick_samples, redact
 
 wandb = pytest.importorskip("wandb")
 

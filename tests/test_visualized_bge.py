@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).parent))
-import tiny_models  # noqa: E402
-import tiny_visualized_bge as tiny  # noqa: E402
+from helpers import tiny_models
+from helpers import tiny_visualized_bge as tiny
 
 from visa.backbones.visualized_bge import VisualizedBGEBackbone, map_published_keys  # noqa: E402
 from visa.data import Item  # noqa: E402

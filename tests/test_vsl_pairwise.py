@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from visa.backbones.region_matcher import RegionMatcherBackbone
-from visa.cache import Cache
+from visa.cache import SQLiteStore
 from visa.data import Item
 from visa.data.precomp import AnnotatedPrecompDataset
 from visa.errors import VisaError
@@ -91,16 +91,17 @@ def test_pipeline_retrieves_pairwise_with_the_matcher_and_caches_per_query(align
     backbone = RegionMatcherBackbone(
         [str(aligned["ckpt"])], features, vocab, "cpu", batch_size=7, item_chunk=5
     )
-    cache = Cache(tmp_path / "cache")
+    cache = SQLiteStore(tmp_path / "cache")
     try:
         run = Run(data, Settings(top_k=4, progress=False), cache)
         scores, indices = run.retrieve(backbone)
-        assert scores.shape == (60, 10) and run.stats["retrieve_pairs"].computed == 60
+        assert scores.shape == (60, 10) and run.runner.stats["retrieve_pairs"].computed == 60
         full = backbone.score_pairs([q.text for q in data.queries], data.gallery, list(range(12)))
         assert torch.equal(indices, full.topk(10, dim=1).indices)
         again = Run(data, Settings(top_k=4, progress=False), cache)
         scores2, indices2 = again.retrieve(backbone)
-        assert again.stats["retrieve_pairs"].computed == 0 and again.stats["retrieve_pairs"].cached == 60
+        pairs_stats = again.runner.stats["retrieve_pairs"]
+        assert pairs_stats.computed == 0 and pairs_stats.cached == 60
         assert torch.equal(indices, indices2) and torch.allclose(scores, scores2)
     finally:
         cache.close()

@@ -1,9 +1,13 @@
-"""Content-addressed store of stage results.
+"""Content-addressed storage of stage results, and the one stage runner every model stage goes through.
 
-One SQLite file under `cache_dir`, in WAL mode so that several runs (a Hydra multirun with parallel jobs)
-read and write it at once. A key is the SHA-256 of everything that can change a result: the stage, the
-identity of the model (id, dtype, generation parameters, ...), the prompt and the inputs. Results are
-written as they arrive, so an interrupted run loses only the results still being computed.
+Storage (`Store`): key -> value, with `get_many`, `put` and `close`. `SQLiteStore` is one SQLite file under
+`cache_dir`, in WAL mode so that several runs (a Hydra multirun with parallel jobs) read and write it at
+once. A key is the SHA-256 of everything that can change a result (`make_key`): the stage, the identity of
+the model (id, dtype, generation parameters, ...), the prompt and the inputs.
+
+Running (`StageRunner`): asks the store for a stage's keys, computes only the missing ones, and writes each
+result as it arrives, so an interrupted run loses only the results still being computed; it also keeps the
+per-stage counts and times reported in metrics.json.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -66,8 +71,22 @@ def _decode(blob: bytes) -> Any:
     return json.loads(blob[1:].decode("utf-8"))
 
 
-class Cache:
-    """Key -> value store (JSON-serialisable values or numpy arrays)."""
+class Store(Protocol):
+    """Where stage results live: key -> value (JSON-serialisable values or numpy arrays)."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The values of the keys present (missing keys are absent from the result)."""
+        ...
+
+    def put(self, stage: str, key: str, value: Any, model: str = "") -> None:
+        """Store one result durably (a crash right after loses nothing that was put); `model` labels it."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SQLiteStore:
+    """A `Store` in one SQLite file, `visa-cache.sqlite` under `root`."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser()
@@ -138,6 +157,9 @@ class Cache:
             raise self._damaged(e) from None
         self.written[stage] = self.written.get(stage, 0) + len(rows)
 
+    def put(self, stage: str, key: str, value: Any, model: str = "") -> None:
+        self.put_many(stage, {key: value}, model=model)
+
     def close(self) -> None:
         self._db.close()
 
@@ -165,42 +187,68 @@ def batched(fn: Callable[[list[Any]], list[Any]], batch_size: int) -> Stream:
     return stream
 
 
-def run_stage(
-    cache: Cache,
-    stage: str,
-    keys: Sequence[str],
-    inputs: Sequence[Any],
-    compute: Stream,
-    stats: StageStats,
-    *,
-    progress: bool = True,
-    model: str = "",
-) -> list[Any]:
-    """Results for `inputs`, computing only the keys the cache lacks.
+class StageRunner:
+    """Runs the stages of one evaluation against a store (None: nothing is stored) and keeps, per stage, how
+    many results were computed or found, and the seconds spent."""
 
-    `compute` receives the missing inputs (each distinct key once) and yields (index, result) pairs in any
-    order; each result is written to the cache as it arrives (a small SQLite transaction, well under a
-    millisecond), so an interrupted or killed run loses only the results still being computed.
-    """
-    t0 = time.perf_counter()
-    first_input = dict(zip(keys, inputs))
-    found = cache.get_many(list(first_input))
-    missing = [k for k in first_input if k not in found]
-    stats.cached += len(first_input) - len(missing)
-    if missing:
-        with tqdm(
-            total=len(missing), desc=stage, unit="call", disable=not progress, dynamic_ncols=True
-        ) as bar:
-            for index, result in compute([first_input[k] for k in missing]):
-                cache.put_many(stage, {missing[index]: result}, model=model)
-                found[missing[index]] = result
-                stats.computed += 1
-                bar.update(1)
-        lost = [k for k in missing if k not in found]
-        if lost:
-            raise RuntimeError(f"stage {stage}: {len(lost)} inputs got no result")
-    stats.seconds += time.perf_counter() - t0
-    return [found[k] for k in keys]
+    def __init__(self, store: Store | None, progress: bool = True):
+        self.store, self.progress = store, progress
+        self.stats: dict[str, StageStats] = {}
+
+    def run(
+        self, stage: str, keys: Sequence[str], inputs: Sequence[Any], compute: Stream, model: str = ""
+    ) -> list[Any]:
+        """Results for `inputs`, computing only the keys the store lacks.
+
+        `compute` receives the missing inputs (each distinct key once) and yields (index, result) pairs in
+        any order; each result is put in the store as it arrives (a small SQLite transaction, well under a
+        millisecond), so an interrupted or killed run loses only the results still being computed. `model`
+        labels the results in the store (`python -m visa.cache show` groups by it).
+        """
+        stats = self.stats.setdefault(stage, StageStats())
+        with self.timed(stage):
+            first_input = dict(zip(keys, inputs))
+            found = self.store.get_many(list(first_input)) if self.store is not None else {}
+            missing = [k for k in first_input if k not in found]
+            stats.cached += len(first_input) - len(missing)
+            if missing:
+                with tqdm(
+                    total=len(missing), desc=stage, unit="call", disable=not self.progress, dynamic_ncols=True
+                ) as bar:
+                    for index, result in compute([first_input[k] for k in missing]):
+                        if self.store is not None:
+                            self.store.put(stage, missing[index], result, model=model)
+                        found[missing[index]] = result
+                        stats.computed += 1
+                        bar.update(1)
+                lost = [k for k in missing if k not in found]
+                if lost:
+                    raise RuntimeError(f"stage {stage}: {len(lost)} inputs got no result")
+        return [found[k] for k in keys]
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.stats.setdefault(stage, StageStats()).seconds += seconds
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Adds the seconds spent inside to `stage` (also for steps without a model: retrieve, fuse)."""
+        stats = self.stats.setdefault(stage, StageStats())
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            stats.seconds += time.perf_counter() - t0
+
+    def report(self, model_stages: Sequence[str]) -> dict[str, Any]:
+        """calls/<stage>/computed|cached for the model stages, time/<stage> for every stage that ran."""
+        out: dict[str, Any] = {}
+        for stage in model_stages:
+            s = self.stats.get(stage, StageStats())
+            out[f"calls/{stage}/computed"] = s.computed
+            out[f"calls/{stage}/cached"] = s.cached
+        for stage, s in self.stats.items():
+            out[f"time/{stage}"] = round(s.seconds, 4)
+        return out
 
 
 def move_aside(root: str | os.PathLike) -> list[Path]:

@@ -21,7 +21,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visa.config import parse_overrides
 from visa.errors import VisaError
+from visa.metrics import recall_gains
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -45,13 +47,6 @@ def find_run_dirs(path: Path) -> list[Path]:
     return sorted(found, key=_natural_key)
 
 
-def _parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(lines))
-    return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
-
-
 def _load_yaml(path: Path) -> Any:
     from omegaconf import OmegaConf
 
@@ -68,10 +63,7 @@ def _select(config: dict, dotted: str) -> Any:
 
 
 def _with_gains(metrics: dict[str, Any]) -> dict[str, Any]:
-    out = dict(metrics)
-    for key, value in metrics.items():
-        if key.startswith("visa/R@") and f"base/{key[5:]}" in metrics:
-            out[f"gain/{key[5:]}"] = round(value - metrics[f"base/{key[5:]}"], 4)
+    out = {**metrics, **recall_gains(metrics)}
     computed = [v for k, v in metrics.items() if k.startswith("calls/") and k.endswith("/computed")]
     cached = [v for k, v in metrics.items() if k.startswith("calls/") and k.endswith("/cached")]
     if computed:
@@ -91,7 +83,7 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
     hydra_dir = run_dir / ".hydra"
     config = _load_yaml(hydra_dir / "config.yaml")
     hydra = _load_yaml(hydra_dir / "hydra.yaml").get("hydra", {})
-    overrides = _parse_overrides(_load_yaml(hydra_dir / "overrides.yaml") or [])
+    overrides = parse_overrides(_load_yaml(hydra_dir / "overrides.yaml") or [])
     params: dict[str, Any] = {}
     choices = hydra.get("runtime", {}).get("choices", {})
     for part in KEY_PARTS:

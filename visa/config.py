@@ -8,6 +8,7 @@ import inspect
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ class QuestionsConfig:
         2  # re-asks of a query whose reply does not parse, each with a new seed, before falling back
     )
     retry_temperature: float = 0.2  # retries sample at this temperature (the reference re-samples at 0.2)
+    prompt: str = "paper"  # the question writer's prompt: paper | fewshot (for very small models)
 
 
 @dataclass
@@ -96,6 +98,15 @@ class VisaConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     data_dir: str = "./data"
     progress: bool = True  # progress bars per stage
+
+
+def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
+    """Hydra override strings as {key: value}; a group choice (`scorer=x`) and a value (`fusion.alpha=0.5`)
+    alike become one entry each; deletions (`~key`) are left out."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(lines))
+    return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
 
 
 def register() -> None:

@@ -107,24 +107,69 @@ class Questions:
     tries: int = 1  # question LLM calls made for this query (1 + retries)
 
 
+# A prompt that a very small model (the demo's SmolLM2-135M) can follow: short instructions, then worked
+# examples in exactly the reply format, so the model continues the pattern. Its examples are generic scenes,
+# written for this prompt (not taken from any dataset's captions).
+_FEWSHOT_QUESTION_PROMPT = """\
+List the key phrases of the query, then write {n} short yes/no questions that check them in {a_picture}.
+
+Query: "A man in a yellow raincoat walks a brown dog along a sandy beach."
+key phrases:
+- man in a yellow raincoat
+- brown dog
+- sandy beach
+questions:
+1. Is there a man in a yellow raincoat?
+2. Is there a brown dog?
+3. Is the place a sandy beach?
+
+Query: "Black and white photo of an old stone bridge over a river."
+key phrases:
+- black and white photo
+- old stone bridge
+- river
+questions:
+1. Is the photo black and white?
+2. Is there an old stone bridge?
+3. Is there a river?
+
+Query: "Three red apples in a bowl on a wooden table."
+key phrases:
+- red apples
+- bowl
+- wooden table
+questions:
+1. Are there red apples?
+2. Is there a bowl?
+3. Is there a wooden table?
+
+Query: "{query}"
+"""
+
+# questions.prompt: "paper" (the method's instructions with one example) or "fewshot" (for small models)
+QUESTION_PROMPTS = {"paper": _QUESTION_PROMPT, "fewshot": _FEWSHOT_QUESTION_PROMPT}
+
+
 def _picture(kind: str) -> str:
     return "video" if kind == "video" else "picture"
 
 
-def question_prompt(query: str, n: int, kind: str = "image") -> Prompt:
-    """The key-phrase and question request for `query`; `kind` is what the gallery holds."""
+def question_prompt(query: str, n: int, kind: str = "image", template: str = "paper") -> Prompt:
+    """The key-phrase and question request for `query`; `kind` is what the gallery holds; `template` one of
+    QUESTION_PROMPTS."""
     picture = _picture(kind)
-    text = _QUESTION_PROMPT.format(
+    text = QUESTION_PROMPTS[template].format(
         n=n, query=query.replace('"', "'"), picture=picture, a_picture=f"a {picture}"
     )
     return Prompt(text=text)
 
 
 _PREFIX = re.compile(r"^\s*(?:[-*\u2022]\s*|\d+[.):]\s*|q(?:uestion)?\s*\d*\s*[:.)]\s*)+", re.IGNORECASE)
-_EXAMPLE_QUESTIONS = {
+_EXAMPLE_QUESTIONS = {  # questions of the prompts' worked examples: a reply that copies them did not parse
     line.split(". ", 1)[1]
+    for template in QUESTION_PROMPTS
     for kind in ("image", "video")
-    for line in question_prompt("", 3, kind).text.splitlines()
+    for line in question_prompt("", 3, kind, template).text.splitlines()
     if re.match(r"^\d\. \S.*\?$", line)
 }
 # The reference's list item: a number, a dot and white space ("1. "); its text runs to the next one.

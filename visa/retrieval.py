@@ -15,6 +15,8 @@ Both return the same candidates (exact search); scores agree to float rounding.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -98,3 +100,52 @@ def _faiss_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[t
         as_float32(queries), as_float32(gallery), k, metric=faiss.METRIC_INNER_PRODUCT
     )
     return torch.from_numpy(scores), torch.from_numpy(indices.astype(np.int64))
+
+
+@torch.no_grad()
+def ranked_candidates(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    depth: int,
+    chunk_size: int = 1024,
+    exclude: list[tuple[int, ...]] | None = None,
+    groups: dict[str, list[int]] | None = None,
+    query_groups: list[str | None] | None = None,
+    **search: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`topk_search` for hybrid-modal datasets: (scores, gallery indices) [num_queries, depth'], best first.
+
+    `exclude[q]`: gallery indices left out of query q's ranking (CIRR: its reference image). `groups`: named
+    parts of the gallery; query q ranks only the part `query_groups[q]` (FashionIQ: its category). depth'
+    is `depth`, or less when a part (minus exclusions) is smaller. `search`: topk_search's keyword settings.
+    """
+    n = queries.shape[0]
+    exclude = exclude or [()] * n
+    if groups is None:
+        parts = [(list(range(n)), list(range(gallery.shape[0])))]
+    else:
+        assert query_groups is not None
+        parts = [([q for q in range(n) if query_groups[q] == g], members) for g, members in groups.items()]
+    results: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+    for query_rows, members in parts:
+        if not query_rows:
+            continue
+        extra = max(len(exclude[q]) for q in query_rows)
+        member_index = torch.as_tensor(members, dtype=torch.long)
+        part_queries, part_gallery = queries[query_rows], gallery[member_index]
+        scores, local = topk_search(part_queries, part_gallery, depth + extra, chunk_size, **search)
+        indices = member_index[local]
+        keep = min(depth, len(members) - extra)
+        rows_s, rows_i = [], []
+        for row, q in enumerate(query_rows):
+            mask = ~torch.isin(indices[row], torch.as_tensor(exclude[q], dtype=torch.long))
+            rows_s.append(scores[row][mask][:keep])
+            rows_i.append(indices[row][mask][:keep])
+        results.append((query_rows, rows_s, rows_i))
+    width = min(len(r) for _, rows_s, _ in results for r in rows_s)
+    out_s = torch.empty((n, width), dtype=torch.float32)
+    out_i = torch.empty((n, width), dtype=torch.long)
+    for query_rows, rows_s, rows_i in results:
+        for q, s, i in zip(query_rows, rows_s, rows_i):
+            out_s[q], out_i[q] = s[:width], i[:width]
+    return out_s, out_i

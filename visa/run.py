@@ -14,8 +14,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from visa.cache import Cache, default_cache_dir
-from visa.config import GROUPS, check_part, instantiate_part, register
+from visa.cache import SQLiteStore, default_cache_dir
+from visa.config import GROUPS, _import_target, check_part, instantiate_part, register
+from visa.data import check_modalities
 from visa.errors import Interrupted, VisaError
 from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa, visual_keys
 from visa.shard import Shard
@@ -27,10 +28,21 @@ register()
 
 def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
     header = f"{'':<12}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
+    subset = [k for k in (1, 2, 3) if f"base/R_subset@{k}" in metrics]  # CIRR's Recall_subset
+    header += "".join(f"{'Rs@' + str(k):>8}" for k in subset)
     rows = [header]
     for label, prefix in (("backbone", "base"), ("+ VISA", "visa")):
-        rows.append(f"{label:<12}" + "".join(f"{metrics[f'{prefix}/R@{k}']:>8.1f}" for k in ks))
+        cells = [metrics[f"{prefix}/R@{k}"] for k in ks] + [metrics[f"{prefix}/R_subset@{k}"] for k in subset]
+        rows.append(f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells))
     return "\n".join(rows)
+
+
+def _choice(cfg: DictConfig, group: str) -> str:
+    """The config file chosen for a group (`backbone=demo` -> "demo"), or its class outside a Hydra run."""
+    try:
+        return HydraConfig.get().runtime.choices[group]
+    except ValueError:
+        return cfg[group]._target_
 
 
 def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
@@ -50,7 +62,7 @@ def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
         raise VisaError(f"metrics.json: a non-finite value (NaN or Infinity): {e}") from None
 
 
-def saved_line(cache: Cache | SharedFolderStore) -> str:
+def saved_line(cache: SQLiteStore | SharedFolderStore) -> str:
     """What an interrupted run kept, and how to go on from it."""
     stages = ", ".join(f"{stage} {n}" for stage, n in cache.written.items())
     saved = f"{sum(cache.written.values())} new result(s) ({stages})" if stages else "no new result"
@@ -90,6 +102,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         search_device=cfg.retrieval.device,
         num_questions=cfg.questions.num,
         max_questions=cfg.questions.max,
+        question_prompt=cfg.questions.prompt,
         answer_mode=cfg.answers.mode,
         question_retries=cfg.questions.retries,
         retry_temperature=cfg.questions.retry_temperature,
@@ -110,6 +123,9 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         if dataset.precomputed is not None:
             metrics, results = evaluate_precomputed(dataset, fusion, settings)
         else:
+            # what the backbone can embed, from its class: a mismatch stops here, before any model loads
+            backbone_class = _import_target(cfg.backbone._target_, "backbone")
+            check_modalities(dataset, backbone_class, _choice(cfg, "backbone"))
             parts = Components(
                 backbone=instantiate_part(cfg, "backbone"),
                 question_llm=instantiate_part(cfg, "question_llm"),
@@ -118,13 +134,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 scorer=instantiate_part(cfg, "scorer"),
                 fusion=fusion,
             )
-            cache = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
+            store = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
             try:
-                metrics, results = run_visa(dataset, parts, settings, cache)
+                metrics, results = run_visa(dataset, parts, settings, store)
             except KeyboardInterrupt:
-                raise Interrupted(saved_line(cache)) from None
+                raise Interrupted(saved_line(store)) from None
             finally:
-                cache.close()
+                store.close()
                 parts.close()  # stops the servers this run launched
             metrics.update(parts.counters())
         metrics = {

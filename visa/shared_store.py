@@ -84,13 +84,13 @@ LAYOUTS = ("auto", "sqlite", "shared")
 def open_cache(root: str | os.PathLike, layout: str = "auto"):
     """The cache in folder `root`: the single SQLite file (one host; the default) or, on shared storage,
     one log per writer (this module). `auto` picks the logs when `root` is on a network filesystem."""
-    from visa.cache import Cache, _decode, _encode
+    from visa.cache import SQLiteStore, _decode, _encode
 
     if layout not in LAYOUTS:
         raise VisaError(f"cache_layout={layout!r} is not one of {', '.join(LAYOUTS)}")
     if layout == "shared" or (layout == "auto" and network_filesystem(Path(root).expanduser())):
         return SharedFolderStore(root, _encode, _decode)
-    return Cache(root)
+    return SQLiteStore(root)
 
 
 def encode_record(key: str, stage: str, model: str, value: bytes) -> bytes:
@@ -213,6 +213,9 @@ class SharedFolderStore:
         return found
 
     # -- writing ----------------------------------------------------------------------------------------
+    def put(self, stage: str, key: str, value: Any, model: str = "") -> None:
+        self.put_many(stage, {key: value}, model=model)
+
     def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
         if not items:
             return

@@ -10,16 +10,15 @@ from __future__ import annotations
 import netrc
 import os
 import re
-import struct
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-from visa.config import is_secret_key
+from visa.config import is_secret_key, parse_overrides
 from visa.data import Dataset, Item
 from visa.errors import VisaError
+from visa.metrics import recall_gains
 
 
 @runtime_checkable
@@ -59,20 +58,17 @@ def hydra_job() -> dict[str, Any]:
     """What Hydra knows about the current job: its sweep folder (None outside a multirun), job number,
     override string and the command-line/sweep overrides as {key: value}. Empty outside Hydra."""
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
 
     if not HydraConfig.initialized():
         return {}
     hc = HydraConfig.get()
-    overrides = OverridesParser.create().parse_overrides(list(hc.overrides.task))
     multirun = hc.mode == RunMode.MULTIRUN
     return {
         "sweep_dir": str(hc.sweep.dir) if multirun else None,
         "job_num": int(hc.job.num) if multirun else None,
         "override_dirname": safe_override_dirname(list(hc.overrides.task), hc.job.override_dirname),
-        # A group choice (`scorer=x`) and a value (`fusion.alpha=0.5`) alike become one column each.
-        "overrides": {o.key_or_group: o.value() for o in overrides if not o.is_delete()},
+        "overrides": parse_overrides(hc.overrides.task),  # one column each in comparisons
     }
 
 
@@ -219,12 +215,7 @@ class WandbLogger:
 
         if self.run is None:
             raise VisaError("WandbLogger.log called before start")
-        gains = {
-            f"gain/{k.split('/', 1)[1]}": round(metrics[k] - metrics[f"base/{k.split('/', 1)[1]}"], 4)
-            for k in metrics
-            if k.startswith("visa/R@") and f"base/{k.split('/', 1)[1]}" in metrics
-        }
-        self.run.log({**metrics, **gains})
+        self.run.log({**metrics, **recall_gains(metrics)})
         if self.num_samples > 0 and results:
             self.run.log({"samples": self.sample_table(results, dataset)})
         if self.log_artifact:
@@ -286,35 +277,3 @@ class WandbLogger:
         # offline run, the `wandb sync` command again).
         self.run.finish(exit_code=0 if self.logged else 1)
         self.run = None
-
-
-# -- reading offline runs back ----------------------------------------------------------------------
-# A `.wandb` file is a LevelDB-style log: a 7-byte header (":W&B", 0xBEE1, version 0), then 32 KiB blocks of
-# records (crc32 4 bytes, length 2 bytes, type 1 byte) whose payloads join into wandb's `Record` protobufs.
-_BLOCK = 32768
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def read_transaction_log(path: str | Path) -> Iterator[Any]:
-    """The `wandb.proto.wandb_internal_pb2.Record`s of an offline run's `.wandb` file, in order; lets tests
-    and users inspect what a run will upload without any network."""
-    from wandb.proto import wandb_internal_pb2
-
-    data = Path(path).read_bytes()
-    if data[:4] != b":W&B":
-        raise VisaError(f"{path} is not a W&B transaction log")
-    pos, payload = 7, b""
-    while pos + 7 <= len(data):
-        if _BLOCK - pos % _BLOCK < 7:  # a block's tail too short for a header is padding
-            pos += _BLOCK - pos % _BLOCK
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0 and length == 0:  # zero padding at the end of the file
-            break
-        payload += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (_FULL, _LAST):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(payload)
-            payload = b""
-            yield record

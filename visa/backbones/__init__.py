@@ -1,6 +1,11 @@
 """Dual encoders, each a class instantiated from `conf/backbone/<name>.yaml` that satisfies `Backbone`.
 
 Constructors only store settings; weights load on first use, so a fully cached run loads no model.
+
+A backbone may declare what it embeds in a class attribute `modalities`, a set of "text", "image", "video",
+"image+text", "video+text" (composed queries and captioned items are media with text and reach
+`encode_visual` as items whose `text` is set); without it, text queries over images and videos, as
+before. `visa.data.check_modalities` reads it from the class before anything loads.
 """
 
 from __future__ import annotations

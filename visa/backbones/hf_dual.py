@@ -7,16 +7,14 @@ CLIP pads to the longest text in the batch; both truncate at the model's maximum
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from PIL import Image
 
 from visa.backbones.open_clip import load_images
-from visa.backbones.parallel import FabricEncoding, autocast, check_precision, oom_hint, weight_dtype
+from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
 from visa.data import Item
 from visa.devices import resolve_device
-from visa.loading import load_pretrained
+from visa.loading import load_pretrained, oom_hint, short_name
 
 
 def _features(output) -> torch.Tensor:
@@ -48,7 +46,7 @@ class HFDualEncoder(FabricEncoding):
     def identity(self) -> dict:
         return {
             "backbone": "hf_dual",
-            "model": Path(self.model).name if Path(self.model).exists() else self.model,
+            "model": short_name(self.model),
             "revision": self.revision,
             "text_padding": self.text_padding,
             "precision": self.precision,

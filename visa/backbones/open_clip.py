@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from visa.backbones.parallel import FabricEncoding, autocast, check_precision, oom_hint, weight_dtype
+from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
 from visa.data import Item
 from visa.devices import resolve_device
 from visa.errors import VisaError
+from visa.loading import oom_hint
 
 
 def _short_name(model: str) -> str:

@@ -59,13 +59,7 @@ def autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def oom_hint(error: BaseException, model: str, key: str) -> VisaError:
-    """A one-line VisaError for an out-of-memory, naming the batch-size key to lower."""
-    first = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-    return VisaError(f"out of memory running {model} ({first}); lower {key} (e.g. {key}=8)")
-
-
-def _encode_shard(fabric, backbone: Any, rows: list[tuple[str, str, str]], batch_size: int) -> np.ndarray:
+def _encode_shard(fabric, backbone: Any, rows: list[tuple], batch_size: int) -> np.ndarray:
     """Runs in every process: encode this rank's share, gather all shares, restore gallery order."""
     items = [Item(*row) for row in rows]
     backbone.device = str(fabric.device)  # each process loads the model onto its own device
@@ -94,7 +88,7 @@ def encode_parallel(
         accelerator = "cuda" if torch.cuda.is_available() else "cpu"
     fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
     # items travel as plain tuples: Fabric walks the arguments and refuses frozen dataclasses
-    rows = [(item.id, item.path, item.kind) for item in items]
+    rows = [(item.id, item.path, item.kind, item.text) for item in items]
     return torch.from_numpy(fabric.launch(_encode_shard, backbone, rows, backbone.batch_size))
 
 

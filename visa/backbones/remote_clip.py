@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from visa.backbones.hf_dual import HFDualEncoder
-from visa.backbones.parallel import autocast, oom_hint, weight_dtype
+from visa.backbones.parallel import autocast, weight_dtype
 from visa.devices import resolve_device
 from visa.errors import VisaError
-from visa.loading import load_pretrained
+from visa.loading import load_pretrained, oom_hint
 
 
 class RemoteCodeClip(HFDualEncoder):

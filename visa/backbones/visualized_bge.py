@@ -32,11 +32,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from visa.backbones.parallel import FabricEncoding, autocast, check_precision, oom_hint, weight_dtype
+from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
 from visa.data import Item
 from visa.data.media import load_image
 from visa.devices import resolve_device
 from visa.errors import VisaError
+from visa.loading import oom_hint
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -369,7 +370,9 @@ class VisualizedBGEBackbone(FabricEncoding):
         return self.encode_image_text(images, [""] * len(images))
 
     def encode_visual(self, items: list[Item]) -> torch.Tensor:
+        """Images, each with its text when it carries one (a composed query, a captioned item)."""
         for item in items:
             if item.kind != "image":
                 raise VisaError(f"backbone=visualized_bge encodes images; item {item.id!r} is a {item.kind}")
-        return self.encode_images([load_image(item.path) for item in items])
+        images = [load_image(item.path) for item in items]
+        return self.encode_image_text(images, [item.text or "" for item in items])

@@ -1,4 +1,11 @@
-"""The dataset interface: a gallery of items and text queries with the indices of their relevant items."""
+"""The dataset interface: a gallery of items and queries with the indices of their relevant items.
+
+Hybrid-modal data: a gallery item is media (an image or a video), media with text (an image and its
+caption, a web page's image and passage), or text alone; a query is text, or text with a reference item
+(composed retrieval: "the same dress but in red" about a reference photo). `modality()` names each
+combination; a backbone declares the ones it can embed in its class attribute `modalities`, and a run whose
+data needs another stops with one line before any model loads (`check_modalities`).
+"""
 
 from __future__ import annotations
 
@@ -9,20 +16,42 @@ import numpy as np
 
 from visa.errors import VisaError
 
+KINDS = ("image", "video", "text")
+# What a backbone can embed when its class does not say (the original data model: text queries, media items).
+DEFAULT_MODALITIES = frozenset({"text", "image", "video"})
+
 
 @dataclass(frozen=True)
 class Item:
-    """One gallery entry: an image or a video on disk."""
+    """One gallery entry: an image or a video on disk, optionally with a text; or a text alone."""
 
     id: str
-    path: str
-    kind: str = "image"  # "image" | "video"
+    path: str  # "" for a text-only item
+    kind: str = "image"  # "image" | "video" | "text"
+    text: str | None = None  # the text that comes with the media (caption, passage); the item when kind=text
+
+    def modality(self) -> str:
+        """One of image, video, text, image+text, video+text."""
+        if self.kind == "text":
+            return "text"
+        return f"{self.kind}+text" if self.text is not None else self.kind
 
 
 @dataclass(frozen=True)
 class Query:
     text: str
     relevant: tuple[int, ...]  # indices into Dataset.gallery
+    reference: Item | None = None  # composed retrieval: the item the text modifies
+    # Indices of gallery items this query's ranking leaves out (CIRR: the reference image itself).
+    exclude: tuple[int, ...] = ()
+    # CIRR's Recall_subset: the indices of the query's group of similar images (the reference left out).
+    subset: tuple[int, ...] = ()
+    # Name of the gallery part this query ranks (Dataset.groups; FashionIQ: its category); None: all.
+    group: str | None = None
+
+    def modality(self) -> str:
+        """text, or for a composed query the reference's kind + "+text" (image+text)."""
+        return "text" if self.reference is None else f"{self.reference.kind}+text"
 
 
 @dataclass
@@ -42,6 +71,30 @@ class Dataset:
     queries: list[Query]
     precomputed: Precomputed | None = field(default=None, repr=False)
     skipped: list[str] = field(default_factory=list, repr=False)  # bad items left out (on_bad_item=skip)
+    # Named parts of the gallery, each ranked on its own by the queries of that group; the metrics are
+    # reported per group and averaged (FashionIQ's categories). None: one gallery for every query.
+    groups: dict[str, list[int]] | None = field(default=None, repr=False)
+
+
+def needed_modalities(dataset: Dataset) -> dict[str, set[str]]:
+    """{"query": modalities of the queries, "item": modalities of the gallery items}."""
+    return {
+        "query": {q.modality() for q in dataset.queries},
+        "item": {i.modality() for i in dataset.gallery},
+    }
+
+
+def check_modalities(dataset: Dataset, backbone_class: type, backbone_name: str) -> None:
+    """A VisaError naming what `backbone_class` cannot embed in `dataset` (queries or gallery items)."""
+    can = getattr(backbone_class, "modalities", DEFAULT_MODALITIES)
+    for side, needed in needed_modalities(dataset).items():
+        missing = sorted(needed - set(can))
+        if missing:
+            raise VisaError(
+                f"backbone={backbone_name} cannot embed the {side} modalities {', '.join(missing)} of "
+                f"dataset {dataset.name} (it embeds {', '.join(sorted(can))}); choose a backbone "
+                "that does, e.g. backbone=visualized_bge, or backbone=demo for the offline demo"
+            )
 
 
 def check_count(value: int | None, key: str) -> None:

@@ -1,31 +1,40 @@
-"""The embedded demo dataset: real photos that ship inside PyPI packages, with captions written for VISA.
+"""The embedded demo datasets: real photos and short clips that ship inside PyPI packages, with captions
+written for VISA.
 
-`demo_images.json` lists each photo as (package, path inside the package), its captions, source and licence.
+`demo_images.json` and `demo_videos.json` list each photo or clip as (package, path inside the package), its
+captions, source and licence.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from visa.data import Dataset, Item, build_dataset, check_count
+from visa.data.files import read_json
 from visa.data.media import package_dir
 from visa.errors import VisaError
 
-DEMO_ANNOTATION = Path(__file__).with_name("demo_images.json")
+# The packaged annotation of each kind, and the dataset's name.
+DEMOS = {
+    "image": (Path(__file__).with_name("demo_images.json"), "demo"),
+    "video": (Path(__file__).with_name("demo_videos.json"), "demo_video"),
+}
 
 
 class DemoDataset:
-    def __init__(self, annotation: str | None = None, limit: int | None = None):
-        self.annotation = annotation or str(DEMO_ANNOTATION)
-        self.limit = limit  # first N images only (quick tries)
+    """`kind: image` (dataset=demo) or `kind: video` (dataset=demo_video)."""
+
+    def __init__(self, kind: str = "image", annotation: str | None = None, limit: int | None = None):
+        if kind not in DEMOS:
+            raise VisaError(f"dataset.kind={kind!r} is not one of {', '.join(DEMOS)}")
+        self.kind = kind
+        self.annotation = annotation or str(DEMOS[kind][0])  # None: the packaged one
+        self.limit = limit  # first N items only (quick tries)
 
     def load(self) -> Dataset:
         check_count(self.limit, "dataset.limit")
-        try:
-            entries = json.loads(Path(self.annotation).read_text())
-        except (OSError, ValueError) as e:  # ValueError: bad json or not UTF-8
-            raise VisaError(f"cannot read the demo annotation {self.annotation}: {e}") from e
+        entries = read_json(Path(self.annotation), "check dataset.annotation")
         entries = entries[: self.limit] if self.limit else entries
-        gallery = [Item(e["id"], str(package_dir(e["package"]) / e["path"])) for e in entries]
-        return build_dataset("demo", gallery, [(e["id"], e["captions"]) for e in entries], self.annotation)
+        gallery = [Item(e["id"], str(package_dir(e["package"]) / e["path"]), self.kind) for e in entries]
+        captions = [(e["id"], e["captions"]) for e in entries]
+        return build_dataset(DEMOS[self.kind][1], gallery, captions, self.annotation)

@@ -12,16 +12,13 @@ The same caption text given for several items is one query with all of them rele
 from __future__ import annotations
 
 import csv
-import json
-import logging
 import os
 from pathlib import Path
 
 from visa.data import Dataset, Item, Query
-from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_many, media_kind
+from visa.data.files import BadItems, read_jsonl
+from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind
 from visa.errors import VisaError
-
-log = logging.getLogger("visa")
 
 
 def _caption_texts(value: object, where: str) -> list[str]:
@@ -66,19 +63,7 @@ def read_captions(path: Path, fmt: str = "jsonl") -> list[tuple[str, str]]:
         except csv.Error as e:
             raise VisaError(f"{path}: not a readable csv file ({e})") from None
         return pairs
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError as e:
-        raise VisaError(f"{path} is not UTF-8 text ({e}); save it as UTF-8") from None
-    except OSError as e:
-        raise VisaError(f"cannot read {path}: {e}") from e
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise VisaError(f"{path}:{n} is not valid json ({e}); each line is one object") from e
+    for n, row in read_jsonl(path):
         texts = row.get("captions", row.get("caption")) if isinstance(row, dict) else None
         if not isinstance(row, dict) or not isinstance(row.get("path"), str) or texts is None:
             raise VisaError(f'{path}:{n}: expected {{"path": "...", "caption": "..." or "captions": [...]}}')
@@ -113,8 +98,7 @@ class FolderDataset:
         return sorted(found)  # gallery order = path order, whatever the file system's listing order
 
     def load(self) -> Dataset:
-        if self.on_bad_item not in ("fail", "skip"):
-            raise VisaError(f"dataset.on_bad_item={self.on_bad_item!r} must be fail or skip")
+        bad_items = BadItems(self.on_bad_item, self.name)
         media_root = self.root / self.media_dir
         if not media_root.is_dir():
             raise VisaError(f"folder not found: {media_root}; set dataset.root to your collection's folder")
@@ -128,27 +112,17 @@ class FolderDataset:
         files = self._scan(media_root)
         captioned = {os.path.normpath(p).replace(os.sep, "/") for p, _ in pairs}
         unknown = sorted(captioned - set(files))
-        # A captioned path that the scan did not find (missing, or not an image/video) is a bad item.
-        bad: list[str] = [f"{media_root / p} (not found, or not an image/video file)" for p in unknown]
+        for rel in unknown:  # a captioned path that the scan did not find (missing, or not an image/video)
+            bad_items.bad(media_root / rel, "not found, or not an image/video file")
         gallery: list[Item] = []
         index: dict[str, int] = {}
-        problems = check_many([str(media_root / rel) for rel in files])
+        usable = bad_items.usable([str(media_root / rel) for rel in files])
         for rel in files:
             path = str(media_root / rel)
-            problem = problems[path]
-            if problem is not None:
-                bad.append(f"{path} ({problem})")
-                continue
-            index[rel] = len(gallery)
-            gallery.append(Item(id=rel, path=path, kind=media_kind(path)))
-        if bad and self.on_bad_item == "fail":
-            raise VisaError(
-                f"{bad[0]}: fix or remove it, or set dataset.on_bad_item=skip ({len(bad)} bad item(s))"
-            )
-        if bad:
-            log.warning(
-                "dataset %s: skipped %d bad item(s), e.g. %s", self.name, len(bad), "; ".join(bad[:3])
-            )
+            if path in usable:
+                index[rel] = len(gallery)
+                gallery.append(Item(id=rel, path=path, kind=media_kind(path)))
+        bad_items.warn()
         relevant: dict[str, list[int]] = {}  # caption text -> items, in first-appearance order
         for rel, text in pairs:
             rel = os.path.normpath(rel).replace(os.sep, "/")
@@ -162,4 +136,4 @@ class FolderDataset:
         if not relevant:
             raise VisaError(f"{annotation}: no caption matches an item under {media_root}; check the paths")
         queries = [Query(text=t, relevant=tuple(sorted(items))) for t, items in relevant.items()]
-        return Dataset(name=self.name, gallery=gallery, queries=queries, skipped=bad)
+        return Dataset(name=self.name, gallery=gallery, queries=queries, skipped=bad_items.skipped)

@@ -24,8 +24,6 @@ Formats (`dataset.format`):
 from __future__ import annotations
 
 import csv
-import json
-import logging
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -33,42 +31,17 @@ from pathlib import Path
 from typing import Any
 
 from visa.data import Dataset, Item, build_dataset, check_count
-from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, check_many, media_kind
+from visa.data.files import BadItems, read_json, read_jsonl, read_text
+from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind
 from visa.errors import VisaError
 
-log = logging.getLogger("visa")
-
 Entry = tuple[str, list[str]]  # (media path relative to media_dir, captions)
-ON_BAD_ITEM = ("fail", "skip")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        # utf-8-sig: annotation files saved by Windows tools start with a byte-order mark
-        return path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise VisaError(f"cannot read {path}: {e}") from e
-
-
-def _read_json(path: Path) -> Any:
-    text = _read_text(path)
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise VisaError(f"{path} is not valid json ({e}); check dataset.annotation and dataset.format") from e
 
 
 def _read_json_or_jsonl(path: Path) -> list:
     if path.suffix.lower() == ".jsonl":
-        rows = []
-        for n, line in enumerate(_read_text(path).splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise VisaError(f"{path}:{n} is not valid json ({e})") from e
-        return rows
-    data = _read_json(path)
+        return [row for _, row in read_jsonl(path)]
+    data = read_json(path)
     if not isinstance(data, list):
         raise VisaError(
             f"{path}: expected a json list of entries, got {type(data).__name__}; check dataset.format"
@@ -96,7 +69,7 @@ def _texts(value: Any, path: Path) -> list[str]:
 
 # -- readers: (annotation path, split) -> entries ------------------------------------------------------------
 def read_karpathy(path: Path, split: str) -> Iterator[Entry]:
-    data = _read_json(path)
+    data = read_json(path)
     images = data.get("images") if isinstance(data, dict) else None
     if not isinstance(images, list):
         raise VisaError(
@@ -152,14 +125,14 @@ def read_lotlip(path: Path, split: str) -> Iterator[Entry]:
 
 
 def read_dci(path: Path, split: str) -> Iterator[Entry]:
-    splits = _read_json(path)
+    splits = read_json(path)
     if not isinstance(splits, dict):
         raise VisaError(f"{path}: expected DCI's splits.json, an object of split name -> annotation files")
     names = [n for files in splits.values() for n in files] if split == "all" else splits.get(split)
     if names is None:
         raise VisaError(f"{path}: no split {split!r}; choose dataset.split from {', '.join(splits)} or all")
     for name in names:
-        anno = _read_json(path.parent / "annotations" / name)
+        anno = read_json(path.parent / "annotations" / name)
         text = f"{_field(anno, ('short_caption',), path)}\n{anno.get('extra_caption', '')}".strip()
         yield _field(anno, ("image",), path), [text]
 
@@ -171,7 +144,7 @@ def _read_pairs(caption_dir: Path, media_dir: Path) -> Iterator[Entry]:
     if media_dir.is_dir():
         media = {p.stem: p.name for p in media_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS | VIDEO_EXTS}
     for txt in sorted(caption_dir.glob("*.txt")):
-        yield media.get(txt.stem, txt.stem + ".jpg"), [_read_text(txt).strip()]
+        yield media.get(txt.stem, txt.stem + ".jpg"), [read_text(txt).strip()]
 
 
 # LoTLIP's IIW retrieval set: the three human-annotated subsets, in this order, each with its image folder.
@@ -221,6 +194,32 @@ READERS: dict[str, Callable[[Path, str], Iterator[Entry]]] = {
     "iiw": read_iiw,
     "paired_folders": lambda path, split: iter(()),  # handled in load(): it needs media_dir
 }
+
+
+def detect_format(path: Path) -> str:
+    """The reader of an annotation file, told from its content (dataset.format=auto): Karpathy's
+    `{"images": [...]}`, DCI's splits object, MSRVTT's csv, or a list (json or jsonl) of BLIP/LAVIS
+    `{image, caption}`, InternVideo `{video, caption}` or LoTLIP/ShareGPT4V entries."""
+    if path.suffix.lower() == ".csv":
+        return "msrvtt_csv"
+    data = _read_json_or_jsonl(path) if path.suffix.lower() == ".jsonl" else read_json(path)
+    if isinstance(data, dict):
+        if isinstance(data.get("images"), list):
+            return "karpathy"
+        if data and all(isinstance(v, list) for v in data.values()):
+            return "dci"
+    elif isinstance(data, list) and data and isinstance(data[0], dict):
+        first = data[0]
+        if "conversations" in first or "IIW" in first or "image/key" in first:
+            return "lotlip"
+        if "caption" in first and "image" in first:
+            return "lavis"
+        if "caption" in first and "video" in first:
+            return "internvideo"
+    raise VisaError(
+        f"{path}: cannot tell the annotation format from the file; set dataset.format to one of "
+        f"{', '.join(f for f in READERS if f not in ('iiw', 'paired_folders'))}"
+    )
 
 
 def _join_paragraph(texts: list[str]) -> str:
@@ -290,8 +289,8 @@ class AnnotatedDataset:
 
     def entries(self) -> list[Entry]:
         """The annotation's (relative media path, captions) entries, in file order."""
-        if self.format not in READERS:
-            raise VisaError(f"dataset.format={self.format!r} is not one of {', '.join(READERS)}")
+        if self.format not in READERS and self.format != "auto":
+            raise VisaError(f"dataset.format={self.format!r} is not one of auto, {', '.join(READERS)}")
         annotation = self.root / self.annotation
         if self.format == "iiw":
             if not annotation.is_dir():
@@ -303,13 +302,11 @@ class AnnotatedDataset:
             return list(_read_pairs(annotation, self.root / self.media_dir))
         if not annotation.is_file():
             raise self._missing("annotation file", annotation, "annotation")
-        return list(READERS[self.format](annotation, self.split))
+        reader = detect_format(annotation) if self.format == "auto" else self.format
+        return list(READERS[reader](annotation, self.split))
 
     def load(self) -> Dataset:
-        if self.on_bad_item not in ON_BAD_ITEM:
-            raise VisaError(
-                f"dataset.on_bad_item={self.on_bad_item!r} must be one of {', '.join(ON_BAD_ITEM)}"
-            )
+        bad_items = BadItems(self.on_bad_item, self.name)
         check_count(self.max_items, "dataset.max_items")
         check_count(self.max_captions, "dataset.max_captions")
         if self.caption_rewrite not in CAPTION_REWRITES:
@@ -330,32 +327,18 @@ class AnnotatedDataset:
             merged = dict(list(merged.items())[: self.max_items])
         gallery: list[Item] = []
         captions: list[tuple[str, list[str]]] = []
-        self.skipped = []
-        problems = check_many(list(merged)) if self.check_items else {}
+        usable = bad_items.usable(list(merged)) if self.check_items else set(merged)
         for path, texts in merged.items():
             kind = media_kind(path)
-            if self.check_items:
-                problem = problems[path]
-                if problem is not None:
-                    if self.on_bad_item == "fail":
-                        raise VisaError(
-                            f"dataset {self.name}: bad {kind} {path}: {problem}; fix or remove it, or set "
-                            "dataset.on_bad_item=skip"
-                        )
-                    self.skipped.append(path)
-                    continue
+            if path not in usable:
+                continue
             item_id = os.path.relpath(path, media_root)
             gallery.append(Item(id=item_id, path=path, kind=kind))
             if self.max_captions:
                 texts = texts[: self.max_captions]
             captions.append((item_id, [_join_paragraph(texts)] if self.paragraph else texts))
-        if self.skipped:
-            log.warning(
-                "dataset %s: skipped %d bad item(s) (dataset.on_bad_item=skip), e.g. %s",
-                self.name,
-                len(self.skipped),
-                ", ".join(self.skipped[:3]),
-            )
+        bad_items.warn()
+        self.skipped = bad_items.skipped
         source = str(self.root / self.annotation)
         dataset = build_dataset(self.name, gallery, captions, source)
         dataset.skipped = list(self.skipped)

@@ -7,13 +7,13 @@ gallery items in recap-file order.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from visa.data import Dataset, Item, Precomputed, build_dataset
+from visa.data.files import read_json
 from visa.errors import VisaError
 
 _ID_KEYS = ("image_id", "video_id", "image", "video")
@@ -22,10 +22,7 @@ _ID_KEYS = ("image_id", "video_id", "image", "video")
 def _read_json(path: Path) -> Any:
     if not path.is_file():
         raise VisaError(f"missing release file {path}; check dataset.root and dataset.name")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VisaError(f"cannot parse {path}: {e}") from e
+    return read_json(path, "check the release file")
 
 
 def _entry_id(entry: dict, path: Path) -> str:

@@ -7,7 +7,9 @@ One class per backend, selected by `_target_` in the yaml (`conf/question_llm/`,
 - `visa.generation.hf.HFVisionGenerator`: a vision-language chat model through transformers;
 - `visa.generation.openai_api.OpenAIChatGenerator`: any OpenAI-compatible server (sglang, vLLM,
   `transformers serve`), attached by `url` or launched from `server` (`visa.generation.sglang.SGLangServer`);
-- `visa.generation.label_describer.LabelDescriber`: the demo's describer (an ImageNet classifier's labels).
+- `visa.generation.pixel_describer.PixelDescriber`: the demo's describer (facts measured on the pixels);
+  `visa.generation.label_describer.LabelDescriber`: the earlier labels-only one (an ImageNet classifier's);
+- `visa.generation.evidence_answerer.EvidenceAnswerer`: the demo's answerer (quotes the description).
 
 The chat backends share their sampling and media settings, `identity()` and message building through
 `visa.generation.chat.ChatSettings`. Constructors only store settings; weights load (or servers start) on

@@ -5,8 +5,8 @@ A stand-in for a captioning MLLM (none ships in a PyPI package); it ignores the 
 
 from __future__ import annotations
 
-from visa.backbones.imagenet import classnames, media_probabilities
 from visa.errors import VisaError
+from visa.imagenet import classnames, media_probabilities
 from visa.prompts import Prompt
 
 

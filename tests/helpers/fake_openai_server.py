@@ -10,7 +10,7 @@ flight at once. `capacity` bounds how many requests it works on at once (a GPU s
 wait their turn.
 
 Run it alone (for the benchmark, so that the client and the server do not share one interpreter):
-    python tests/fake_openai_server.py --latency 0.05    # prints the URL, serves until killed
+    python tests/helpers/fake_openai_server.py --latency 0.05    # prints the URL, serves until killed
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import tiny_models
 import torch
+
+from . import tiny_models
 
 # the tiny tower: 32x32 images, 8x8 patches (16 image tokens), width 48, 2 layers of 2 heads
 VISION = {

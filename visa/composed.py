@@ -1,0 +1,37 @@
+"""VISA on hybrid-modal data: what the text stages see when a query carries a reference item, or a gallery
+item carries text (see docs/composed.md).
+
+- A composed query's target is "the reference, changed as the text says". The text-only stages (question
+  LLM, re-ranker) cannot see the reference image, so they get its general description (the describe
+  stage's, the same one candidates get) with the modification text: `composed_query_text`.
+- A gallery item's own text (a caption, a passage) is part of what the re-ranker reads about it: it goes
+  ahead of the item's description in the passage. A text-only item's description is its text.
+"""
+
+from __future__ import annotations
+
+from visa.data import Item, Query
+
+
+def composed_query_text(query: Query, descriptions: dict[str, str]) -> str:
+    """The query as the question LLM and the re-ranker read it: the query text alone, or for a composed
+    query the reference's description followed by the requested change."""
+    if query.reference is None:
+        return query.text
+    reference = " ".join(descriptions[query.reference.id].split()).rstrip(".")
+    change = query.text.strip().rstrip(".")
+    return f"{reference}, but changed as follows: {change}."
+
+
+def query_item(query: Query) -> Item:
+    """A composed query as the item the backbone embeds: the reference's media with the query's text."""
+    assert query.reference is not None
+    ref = query.reference
+    return Item(id=ref.id, path=ref.path, kind=ref.kind, text=query.text)
+
+
+def item_passage_text(item: Item, description: str) -> str:
+    """What the re-ranker reads about an item after the answers: its own text, then its description."""
+    if item.kind == "text" or not item.text:
+        return description
+    return f"{item.text.strip()} {description.strip()}"
