@@ -6,9 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.videos import make_video
 from hydra import compose, initialize_config_dir
 from PIL import Image
-from test_video import make_video
 
 from visa.config import check_part, register
 from visa.data.folder import FolderDataset

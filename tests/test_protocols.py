@@ -90,7 +90,7 @@ def test_didemo_paragraph_joins_sentences_with_one_space(tmp_path):
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose("config", overrides=["dataset=didemo", f"data_dir={tmp_path}"])
     assert cfg.dataset.paragraph is True
-    from test_video import make_video
+    from helpers.videos import make_video
 
     root = tmp_path / "didemo"
     (root / "videos").mkdir(parents=True)

@@ -3,10 +3,10 @@
 Each of the 12 experiment cells runs as a user would start it, `python -m visa.run experiment=<cell>`, with
 only the data location overridden (`data_dir=`; LoTLIP's checkpoint folder through its LOTLIP_DIR variable, as
 its config reads it). Every model id the cell names resolves, offline, to a tiny random-weight checkpoint in
-that model's published layout inside a temporary `HF_HOME` (tests/rehearsal_hub.py), and every dataset is a
-tiny copy in its published format. So a wrong hub id, loader path, processor call or chat template fails here,
-not on a GPU node. Stand-ins (same files, code that runs on CPU): InternVideo2's and EVA-CLIP-18B's hub code,
-LoTLIP's open_clip fork (stock open_clip reads its open_clip_config.json). The tiny question LLM's
+that model's published layout inside a temporary `HF_HOME` (tests/helpers/rehearsal_hub.py), and every dataset
+is a tiny copy in its published format. So a wrong hub id, loader path, processor call or chat template fails
+here, not on a GPU node. Stand-ins (same files, code that runs on CPU): InternVideo2's and EVA-CLIP-18B's hub
+code, LoTLIP's open_clip fork (stock open_clip reads its open_clip_config.json). The tiny question LLM's
 generation_config spells a reply in the reference's layout, so that questions parse and the answer stage runs
 too."""
 
@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import rehearsal_hub as hub
-import tiny_models
+from helpers import rehearsal_hub as hub
+from helpers import tiny_models
 
 REPO = Path(__file__).resolve().parents[1]
 # The paper's table cells (shared METHOD.md): text-to-image, text-to-video and long-text retrieval

@@ -14,10 +14,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import tiny_models
 import torch
 from PIL import Image
-from test_video import make_video
+
+from helpers import tiny_models
+from helpers.videos import make_video
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex name; refs/main points at it
 BGE_FIXTURE = Path(__file__).parent / "fixtures" / "bge_lightweight" / "checkpoint"  # published layout
