@@ -21,7 +21,7 @@ from helpers import tiny_models
 from helpers.videos import make_video
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"  # any 40-hex name; refs/main points at it
-BGE_FIXTURE = Path(__file__).parent / "fixtures" / "bge_lightweight" / "checkpoint"  # published layout
+BGE_FIXTURE = Path(__file__).parents[1] / "fixtures" / "bge_lightweight" / "checkpoint"  # published layout
 
 
 def hub_repo(hf_home: Path, repo_id: str) -> Path:
