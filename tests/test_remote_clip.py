@@ -4,12 +4,11 @@ folder, a model exposing encode_image / encode_text, the CLIP tokenizer files an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_models
+from helpers import rehearsal_hub, tiny_models
 from hydra import compose, initialize_config_dir
 
 from visa.backbones.remote_clip import RemoteCodeClip  # noqa: E402
@@ -19,49 +18,14 @@ from visa.errors import VisaError  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
-# The stand-in's code, written into the model folder as the hub repository holds modeling_evaclip.py.
-CONFIG_CODE = """
-from transformers import CLIPConfig
-
-
-class StandInEvaClipConfig(CLIPConfig):
-    model_type = "clip"
-"""
-MODEL_CODE = """
-import torch
-from transformers import CLIPModel
-
-from .configuration_standin import StandInEvaClipConfig
-
-
-def _tensor(out):
-    return out if isinstance(out, torch.Tensor) else out.pooler_output
-
-
-class StandInEvaClip(CLIPModel):
-    config_class = StandInEvaClipConfig
-
-    def encode_image(self, pixel_values):
-        return _tensor(self.get_image_features(pixel_values=pixel_values))
-
-    def encode_text(self, input_ids):
-        return _tensor(self.get_text_features(input_ids=input_ids))
-"""
-
 
 @pytest.fixture(scope="module")
 def standin(tmp_path_factory) -> Path:
     folder = tiny_models.hf_dual_dir(tmp_path_factory.mktemp("eva") / "EVA-CLIP-18B", "clip")
     (folder / "preprocessor_config.json").unlink()  # BAAI's repository has none
-    (folder / "configuration_standin.py").write_text(CONFIG_CODE)
-    (folder / "modeling_standin.py").write_text(MODEL_CODE)
-    config = json.loads((folder / "config.json").read_text())
-    config["architectures"] = ["StandInEvaClip"]
-    config["auto_map"] = {
-        "AutoConfig": "configuration_standin.StandInEvaClipConfig",
-        "AutoModel": "modeling_standin.StandInEvaClip",
-    }
-    (folder / "config.json").write_text(json.dumps(config))
+    rehearsal_hub.add_eva_clip_code(
+        folder
+    )  # the modelling code in the folder, as the hub repository holds it
     return folder
 
 

@@ -134,6 +134,12 @@ def eva_clip_remote_code(folder: Path) -> None:
     torch.manual_seed(0)
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    add_eva_clip_code(folder)
+
+
+def add_eva_clip_code(folder: Path) -> None:
+    """Turn a saved transformers CLIP folder into EVA-CLIP-18B's remote-code layout: the stand-in modelling
+    files beside the weights and a config.json whose auto_map names them."""
     (folder / "configuration_standin.py").write_text(_EVA_CONFIG_CODE)
     (folder / "modeling_standin.py").write_text(_EVA_MODEL_CODE)
     config = json.loads((folder / "config.json").read_text())
