@@ -19,9 +19,11 @@ from hydra import compose, initialize_config_dir
 
 from visa.cache import SQLiteStore, default_cache_dir
 from visa.config import instantiate_part, register
-from visa.fusion import rerank
-from visa.metrics import recall_at_k
-from visa.pipeline import Run, Settings
+from visa.method.fusion import rerank
+from visa.method.metrics import recall_at_k
+from visa.method.retrieve import retrieve
+from visa.method.settings import RetrievalSettings, Settings
+from visa.method.stages import Run
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -32,12 +34,15 @@ def description_rerank(describer: str, overrides: list[str]) -> tuple[dict, dict
         cfg = compose("config", overrides=[f"describer={describer}", "progress=false", *overrides])
     dataset = instantiate_part(cfg, "dataset").load()
     fusion = instantiate_part(cfg, "fusion")
-    settings = Settings(top_k=cfg.retrieval.top_k, recall_at=list(cfg.recall_at), progress=False)
+    settings = Settings(
+        retrieval=RetrievalSettings(top_k=cfg.retrieval.top_k), recall_at=list(cfg.recall_at), progress=False
+    )
     cache = SQLiteStore(cfg.cache_dir or default_cache_dir())
     try:
         run = Run(dataset, settings, cache)
-        base_scores, candidates = run.retrieve(instantiate_part(cfg, "backbone"))
-        k = min(settings.top_k, candidates.shape[1])
+        retrieved = retrieve(run, instantiate_part(cfg, "backbone"))
+        base_scores, candidates = retrieved.scores, retrieved.candidates
+        k = min(settings.retrieval.top_k, candidates.shape[1])
         top = candidates[:, :k]
         items = [dataset.gallery[i] for i in sorted(set(top.flatten().tolist()))]
         descriptions = run.describe(instantiate_part(cfg, "describer"), items)

@@ -22,8 +22,9 @@ from tests.helpers import tiny_models
 from visa.cache import SQLiteStore
 from visa.data import Dataset, Item, Query
 from visa.generation.hf import HFVisionGenerator, load_vision_model
-from visa.pipeline import Run, Settings
-from visa.prompts import Prompt, Questions
+from visa.method.prompts import Prompt, Questions
+from visa.method.settings import AnswersSettings, RetrievalSettings, Settings
+from visa.method.stages import Run
 
 
 def throughput(vlm: Path, images: list[Path], n: int, new_tokens: int, batch_size: int) -> float:
@@ -53,7 +54,13 @@ def vision_calls(vlm: Path, images: list[Path], top_k: int, num_questions: int, 
         Questions(["dog", "red car"], [f"Question {i} about the dog?" for i in range(num_questions)], True)
     ]
     with tempfile.TemporaryDirectory() as cache_dir:
-        run = Run(dataset, Settings(top_k=top_k, answer_mode=mode, progress=False), SQLiteStore(cache_dir))
+        run = Run(
+            dataset,
+            Settings(
+                retrieval=RetrievalSettings(top_k=top_k), answers=AnswersSettings(mode=mode), progress=False
+            ),
+            SQLiteStore(cache_dir),
+        )
         run.answer(gen, questions, torch.arange(top_k).view(1, -1), {})
     handle.remove()
     return sum(seen), run.runner.stats["answer"].computed

@@ -5,7 +5,7 @@
 
 The cold run uses a fresh, empty cache; the warm run repeats it on the filled cache (nothing is computed,
 no model is loaded). The memory figure is the peak resident-set growth (VmHWM, reset before the search) of
-`visa.retrieval.topk_search` over
+`visa.method.retrieval.topk_search` over
 25,000 query x 5,000 item embeddings (dim 1152, SigLIP-SO400M's width), measured in a fresh process.
 """
 
@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 MEMORY_PROBE = """
 import sys, torch
-from visa.retrieval import topk_search
+from visa.method.retrieval import topk_search
 
 def status(field):  # kB -> bytes
     for line in open("/proc/self/status"):

@@ -4,7 +4,7 @@
     python experiments/bench_scale.py servers     # 4 fake servers vs 1; one of 4 killed mid-run
     python experiments/bench_scale.py shards dataset.limit=3 retrieval.top_k=2   # 2 shards vs 1 process
 
-topk: exact top-20 search of random unit vectors (dim 768) with `visa.retrieval.topk_search`, once per
+topk: exact top-20 search of random unit vectors (dim 768) with `visa.method.retrieval.topk_search`, once per
 engine, each in a fresh process: wall time of the search and its peak resident-set growth (VmHWM, reset
 just before the search, so the embeddings themselves are not counted), and whether the engines return
 the same candidates.
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 TOPK_PROBE = """
 import json, sys, time
 import numpy as np, torch
-from visa.retrieval import topk_search
+from visa.method.retrieval import topk_search
 
 def status(field):  # kB -> bytes
     for line in open("/proc/self/status"):
@@ -120,7 +120,7 @@ def servers(args: argparse.Namespace) -> None:
 
     from visa.cache import SQLiteStore, StageRunner
     from visa.generation.openai_api import OpenAIChatGenerator
-    from visa.prompts import Prompt
+    from visa.method.prompts import Prompt
 
     def client(urls: list[str]) -> OpenAIChatGenerator:
         return OpenAIChatGenerator(

@@ -26,7 +26,7 @@ from pathlib import Path
 from visa.cache import SQLiteStore, StageRunner, make_key
 from visa.data.media import package_dir
 from visa.generation.openai_api import OpenAIChatGenerator
-from visa.prompts import Prompt, answer_prompt
+from visa.method.prompts import Prompt, answer_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 

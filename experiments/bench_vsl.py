@@ -6,8 +6,8 @@
             the pair similarity (the step minus the same step through the encoders alone);
   eval      a 1K test (1,000 images x 5,000 captions) scored with shards of 100 x 100 and with one shard,
             time and peak memory (small model dims, so that it runs in a minute on a shared CPU);
-  pairwise  the VISA retrieve stage's pairwise path (visa.pairwise) over 5,000 images, peak memory as the
-            number of queries grows (small dims).
+  pairwise  the VISA retrieve stage's pairwise path (visa.method.pairwise) over 5,000 images, peak memory as
+            the number of queries grows (small dims).
 
     python experiments/bench_vsl.py all          # or: train | eval | pairwise
 Each measurement runs in its own process, so that its peak resident memory (ru_maxrss) is its own.
@@ -107,7 +107,7 @@ def bench_eval(shard: int | None) -> dict:
 
 def bench_pairwise(n_images: int, n_queries: int) -> dict:
     from visa.data import Item
-    from visa.pairwise import pairwise_topk_stream
+    from visa.method.pairwise import pairwise_topk_stream
 
     model = small_matcher()
     g = torch.Generator().manual_seed(0)

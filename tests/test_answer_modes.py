@@ -7,11 +7,12 @@ import torch
 from helpers import tiny_models
 
 from visa.cache import SQLiteStore  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
-from visa.errors import VisaError  # noqa: E402
 from visa.generation.hf import HFVisionGenerator  # noqa: E402
-from visa.pipeline import Run, Settings  # noqa: E402
-from visa.prompts import Questions, all_answers_prompt, parse_all_answers  # noqa: E402
+from visa.method.prompts import Questions, all_answers_prompt, parse_all_answers  # noqa: E402
+from visa.method.settings import AnswersSettings, RetrievalSettings, Settings
+from visa.method.stages import Run  # noqa: E402
 
 QUESTIONS = ["Is there a dog in the picture?", "What colour is the car?", "How many people are there?"]
 
@@ -30,7 +31,11 @@ def setup(tmp_path_factory):
 def test_calls_and_media_per_mode(setup, mode, calls_per_candidate, tmp_path):
     dataset, vlm, _ = setup
     gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=3, batch_size=8)
-    run = Run(dataset, Settings(top_k=2, answer_mode=mode, progress=False), SQLiteStore(tmp_path / "cache"))
+    run = Run(
+        dataset,
+        Settings(retrieval=RetrievalSettings(top_k=2), answers=AnswersSettings(mode=mode), progress=False),
+        SQLiteStore(tmp_path / "cache"),
+    )
     questions = [Questions(["dog"], QUESTIONS, True), Questions(["people"], QUESTIONS, True)]
     candidates = torch.tensor([[0, 1], [1, 2]])
     answers = run.answer(gen, questions, candidates, {})
@@ -46,7 +51,13 @@ def test_mode_is_part_of_the_cache_key(setup, tmp_path):
     questions = [Questions([], QUESTIONS[:1], True), Questions([], QUESTIONS[:1], True)]
     candidates = torch.tensor([[0], [1]])
     for mode, computed in (("per_question", 2), ("per_candidate", 2), ("per_question", 0)):
-        run = Run(dataset, Settings(top_k=1, answer_mode=mode, progress=False), cache)
+        run = Run(
+            dataset,
+            Settings(
+                retrieval=RetrievalSettings(top_k=1), answers=AnswersSettings(mode=mode), progress=False
+            ),
+            cache,
+        )
         run.answer(gen, questions, candidates, {})
         assert run.runner.stats["answer"].computed == computed, mode
 
@@ -62,4 +73,4 @@ def test_all_answers_prompt_and_parsing():
     ]
     assert parse_all_answers("A dog.", 1) == ["A dog."]
     with pytest.raises(VisaError, match="answers.mode"):
-        Settings(answer_mode="per_item")
+        Settings(answers=AnswersSettings(mode="per_item"))

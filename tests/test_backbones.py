@@ -8,8 +8,8 @@ from helpers import tiny_models
 
 from visa.backbones.hf_dual import HFDualEncoder  # noqa: E402
 from visa.backbones.open_clip import OpenClipBackbone  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Item  # noqa: E402
-from visa.errors import VisaError  # noqa: E402
 
 TEXTS = ["a dog running on the grass", "two cats", "a red car on the street " * 30, "people at the beach"]
 

@@ -312,9 +312,10 @@ def test_a_scorer_that_gives_infinity_stops_the_run_naming_the_query(tmp_path):
     from transformers import XLMRobertaForSequenceClassification
 
     from visa.cache import SQLiteStore
+    from visa.core.errors import VisaError
     from visa.data import Dataset, Item, Query
-    from visa.errors import VisaError
-    from visa.pipeline import Run, Settings
+    from visa.method.settings import RetrievalSettings, Settings
+    from visa.method.stages import Run
     from visa.scorers.hf_cross_encoder import HFCrossEncoder
 
     folder = tiny_models.cross_encoder_dir(tmp_path / "ce")
@@ -323,7 +324,11 @@ def test_a_scorer_that_gives_infinity_stops_the_run_naming_the_query(tmp_path):
         model.classifier.out_proj.bias.fill_(float("inf"))
     model.save_pretrained(folder)
     dataset = Dataset("tiny", [Item("a", "a.jpg")], [Query("a dog on the grass", (0,))])
-    run = Run(dataset, Settings(top_k=1, progress=False), SQLiteStore(tmp_path / "cache"))
+    run = Run(
+        dataset,
+        Settings(retrieval=RetrievalSettings(top_k=1), progress=False),
+        SQLiteStore(tmp_path / "cache"),
+    )
     with pytest.raises(
         VisaError, match=r"the scorer's score is not a finite number for 'a dog on the grass'"
     ):

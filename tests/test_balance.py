@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.generation.balance import ServerPool
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.scorers.bge_lightweight import BGELightweightReranker, load_lightweight
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bge_lightweight"

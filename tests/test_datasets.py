@@ -11,9 +11,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from visa.config import check_part, register
+from visa.core.errors import VisaError
 from visa.data.folder import FolderDataset
 from visa.data.formats import AnnotatedDataset
-from visa.errors import VisaError
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 BENCHMARKS = ("coco", "flickr30k", "msrvtt", "lsmdc", "didemo", "msvd", "dci", "iiw", "urban1k", "sharegpt4v")

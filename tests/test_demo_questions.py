@@ -4,10 +4,9 @@ import re
 
 import pytest
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.generation.evidence_answerer import EvidenceAnswerer, clauses, questions_of
-from visa.pipeline import Settings
-from visa.prompts import (
+from visa.method.prompts import (
     QUESTION_PROMPTS,
     UNCERTAIN,
     Prompt,
@@ -16,6 +15,7 @@ from visa.prompts import (
     parse_questions,
     question_prompt,
 )
+from visa.method.settings import QuestionsSettings, Settings
 
 DESCRIPTION = (
     "A black and white (grayscale) photo. It most likely shows a tripod (94% sure); it could also show "
@@ -49,7 +49,7 @@ def test_copying_the_fewshot_examples_does_not_parse():
 
 def test_unknown_question_prompt_is_one_clear_error():
     with pytest.raises(VisaError, match="questions.prompt='tiny'"):
-        Settings(question_prompt="tiny")
+        Settings(questions=QuestionsSettings(prompt="tiny"))
 
 
 def test_description_is_cut_into_clauses_that_keep_their_heading():

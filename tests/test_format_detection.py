@@ -10,8 +10,8 @@ from conftest import REPO
 from omegaconf import OmegaConf
 from PIL import Image
 
+from visa.core.errors import VisaError
 from visa.data.formats import AnnotatedDataset, detect_format
-from visa.errors import VisaError
 
 
 def image(path: Path) -> None:

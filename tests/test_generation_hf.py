@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from helpers import tiny_models
 
-from visa.errors import VisaError  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
 from visa.generation.hf import HFTextGenerator, HFVisionGenerator  # noqa: E402
-from visa.prompts import Prompt  # noqa: E402
+from visa.method.prompts import Prompt  # noqa: E402
 
 
 @pytest.fixture(scope="module")

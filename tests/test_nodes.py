@@ -17,9 +17,9 @@ from helpers import tiny_models
 
 from visa.backbones.open_clip import OpenClipBackbone  # noqa: E402
 from visa.cache import SQLiteStore  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Item  # noqa: E402
-from visa.errors import VisaError  # noqa: E402
-from visa.pipeline import visual_keys  # noqa: E402
+from visa.method.keys import visual_keys  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ from visa.backbones.open_clip import OpenClipBackbone
 from visa.backbones.parallel import encode_across_nodes, start_nodes
 from visa.cache import SQLiteStore
 from visa.data import Item
-from visa.pipeline import visual_keys
+from visa.method.keys import visual_keys
 
 model, cache_dir, *paths = sys.argv[1:]
 items = [Item(f"i{n}", p) for n, p in enumerate(paths)]

@@ -2,7 +2,7 @@
 
 from conftest import SMALL_DEMO, read_run, run_cli
 
-from visa.pipeline import MODEL_STAGES
+from visa.method.stages import MODEL_STAGES
 
 
 def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):

@@ -5,10 +5,10 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 from skimage import data
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.generation import pixel_signals as px
 from visa.generation.pixel_describer import PixelDescriber
-from visa.prompts import Prompt
+from visa.method.prompts import Prompt
 
 
 def _image(array: np.ndarray) -> Image.Image:

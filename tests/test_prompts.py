@@ -1,4 +1,4 @@
-from visa.prompts import (
+from visa.method.prompts import (
     FALLBACK_QUESTIONS,
     Prompt,
     all_answers_prompt,

@@ -10,8 +10,8 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from visa.config import register
+from visa.core.errors import VisaError
 from visa.data.formats import AnnotatedDataset, rewrite_lotlip
-from visa.errors import VisaError
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

@@ -7,12 +7,13 @@ import pytest
 from helpers import tiny_models
 
 from visa.cache import SQLiteStore  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
-from visa.errors import VisaError  # noqa: E402
 from visa.generation.hf import HFTextGenerator  # noqa: E402
 from visa.generation.openai_api import OpenAIChatGenerator  # noqa: E402
-from visa.pipeline import Run, Settings  # noqa: E402
-from visa.prompts import Prompt  # noqa: E402
+from visa.method.prompts import Prompt  # noqa: E402
+from visa.method.settings import QuestionsSettings, RetrievalSettings, Settings
+from visa.method.stages import Run  # noqa: E402
 
 GOOD = "key phrases:\n1. a dog\nquestions:\n1. Is there a dog?\n2. Is it brown?\n3. Is it running?"
 
@@ -50,7 +51,11 @@ def _dataset(tmp_path) -> Dataset:
 def test_unparsed_replies_are_retried_with_new_seeds_then_fall_back(tmp_path):
     dataset = _dataset(tmp_path)
     llm = ScriptedLLM({"zebra": 0, "yak": 2, "xerus": None})  # parses at once, on retry 2, never
-    settings = Settings(top_k=1, question_retries=2, retry_temperature=0.2, progress=False)
+    settings = Settings(
+        retrieval=RetrievalSettings(top_k=1),
+        questions=QuestionsSettings(retries=2, retry_temperature=0.2),
+        progress=False,
+    )
     run = Run(dataset, settings, SQLiteStore(tmp_path / "cache"))
     questions = run.ask(llm)
     assert [q.parsed for q in questions] == [True, True, False]
@@ -69,11 +74,15 @@ def test_unparsed_replies_are_retried_with_new_seeds_then_fall_back(tmp_path):
 
 def test_no_retries_falls_back_at_once(tmp_path):
     llm = ScriptedLLM({"zebra": 0, "yak": 2, "xerus": None})
-    run = Run(_dataset(tmp_path), Settings(question_retries=0, progress=False), SQLiteStore(tmp_path / "c"))
+    run = Run(
+        _dataset(tmp_path),
+        Settings(questions=QuestionsSettings(retries=0), progress=False),
+        SQLiteStore(tmp_path / "c"),
+    )
     assert [q.parsed for q in run.ask(llm)] == [True, False, False]
     assert len(llm.requests) == 3
     with pytest.raises(VisaError, match="questions.retries"):
-        Settings(question_retries=-1)
+        Settings(questions=QuestionsSettings(retries=-1))
 
 
 def test_generators_take_a_prompts_seed_and_temperature():

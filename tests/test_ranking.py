@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from visa.errors import VisaError
-from visa.fusion import MinMaxFusion, minmax, rerank
-from visa.metrics import recall_at_k
-from visa.retrieval import topk_search
+from visa.core.errors import VisaError
+from visa.method.fusion import MinMaxFusion, minmax, rerank
+from visa.method.metrics import recall_at_k
+from visa.method.retrieval import topk_search
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])

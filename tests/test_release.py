@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
+from visa.core.errors import VisaError
 from visa.data.release import VisaRelease
-from visa.errors import VisaError
-from visa.fusion import MinMaxFusion
-from visa.pipeline import Settings, evaluate_precomputed
+from visa.method.fusion import MinMaxFusion
+from visa.method.pipeline import evaluate_precomputed
+from visa.method.settings import RetrievalSettings, Settings
 
 
 def write_release(root, name, base, text, n_items, captions_per_item=2):
@@ -49,7 +50,7 @@ def test_release_reproduction_matches_the_formula(tmp_path):
     write_release(tmp_path, "flickr", base, text, n_items)
     data = VisaRelease(str(tmp_path), "flickr").load()
     assert len(data.queries) == 24 and len(data.gallery) == 12 and data.queries[3].relevant == (1,)
-    settings = Settings(top_k=k, recall_at=(1, 5, 10), progress=False)
+    settings = Settings(retrieval=RetrievalSettings(top_k=k), recall_at=list((1, 5, 10)), progress=False)
     metrics, results = evaluate_precomputed(data, MinMaxFusion(0.5), settings)
 
     ref = reference_fusion_ranks(base.astype(np.float64), text.astype(np.float64), k)
@@ -84,7 +85,9 @@ def test_precomputed_scores_keep_base_order_beyond_k(tmp_path):
         json.dumps([{"image_id": "i1", "captions": ["a"]}, {"image_id": "i0", "captions": ["b"]}])
     )
     data = VisaRelease(str(tmp_path), "x").load()
-    metrics, results = evaluate_precomputed(data, MinMaxFusion(0.5), Settings(top_k=3, recall_at=(1, 3, 4)))
+    metrics, results = evaluate_precomputed(
+        data, MinMaxFusion(0.5), Settings(retrieval=RetrievalSettings(top_k=3), recall_at=list((1, 3, 4)))
+    )
     # query 0: fused = 0.5 * minmax(base) + 0.5 * minmax(text) = [0.5, 0.75, 0] over i0, i1, i2
     assert [r["id"] for r in results[0]["visa_top"]] == ["i1", "i0", "i2"]
     # query 1: no text signal, so the base order; its item i0 is 4th, beyond K, where the base order holds

@@ -12,11 +12,12 @@ from hydra import compose, initialize_config_dir
 
 from visa.cache import SQLiteStore  # noqa: E402
 from visa.config import check_part, instantiate_part, register  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
-from visa.errors import VisaError  # noqa: E402
 from visa.generation.release_describer import ReleaseDescriber  # noqa: E402
-from visa.pipeline import Run, Settings  # noqa: E402
-from visa.prompts import Prompt  # noqa: E402
+from visa.method.prompts import Prompt  # noqa: E402
+from visa.method.settings import Settings
+from visa.method.stages import Run  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

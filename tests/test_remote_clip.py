@@ -13,8 +13,8 @@ from hydra import compose, initialize_config_dir
 
 from visa.backbones.remote_clip import RemoteCodeClip  # noqa: E402
 from visa.config import check_part, register  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Item  # noqa: E402
-from visa.errors import VisaError  # noqa: E402
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 

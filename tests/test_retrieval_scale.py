@@ -5,8 +5,8 @@ import sys
 import pytest
 import torch
 
-from visa.errors import VisaError
-from visa.retrieval import check_index, topk_search
+from visa.core.errors import VisaError
+from visa.method.retrieval import check_index, topk_search
 
 
 def _embeddings(n_q: int, n_g: int, dim: int = 16):

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from helpers import tiny_models
 
-from visa.errors import VisaError  # noqa: E402
-from visa.prompts import build_passage  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
+from visa.method.prompts import build_passage  # noqa: E402
 from visa.scorers.bge_lightweight import BGELightweightReranker  # noqa: E402
 from visa.scorers.hf_cross_encoder import HFCrossEncoder  # noqa: E402
 

@@ -10,9 +10,9 @@ import pytest
 from helpers.fake_openai_server import FakeOpenAIServer
 from test_sglang_launch import fake_sglang as fake_sglang  # a fixture
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.generation.openai_api import OpenAIChatGenerator
-from visa.prompts import Prompt
+from visa.method.prompts import Prompt
 
 
 def client(urls, **kw) -> OpenAIChatGenerator:

@@ -11,10 +11,10 @@ import pytest
 from helpers.fake_openai_server import FakeOpenAIServer
 from PIL import Image
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.generation.openai_api import OpenAIChatGenerator
 from visa.generation.sglang import SGLangServer
-from visa.prompts import Prompt, answer_prompt
+from visa.method.prompts import Prompt, answer_prompt
 
 
 def client(url: str, **kw) -> OpenAIChatGenerator:

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from helpers.fake_openai_server import FakeOpenAIServer
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.generation.openai_api import OpenAIChatGenerator
 from visa.generation.sglang import SGLangServer
-from visa.prompts import Prompt
+from visa.method.prompts import Prompt
 
 TESTS = Path(__file__).resolve().parent
 
@@ -160,7 +160,7 @@ def test_the_server_stops_when_the_program_ends(fake_sglang, ending):
 import sys
 from visa.generation.openai_api import OpenAIChatGenerator
 from visa.generation.sglang import SGLangServer
-from visa.prompts import Prompt
+from visa.method.prompts import Prompt
 server = SGLangServer("org/model", port={free_port()}, python=sys.executable, startup_timeout=60)
 gen = OpenAIChatGenerator(model="org/model", server=server)
 print(gen.generate([Prompt("hello")]))

@@ -16,7 +16,7 @@ from helpers.fake_openai_server import FakeOpenAIServer
 
 from visa.cache import SQLiteStore, StageRunner, make_key
 from visa.generation.openai_api import OpenAIChatGenerator
-from visa.prompts import Prompt
+from visa.method.prompts import Prompt
 
 N = 300
 CONCURRENCY = 4
@@ -25,7 +25,7 @@ STAGE = """
 import sys
 from visa.cache import SQLiteStore, StageRunner, make_key
 from visa.generation.openai_api import OpenAIChatGenerator
-from visa.prompts import Prompt
+from visa.method.prompts import Prompt
 
 url, cache_dir, n, concurrency = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 gen = OpenAIChatGenerator(model="fake-model", url=url, max_concurrency=concurrency)

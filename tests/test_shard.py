@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from visa.errors import VisaError
-from visa.shard import Shard, wait_for_others
+from visa.core.errors import VisaError
+from visa.method.shard import Shard, wait_for_others
 
 
 def test_shares_are_disjoint_and_cover_everything():
@@ -59,7 +59,8 @@ def test_computes_the_rest_when_others_stall():
 def _run(tmp_path, index: int, idle: float = 30.0):
     from visa.cache import SQLiteStore
     from visa.data import Dataset
-    from visa.pipeline import Run, Settings
+    from visa.method.settings import Settings
+    from visa.method.stages import Run
 
     shard = Shard(2, index, idle_seconds=idle, poll_seconds=0.02)
     return Run(Dataset("d", [], []), Settings(progress=False, shard=shard), SQLiteStore(tmp_path))
@@ -83,7 +84,7 @@ def test_two_shards_of_a_shared_stage_each_compute_half_and_both_get_everything(
 
     def shard(i):
         run = _run(tmp_path, i)
-        out[i] = run._stage("encode_text", keys, inputs, _square(calls[i]))
+        out[i] = run.stage("encode_text", keys, inputs, _square(calls[i]))
 
     threads = [threading.Thread(target=shard, args=(i,)) for i in range(2)]
     for t in threads:
@@ -97,7 +98,7 @@ def test_two_shards_of_a_shared_stage_each_compute_half_and_both_get_everything(
 def test_a_shard_alone_computes_the_rest_after_the_idle_time(tmp_path):
     calls: list = []
     run = _run(tmp_path, 1, idle=0.2)
-    assert run._stage("describe", ["a", "b", "c"], [1, 2, 3], _square(calls)) == [1, 4, 9]
+    assert run.stage("describe", ["a", "b", "c"], [1, 2, 3], _square(calls)) == [1, 4, 9]
     assert calls == [2, 1, 3] and run.runner.stats["describe"].computed == 3
     # a stage split by query is not shared: the caller passes only this shard's inputs
-    assert run._stage("answer", ["x"], [5], _square(calls)) == [25]
+    assert run.stage("answer", ["x"], [5], _square(calls)) == [25]

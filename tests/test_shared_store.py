@@ -13,18 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from visa.cache import _decode, _encode
-from visa.shared_store import FOLDER, SharedFolderStore, encode_record, rewrite, scan
+from visa.cache.codec import encode_value
+from visa.cache.shared import FOLDER, SharedFolderStore, encode_record, rewrite, scan
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A writer process: puts keys "<tag>-<i>" (and keys shared by every writer) with values derived from the key.
 WRITER = """
 import sys, time
-from visa.cache import _decode, _encode
-from visa.shared_store import SharedFolderStore
+from visa.cache.shared import SharedFolderStore
 folder, tag, count, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-store = SharedFolderStore(folder, _encode, _decode)
+store = SharedFolderStore(folder)
 for i in range(count):
     own, shared = f"{tag}-{i}", f"shared-{i % 50}"
     batch = {own: {"text": f"value of {own}"}, shared: {"text": f"value of {shared}"}}
@@ -48,7 +47,7 @@ def _writer(folder: Path, tag: str, count: int, pause: float = 0.0) -> subproces
 
 
 def _reader(folder: Path) -> SharedFolderStore:
-    return SharedFolderStore(folder, _encode, _decode)
+    return SharedFolderStore(folder)
 
 
 def _expected(key: str) -> dict:
@@ -77,7 +76,7 @@ def test_writer_killed_mid_write_loses_only_its_unfinished_record(tmp_path):
     proc.wait(timeout=30)
     (log,) = (tmp_path / FOLDER).iterdir()
     # what a node crash or a network filesystem can leave: the start of a record without its end
-    torn = encode_record("k-torn", "answer", "qwen2-vl", _encode({"text": "never complete"}))
+    torn = encode_record("k-torn", "answer", "qwen2-vl", encode_value({"text": "never complete"}))
     with open(log, "ab") as f:
         f.write(torn[: len(torn) // 2])
     reader = _reader(tmp_path)
@@ -86,7 +85,7 @@ def test_writer_killed_mid_write_loses_only_its_unfinished_record(tmp_path):
     assert len(written) > 10 and "k-torn" not in reader.index
     assert reader.get_many(written) == {k: _expected(k) for k in written}
     # a later writer appends to its own file, and the folder still reads cleanly
-    later = SharedFolderStore(tmp_path, _encode, _decode)
+    later = SharedFolderStore(tmp_path)
     later.put_many("answer", {"k-torn": _expected("k-torn")}, model="qwen2-vl")
     later.close()
     assert _reader(tmp_path).get_many(["k-torn"]) == {"k-torn": _expected("k-torn")}
@@ -96,7 +95,7 @@ def test_writer_killed_mid_write_loses_only_its_unfinished_record(tmp_path):
 
 
 def test_damaged_record_stops_the_reader_there(tmp_path):
-    store = SharedFolderStore(tmp_path, _encode, _decode)
+    store = SharedFolderStore(tmp_path)
     store.put_many("describe", {"a": "first", "b": "second", "c": "third"}, model="m")
     store.close()
     (log,) = (tmp_path / FOLDER).iterdir()
@@ -122,7 +121,7 @@ def test_reader_while_writers_write_sees_only_correct_values(tmp_path):
 
 
 def test_arrays_round_trip_and_own_writes_are_readable(tmp_path):
-    store = SharedFolderStore(tmp_path, _encode, _decode)
+    store = SharedFolderStore(tmp_path)
     vector = np.arange(6, dtype=np.float32)
     store.put_many("encode_visual", {"v": vector}, model="siglip")
     assert np.array_equal(store.get_many(["v"])["v"], vector)
@@ -131,7 +130,7 @@ def test_arrays_round_trip_and_own_writes_are_readable(tmp_path):
 
 
 def test_a_run_that_writes_nothing_leaves_no_file(tmp_path):
-    store = SharedFolderStore(tmp_path, _encode, _decode)
+    store = SharedFolderStore(tmp_path)
     assert store.get_many(["x"]) == {}
     store.close()
     assert list((tmp_path / FOLDER).iterdir()) == []
@@ -139,7 +138,7 @@ def test_a_run_that_writes_nothing_leaves_no_file(tmp_path):
 
 def test_merge_and_prune(tmp_path):
     for n in range(3):
-        store = SharedFolderStore(tmp_path, _encode, _decode)
+        store = SharedFolderStore(tmp_path)
         store.put_many("answer", {f"a{n}": n, "same": 0}, model="mllm")
         store.put_many("score", {f"s{n}": float(n)}, model="reranker")
         store.close()
@@ -154,7 +153,7 @@ def test_merge_and_prune(tmp_path):
 
 
 def test_unfinished_log_of_a_running_writer_is_left_alone(tmp_path):
-    store = SharedFolderStore(tmp_path, _encode, _decode)
+    store = SharedFolderStore(tmp_path)
     store.put_many("answer", {"x": 1}, model="m")  # open: this process still writes it
     assert rewrite(tmp_path) == (0, 0, 0)
     store.close()
@@ -163,13 +162,11 @@ def test_unfinished_log_of_a_running_writer_is_left_alone(tmp_path):
 
 @pytest.mark.parametrize("fstype, expected", [("nfs4", "nfs4"), ("lustre", "lustre"), ("ext4", None)])
 def test_network_filesystem_from_mounts(tmp_path, monkeypatch, fstype, expected):
-    from visa import shared_store
+    from visa.cache import layout
 
     mounts = tmp_path / "mounts"
     mounts.write_text(f"/dev/sda1 / ext4 rw 0 0\nserver:/export {tmp_path} {fstype} rw 0 0\n")
     real_path = Path
 
-    monkeypatch.setattr(
-        shared_store, "Path", lambda p: real_path(mounts) if p == "/proc/mounts" else real_path(p)
-    )
-    assert shared_store.network_filesystem(tmp_path / "cache") == expected
+    monkeypatch.setattr(layout, "Path", lambda p: real_path(mounts) if p == "/proc/mounts" else real_path(p))
+    assert layout.network_filesystem(tmp_path / "cache") == expected

@@ -187,7 +187,7 @@ def test_transaction_log_spanning_blocks(tmp_path, wandb_offline_env):
 
 
 def test_bad_mode_is_an_error():
-    from visa.errors import VisaError
+    from visa.core.errors import VisaError
 
     with pytest.raises(VisaError, match="logger.mode"):
         WandbLogger(mode="sometimes")

@@ -11,9 +11,9 @@ import torch
 from helpers.videos import make_video
 from PIL import Image
 
+from visa.core.errors import VisaError
 from visa.data import Item
 from visa.data.video import mllm_frame_count, mllm_frame_size, probe, sample_fps, sample_uniform
-from visa.errors import VisaError
 
 
 def frame_index(img: Image.Image) -> int:

@@ -8,8 +8,8 @@ from helpers import tiny_models
 from helpers import tiny_visualized_bge as tiny
 
 from visa.backbones.visualized_bge import VisualizedBGEBackbone, map_published_keys  # noqa: E402
+from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Item  # noqa: E402
-from visa.errors import VisaError  # noqa: E402
 
 TEXTS = ["a dog running on the grass", "two cats", "a red car on the street " * 40, "people at the beach"]
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.vsl.data import PrecompDataModule, PrecompSplit
 from visa.vsl.evaluate import Encoded, evaluate_protocol, i2t_ranks, recalls, shard_similarities, t2i_ranks
 from visa.vsl.losses import soft_rank, triplet_ranking_loss, visual_semantic_loss

@@ -14,11 +14,13 @@ from PIL import Image
 
 from visa.backbones.region_matcher import RegionMatcherBackbone
 from visa.cache import SQLiteStore
+from visa.core.errors import VisaError
 from visa.data import Item
 from visa.data.precomp import AnnotatedPrecompDataset
-from visa.errors import VisaError
-from visa.pairwise import pairwise_topk_stream
-from visa.pipeline import Run, Settings
+from visa.method.pairwise import pairwise_topk_stream
+from visa.method.retrieve import retrieve
+from visa.method.settings import RetrievalSettings, Settings
+from visa.method.stages import Run
 from visa.vsl.module import RegionMatcherModule
 from visa.vsl.synthetic import write_toy_precomp
 from visa.vsl.text import Vocabulary
@@ -93,13 +95,15 @@ def test_pipeline_retrieves_pairwise_with_the_matcher_and_caches_per_query(align
     )
     cache = SQLiteStore(tmp_path / "cache")
     try:
-        run = Run(data, Settings(top_k=4, progress=False), cache)
-        scores, indices = run.retrieve(backbone)
+        run = Run(data, Settings(retrieval=RetrievalSettings(top_k=4), progress=False), cache)
+        retrieved = retrieve(run, backbone)
+        scores, indices = retrieved.scores, retrieved.candidates
         assert scores.shape == (60, 10) and run.runner.stats["retrieve_pairs"].computed == 60
         full = backbone.score_pairs([q.text for q in data.queries], data.gallery, list(range(12)))
         assert torch.equal(indices, full.topk(10, dim=1).indices)
-        again = Run(data, Settings(top_k=4, progress=False), cache)
-        scores2, indices2 = again.retrieve(backbone)
+        again = Run(data, Settings(retrieval=RetrievalSettings(top_k=4), progress=False), cache)
+        retrieved = retrieve(again, backbone)
+        scores2, indices2 = retrieved.scores, retrieved.candidates
         pairs_stats = again.runner.stats["retrieve_pairs"]
         assert pairs_stats.computed == 0 and pairs_stats.cached == 60
         assert torch.equal(indices, indices2) and torch.allclose(scores, scores2)

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visa.config import parse_overrides
-from visa.errors import VisaError
-from visa.metrics import recall_gains
+from visa.core.errors import VisaError
+from visa.method.metrics import recall_gains
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -9,13 +9,14 @@ import re
 import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
+from visa.method.settings import Settings
 
 # Keys whose values are secrets (a server's api_key, a hub token, ...): never taken from the config, where
 # they would be saved in .hydra/ and logged; dropped from anything built from the config or the overrides.
@@ -37,48 +38,10 @@ GROUPS = ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "sc
 
 
 @dataclass
-class RetrievalConfig:
-    top_k: int = 20  # K: candidates per query that VISA re-ranks
-    chunk_size: int = 1024  # queries scored per block in the top-K search
-    gallery_chunk_size: int = 16384  # gallery items per block (torch index)
-    index: str = "torch"  # torch (chunked, exact) or faiss (exact flat inner product; the faiss extra)
-    device: str = "cpu"  # where the torch index scores blocks: cpu, cuda, cuda:1, auto
+class VisaConfig(Settings):
+    """The schema of `conf/config.yaml`: the parts (each checked against its class by `check_part`) and the
+    run's settings, whose defaults and checks live in `visa.method.settings.Settings` alone."""
 
-
-@dataclass
-class QuestionsConfig:
-    num: int = 3  # questions used per query
-    max: int = 3  # questions generated per query (a sweep over num reuses them)
-    retries: int = (
-        2  # re-asks of a query whose reply does not parse, each with a new seed, before falling back
-    )
-    retry_temperature: float = 0.2  # retries sample at this temperature (the reference re-samples at 0.2)
-    prompt: str = "paper"  # the question writer's prompt: paper | fewshot (for very small models)
-
-
-@dataclass
-class PassageConfig:
-    # put between the answers and the description in the re-ranker's passage; "" concatenates them as the
-    # reference does ("A dog.It is brown.A park.")
-    separator: str = ""
-
-
-@dataclass
-class AnswersConfig:
-    # per_question: one MLLM call per (candidate, question), as the method does;
-    # per_candidate: one call per candidate answering all its questions (the item is encoded once)
-    mode: str = "per_question"
-
-
-@dataclass
-class ShardConfig:
-    count: int = 1  # N > 1: this run does 1/N of each model stage's work (docs/scaling.md)
-    index: int = 0  # which 1/N: 0 .. count-1 ('shard.index=range(N)' in a multirun)
-    idle_seconds: float = 600.0  # waiting on other shards with no progress this long: compute the rest
-
-
-@dataclass
-class VisaConfig:
     dataset: Any = MISSING
     backbone: Any = MISSING
     question_llm: Any = MISSING
@@ -87,17 +50,21 @@ class VisaConfig:
     scorer: Any = MISSING
     fusion: Any = MISSING
     logger: Any = MISSING
-    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
-    questions: QuestionsConfig = field(default_factory=QuestionsConfig)
-    answers: AnswersConfig = field(default_factory=AnswersConfig)
-    passage: PassageConfig = field(default_factory=PassageConfig)
-    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
-    cache_dir: str | None = None  # None: $VISA_CACHE, else the user cache folder
+    cache_dir: str | None = "${oc.env:VISA_CACHE,null}"  # None: the user cache folder
     # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
     cache_layout: str = "auto"
-    shard: ShardConfig = field(default_factory=ShardConfig)
-    data_dir: str = "./data"
-    progress: bool = True  # progress bars per stage
+    data_dir: str = "${oc.env:VISA_DATA,./data}"  # where dataset configs look for their files
+
+
+def settings_from(cfg: DictConfig) -> Settings:
+    """The run's `Settings` from its composed config; their checks stop a bad value with one line."""
+    values = {f.name: cfg[f.name] for f in fields(Settings)}
+    return Settings(
+        **{
+            name: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+            for name, value in values.items()
+        }
+    )
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:

@@ -14,13 +14,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from visa.cache import SQLiteStore, default_cache_dir
-from visa.config import GROUPS, _import_target, check_part, instantiate_part, register
+from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
+from visa.config import GROUPS, _import_target, check_part, instantiate_part, register, settings_from
+from visa.core.errors import Interrupted, VisaError
 from visa.data import check_modalities
-from visa.errors import Interrupted, VisaError
-from visa.pipeline import Components, Settings, evaluate_precomputed, run_visa, visual_keys
-from visa.shard import Shard
-from visa.shared_store import SharedFolderStore, open_cache
+from visa.method.keys import visual_keys
+from visa.method.parts import Components
+from visa.method.pipeline import evaluate_precomputed, run_visa
 
 log = logging.getLogger("visa")
 register()
@@ -94,23 +94,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
     for group in GROUPS:  # every part's keys are checked before anything is loaded
         check_part(cfg[group], group)
-    settings = Settings(
-        top_k=cfg.retrieval.top_k,
-        chunk_size=cfg.retrieval.chunk_size,
-        gallery_chunk_size=cfg.retrieval.gallery_chunk_size,
-        index=cfg.retrieval.index,
-        search_device=cfg.retrieval.device,
-        num_questions=cfg.questions.num,
-        max_questions=cfg.questions.max,
-        question_prompt=cfg.questions.prompt,
-        answer_mode=cfg.answers.mode,
-        question_retries=cfg.questions.retries,
-        retry_temperature=cfg.questions.retry_temperature,
-        passage_separator=cfg.passage.separator,
-        recall_at=list(cfg.recall_at),
-        progress=cfg.progress,
-        shard=Shard(cfg.shard.count, cfg.shard.index, cfg.shard.idle_seconds),
-    )
+    settings = settings_from(cfg)
     fusion = instantiate_part(cfg, "fusion")
     dataset = instantiate_part(cfg, "dataset").load()
     log.info("dataset %s: %d queries over %d items", dataset.name, len(dataset.queries), len(dataset.gallery))

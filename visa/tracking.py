@@ -16,9 +16,9 @@ from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 from visa.config import is_secret_key, parse_overrides
+from visa.core.errors import VisaError
 from visa.data import Dataset, Item
-from visa.errors import VisaError
-from visa.metrics import recall_gains
+from visa.method.metrics import recall_gains
 
 
 @runtime_checkable

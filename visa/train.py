@@ -27,7 +27,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 log = logging.getLogger("visa.train")
 

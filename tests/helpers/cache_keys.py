@@ -38,6 +38,11 @@ def current_keys() -> dict[str, str]:
     from visa.method import prompts
 
     register()
+    # the demo describer's key records whether Tesseract ran ("ocr": auto); keys here must not depend on
+    # what this machine has installed
+    from visa.generation import pixel_signals
+
+    pixel_signals.tesseract_available = lambda: False
     question = "Two dogs run across a snowy field."
     fixed = {
         "encode_text": question,
@@ -53,7 +58,9 @@ def current_keys() -> dict[str, str]:
         stage = PART_GROUPS[group]
         inputs = fixed[stage]
         if stage == "ask":
-            inputs = prompts.question_prompt(question, cfg.questions.max, "image", cfg.questions.prompt).as_key()
+            inputs = prompts.question_prompt(
+                question, cfg.questions.max, "image", cfg.questions.prompt
+            ).as_key()
         keys[name] = make_key(stage, part.identity(), inputs)
 
     for group in PART_GROUPS:

@@ -38,8 +38,9 @@ class Backbone(Protocol):
         ...
 
 
+@runtime_checkable
 class StreamingBackbone(Backbone, Protocol):
-    """Optional ability, found by the pipeline when present (`FabricEncoding`): the gallery's embeddings as
-    (index, row) pairs, e.g. encoded data-parallel over several devices."""
+    """Optional ability, checked by the pipeline with isinstance (`FabricEncoding`): the gallery's
+    embeddings as (index, row) pairs, e.g. encoded data-parallel over several devices."""
 
     def stream_visual(self, items: list[Item]) -> Iterator[tuple[int, Any]]: ...

@@ -12,9 +12,9 @@ from PIL import Image
 
 from visa.backbones.open_clip import load_images
 from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
+from visa.core.devices import resolve_device
+from visa.core.loading import load_pretrained, oom_hint, short_name
 from visa.data import Item
-from visa.devices import resolve_device
-from visa.loading import load_pretrained, oom_hint, short_name
 
 
 def _features(output) -> torch.Tensor:

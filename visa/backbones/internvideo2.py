@@ -19,11 +19,11 @@ import functools
 import torch
 from PIL import Image
 
+from visa.core.devices import resolve_device
+from visa.core.errors import VisaError
 from visa.data import Item
 from visa.data.media import load_image
 from visa.data.video import sample_uniform
-from visa.devices import resolve_device
-from visa.errors import VisaError
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
+from visa.core.devices import resolve_device
+from visa.core.errors import VisaError
+from visa.core.loading import oom_hint
 from visa.data import Item
-from visa.devices import resolve_device
-from visa.errors import VisaError
-from visa.loading import oom_hint
 
 
 def _short_name(model: str) -> str:

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from visa.core.devices import resolve_device
+from visa.core.errors import VisaError
 from visa.data import Item
-from visa.devices import resolve_device
-from visa.errors import VisaError
 
 # Fabric's precision names. "-true": the weights are loaded in that dtype; "-mixed": fp32 weights, autocast.
 PRECISIONS = {

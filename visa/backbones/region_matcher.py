@@ -1,7 +1,8 @@
 """A region-feature matcher trained by `visa.train` (SGR or SAF; two checkpoints = SGRAF, the mean of their
 similarities) as a VISA backbone. It is not a dual encoder: it scores (query, image) pairs jointly, so the
-pipeline takes its pairwise path (`visa.pairwise`). Gallery images are read as rows of SCAN's precomputed
-feature file, by gallery position; `visa.data.precomp.AnnotatedPrecompDataset` checks that they line up."""
+pipeline takes its pairwise path (`visa.method.pairwise`). Gallery images are read as rows of SCAN's
+precomputed feature file, by gallery position; `visa.data.precomp.AnnotatedPrecompDataset` checks that they
+line up."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import os
 import numpy as np
 import torch
 
+from visa.core.errors import VisaError
 from visa.data import Item
-from visa.errors import VisaError
 
 
 def _fingerprint(path: str) -> dict:

@@ -17,9 +17,9 @@ from PIL import Image
 
 from visa.backbones.hf_dual import HFDualEncoder
 from visa.backbones.parallel import autocast, weight_dtype
-from visa.devices import resolve_device
-from visa.errors import VisaError
-from visa.loading import load_pretrained, oom_hint
+from visa.core.devices import resolve_device
+from visa.core.errors import VisaError
+from visa.core.loading import load_pretrained, oom_hint
 
 
 class RemoteCodeClip(HFDualEncoder):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from visa.core.loading import load_once
 from visa.data.media import package_dir
-from visa.loading import load_once
 
 
 def minilm_path() -> str:

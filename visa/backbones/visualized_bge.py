@@ -33,11 +33,11 @@ import torch
 from PIL import Image
 
 from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
+from visa.core.devices import resolve_device
+from visa.core.errors import VisaError
+from visa.core.loading import oom_hint
 from visa.data import Item
 from visa.data.media import load_image
-from visa.devices import resolve_device
-from visa.errors import VisaError
-from visa.loading import oom_hint
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)

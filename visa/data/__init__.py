@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 KINDS = ("image", "video", "text")
 # What a backbone can embed when its class does not say (the original data model: text queries, media items).

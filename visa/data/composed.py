@@ -29,9 +29,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from visa.core.errors import VisaError
 from visa.data import Dataset, Item, Query
 from visa.data.media import IMAGE_EXTS
-from visa.errors import VisaError
 
 log = logging.getLogger("visa")
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from visa.core.errors import VisaError
 from visa.data import Dataset, Item, build_dataset, check_count
 from visa.data.files import read_json
 from visa.data.media import package_dir
-from visa.errors import VisaError
 
 # The packaged annotation of each kind, and the dataset's name.
 DEMOS = {

@@ -8,8 +8,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from visa.core.errors import VisaError
 from visa.data.media import check_many
-from visa.errors import VisaError
 
 log = logging.getLogger("visa.data")
 

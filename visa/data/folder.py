@@ -15,10 +15,10 @@ import csv
 import os
 from pathlib import Path
 
+from visa.core.errors import VisaError
 from visa.data import Dataset, Item, Query
 from visa.data.files import BadItems, read_jsonl
 from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind
-from visa.errors import VisaError
 
 
 def _caption_texts(value: object, where: str) -> list[str]:

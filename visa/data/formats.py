@@ -30,10 +30,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from visa.core.errors import VisaError
 from visa.data import Dataset, Item, build_dataset, check_count
 from visa.data.files import BadItems, read_json, read_jsonl, read_text
 from visa.data.media import IMAGE_EXTS, VIDEO_EXTS, media_kind
-from visa.errors import VisaError
 
 Entry = tuple[str, list[str]]  # (media path relative to media_dir, captions)
 

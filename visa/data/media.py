@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 # What Pillow raises on a damaged file, at open or at decode (a truncated JPEG only fails at decode).
 IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)

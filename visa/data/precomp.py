@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from visa.core.errors import VisaError
 from visa.data import Dataset
 from visa.data.formats import AnnotatedDataset
-from visa.errors import VisaError
 
 
 def _normalise(caption: str) -> str:

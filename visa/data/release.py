@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from visa.core.errors import VisaError
 from visa.data import Dataset, Item, Precomputed, build_dataset
 from visa.data.files import read_json
-from visa.errors import VisaError
 
 _ID_KEYS = ("image_id", "video_id", "image", "video")
 

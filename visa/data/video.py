@@ -21,7 +21,7 @@ import av
 import torch
 from PIL import Image
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 # Seek instead of decoding forward when the next wanted frame is more than this many seconds ahead:
 # below it, decoding the few frames in between is cheaper than a seek (which restarts at a key frame).

@@ -21,7 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
-from visa.prompts import Prompt
+from visa.core.abilities import Closable, Counting
+from visa.core.prompt import Prompt
 
 
 @runtime_checkable
@@ -40,16 +41,13 @@ class Generator(Protocol):
         ...
 
 
+@runtime_checkable
 class StreamingGenerator(Generator, Protocol):
     """Optional ability (servers): replies as they complete, which the stage cache stores as they arrive."""
 
     def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str]]: ...
 
 
-class ClosableGenerator(Generator, Protocol):
-    """Optional abilities: `close()` stops what the generator started (a launched server) at the end of the
-    run; `counters()` are reported in metrics.json as generation/<part>/<name>."""
-
-    def close(self) -> None: ...
-
-    def counters(self) -> dict[str, int]: ...
+# A generator may also be `Closable` (a launched server stops at the end of the run) and `Counting` (its
+# counters go to metrics.json as generation/<part>/<name>).
+__all__ = ["Closable", "Counting", "Generator", "StreamingGenerator"]

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 log = logging.getLogger("visa.balance")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from visa.core.errors import VisaError
+from visa.core.loading import short_name
+from visa.core.prompt import Prompt
 from visa.data.video import PAPER_MAX_PIXELS, VIDEO_MIN_PIXELS
-from visa.errors import VisaError
-from visa.loading import short_name
-from visa.prompts import Prompt
 
 
 @dataclass(kw_only=True, eq=False)

@@ -16,8 +16,8 @@ import re
 import torch
 
 from visa.backbones.text_embedder import embed_sentences, minilm_path
-from visa.errors import VisaError
-from visa.prompts import UNCERTAIN, Prompt
+from visa.core.errors import VisaError
+from visa.core.prompt import UNCERTAIN, Prompt
 
 _QUESTION = re.compile(r"^Question:\s*(.+)$", re.MULTILINE)  # prompts.answer_prompt: one question
 _NUMBERED = re.compile(r"^(\d+)\.\s*(.+)$", re.MULTILINE)  # prompts.all_answers_prompt: numbered questions

@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from visa.devices import resolve_device
-from visa.errors import VisaError
+from visa.core.devices import resolve_device
+from visa.core.errors import VisaError
+from visa.core.loading import check_dtype, load_once, load_pretrained, torch_dtype
+from visa.core.prompt import Prompt
 from visa.generation.chat import ChatSettings, MediaSettings
 from visa.generation.media import prompt_media
-from visa.loading import check_dtype, load_once, load_pretrained, torch_dtype
-from visa.prompts import Prompt
 
 
 def _pad_left(tokenizer):

@@ -5,9 +5,9 @@ A stand-in for a captioning MLLM (none ships in a PyPI package); it ignores the 
 
 from __future__ import annotations
 
-from visa.errors import VisaError
-from visa.imagenet import classnames, media_probabilities
-from visa.prompts import Prompt
+from visa.core.errors import VisaError
+from visa.core.imagenet import classnames, media_probabilities
+from visa.core.prompt import Prompt
 
 
 class LabelDescriber:

@@ -12,8 +12,8 @@ from typing import Any
 
 from PIL import Image
 
-from visa.errors import VisaError
-from visa.prompts import Prompt
+from visa.core.errors import VisaError
+from visa.core.prompt import Prompt
 
 # Formats every vision model server reads as they are; anything else is re-encoded.
 _SENT_AS_IS = {"image/jpeg", "image/png", "image/webp", "image/gif"}

@@ -35,11 +35,11 @@ from urllib.parse import urlparse
 
 import aiohttp
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
+from visa.core.prompt import Prompt
 from visa.generation.balance import ServerPool
 from visa.generation.chat import MediaSettings
 from visa.generation.media import frame_data_url, image_data_url, video_frames
-from visa.prompts import Prompt
 
 log = logging.getLogger("visa.openai_api")
 

@@ -14,11 +14,11 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+from visa.core.errors import VisaError
+from visa.core.imagenet import classnames, image_probabilities
+from visa.core.prompt import Prompt
 from visa.data.media import load_image
-from visa.errors import VisaError
 from visa.generation import pixel_signals as px
-from visa.imagenet import classnames, image_probabilities
-from visa.prompts import Prompt
 
 OCR_MODES = ("auto", "on", "off")
 

@@ -17,8 +17,8 @@ import json
 import os
 from pathlib import Path, PurePosixPath
 
-from visa.errors import VisaError
-from visa.prompts import Prompt
+from visa.core.errors import VisaError
+from visa.core.prompt import Prompt
 
 _ID_KEYS = ("image_id", "video_id", "image", "video")
 

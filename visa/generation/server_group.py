@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.generation.sglang import SGLangServer
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.request import urlopen
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 log = logging.getLogger("visa.sglang")
 

@@ -23,8 +23,5 @@ class Scorer(Protocol):
         ...
 
 
-class CountingScorer(Scorer, Protocol):
-    """Optional ability: `counters()` are reported in metrics.json as score/<name> (every scorer here counts
-    the pairs whose query or passage it cut to its token budgets: truncated_queries, truncated_passages)."""
-
-    def counters(self) -> dict[str, int]: ...
+# Every scorer here is also `visa.core.abilities.Counting`: it counts the pairs whose query or passage it cut
+# to its token budgets (truncated_queries, truncated_passages), reported as score/<name>.

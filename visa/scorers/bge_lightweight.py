@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from visa.devices import resolve_device
-from visa.errors import VisaError
-from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
+from visa.core.devices import resolve_device
+from visa.core.errors import VisaError
+from visa.core.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
 
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SEPARATOR = "\n"

@@ -4,7 +4,7 @@ never leaves the passage no room, and never makes the tokenizer refuse the pair.
 
 from __future__ import annotations
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 
 def default_query_budget(max_length: int) -> int:

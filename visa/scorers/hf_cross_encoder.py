@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from visa.devices import resolve_device
-from visa.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
+from visa.core.devices import resolve_device
+from visa.core.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
 from visa.scorers.budget import PairBudget
 
 

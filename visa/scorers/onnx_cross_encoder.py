@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from visa.errors import VisaError
-from visa.loading import load_once
+from visa.core.errors import VisaError
+from visa.core.loading import load_once
 from visa.scorers.budget import PairBudget
 
 

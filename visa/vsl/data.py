@@ -13,7 +13,7 @@ import scipy.sparse as sp
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 from visa.vsl.text import Vocabulary, caption_tfidf, image_semantics, read_captions
 
 CAPTIONS_PER_IMAGE = 5

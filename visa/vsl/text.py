@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import scipy.sparse as sp
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 SPECIAL_TOKENS = ("<pad>", "<start>", "<end>", "<unk>")
 

@@ -21,18 +21,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
-log = logging.getLogger("visa.shard")
+log = logging.getLogger("visa.method.shard")
 
 # The stages whose results every shard needs in full; the others are split by query and not shared.
 SHARED_STAGES = ("encode_text", "encode_visual", "describe")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Shard:
-    count: int = 1
-    index: int = 0
+    """`shard.count`, `shard.index`, `shard.idle_seconds` of the config, and the split they make."""
+
+    count: int = 1  # N > 1: this run does 1/N of each model stage's work (docs/scaling.md)
+    index: int = 0  # which 1/N: 0 .. count-1 ('shard.index=range(N)' in a multirun)
     idle_seconds: float = 600.0  # waiting on other shards with no progress this long: compute the rest
     poll_seconds: float = 2.0
 

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from visa.devices import resolve_device
-from visa.errors import VisaError
+from visa.core.devices import resolve_device
+from visa.core.errors import VisaError
 
 INDEXES = ("torch", "faiss")
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 
 def minmax(x: torch.Tensor) -> torch.Tensor:
@@ -12,6 +14,12 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     low = x.min(dim=-1, keepdim=True).values
     span = x.max(dim=-1, keepdim=True).values - low
     return torch.where(span > 0, (x - low) / span.clamp_min(1e-12), torch.zeros_like(x))
+
+
+class Fusion(Protocol):
+    """What the pipeline needs of a fusion: the fused score [queries, K] of base and re-ranker scores."""
+
+    def __call__(self, base: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
 
 
 class MinMaxFusion:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-UNCERTAIN = "Uncertain"
+from visa.core.prompt import UNCERTAIN, Prompt
 
 # Used when a question LLM's reply cannot be parsed; such a query's answers are left out at scoring time.
 FALLBACK_QUESTIONS = (
@@ -69,33 +69,6 @@ Question: {question}"""
 
 # Han ideographs: a reply that drifts into Chinese is re-sampled by the reference (it asserts there are none).
 _HAN = re.compile(r"[\u4e00-\u9fff]")
-
-
-@dataclass(frozen=True)
-class Prompt:
-    """One generation request: media first (for prefix caching), then the text.
-
-    `seed` and `temperature`, when set, override the generator's own for this request (a question retry
-    re-samples with a new seed); they are part of the cache key only when set, so ordinary requests keep
-    their keys."""
-
-    text: str
-    media: tuple[str, ...] = ()  # image paths, or a single video path
-    media_kind: str | None = None  # "image" | "video" | None
-    context: str | None = None  # a text stand-in for the media, for text-only ("Socratic") answerers
-    seed: int | None = None
-    temperature: float | None = None
-
-    def as_key(self) -> dict:
-        key = {
-            "text": self.text,
-            "media": list(self.media),
-            "media_kind": self.media_kind,
-            "context": self.context,
-        }
-        if self.seed is not None or self.temperature is not None:
-            key["sampling"] = {"seed": self.seed, "temperature": self.temperature}
-        return key
 
 
 @dataclass

@@ -25,7 +25,7 @@ Readers keep an index key -> (file, offset) in memory and read values on demand;
 (two shards racing on the same input) has one value, since results are deterministic functions of their
 key, and the first one found is used.
 
-`python -m visa.cache FOLDER` shows what a folder holds per stage and model; `merge` packs the logs of
+`python -m visa.cache show FOLDER` shows what a folder holds per stage and model; `merge` packs the logs of
 finished writers into one file; `prune` drops a stage or a model. Both leave files of writers that may
 still run alone (see `finished`).
 """
@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from visa.errors import VisaError
+from visa.cache.codec import decode_value, encode_value
+from visa.core.errors import VisaError
 
 FOLDER = "writers"  # inside the cache folder
 SUFFIX = ".vlog"
@@ -53,44 +54,6 @@ MAGIC = b"VSR1"
 HEADER = struct.Struct("<4sIHHHI")
 CLOSED = "\x00closed"  # the stage of the last record a writer writes when it closes cleanly
 SYNC_SECONDS = 2.0
-NETWORK_FILESYSTEMS = {"nfs", "nfs4", "lustre", "gpfs", "cifs", "smb3", "smbfs", "beegfs", "ceph", "9p"}
-
-
-def network_filesystem(path: str | os.PathLike) -> str | None:
-    """The type of the network filesystem `path` is on ("nfs4", "lustre", ...), or None (local, or not
-    Linux). Read from /proc/mounts: the mount point that is the longest prefix of the real path."""
-    try:
-        lines = Path("/proc/mounts").read_text().splitlines()
-    except OSError:
-        return None
-    real = os.path.realpath(path)
-    best, best_type = "", None
-    for line in lines:
-        parts = line.split()
-        if len(parts) < 3:
-            continue
-        mount = parts[1].replace("\\040", " ")
-        inside = real == mount or real.startswith(mount.rstrip("/") + "/")
-        if inside and len(mount) >= len(best):
-            best, best_type = mount, parts[2]
-    if best_type and (best_type in NETWORK_FILESYSTEMS or best_type.startswith("fuse.glusterfs")):
-        return best_type
-    return None
-
-
-LAYOUTS = ("auto", "sqlite", "shared")
-
-
-def open_cache(root: str | os.PathLike, layout: str = "auto"):
-    """The cache in folder `root`: the single SQLite file (one host; the default) or, on shared storage,
-    one log per writer (this module). `auto` picks the logs when `root` is on a network filesystem."""
-    from visa.cache import SQLiteStore, _decode, _encode
-
-    if layout not in LAYOUTS:
-        raise VisaError(f"cache_layout={layout!r} is not one of {', '.join(LAYOUTS)}")
-    if layout == "shared" or (layout == "auto" and network_filesystem(Path(root).expanduser())):
-        return SharedFolderStore(root, _encode, _decode)
-    return SQLiteStore(root)
 
 
 def encode_record(key: str, stage: str, model: str, value: bytes) -> bytes:
@@ -138,13 +101,11 @@ class LogFile:
 
 
 class SharedFolderStore:
-    """Key -> encoded value; one log file per writer under `root/writers/`. `encode`/`decode` turn values
-    into bytes and back (the cache's own encoding)."""
+    """Key -> value (encoded by `visa.cache.codec`); one log file per writer under `root/writers/`."""
 
-    def __init__(self, root: str | os.PathLike, encode, decode):
+    def __init__(self, root: str | os.PathLike):
         self.root = Path(root).expanduser()
         self.folder = self.root / FOLDER
-        self._encode, self._decode = encode, decode
         self.name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}{SUFFIX}"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -202,7 +163,7 @@ class SharedFolderStore:
                     with open(self.folder / name, "rb") as f:
                         for key, offset, size in sorted(entries, key=lambda e: e[1]):
                             f.seek(offset)
-                            found[key] = self._decode(f.read(size))
+                            found[key] = decode_value(f.read(size))
                 except FileNotFoundError:
                     gone = True
                     self.files.pop(name, None)
@@ -226,7 +187,7 @@ class SharedFolderStore:
         log = self.files[self.name]
         chunks = []
         for key, value in items.items():
-            blob = self._encode(value)
+            blob = encode_value(value)
             record = encode_record(key, stage, model, blob)
             value_offset = log.good + len(record) - len(blob)
             self.index.setdefault(key, (self.name, value_offset, len(blob)))

@@ -10,9 +10,9 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from visa.core.loading import load_once
 from visa.data.media import load_image, package_dir
 from visa.data.video import sample_uniform
-from visa.loading import load_once
 
 IMAGE_SIZE = 224
 

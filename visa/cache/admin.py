@@ -1,15 +1,17 @@
-"""`python -m visa.cache show|merge|prune [FOLDER]`: what a cache folder holds, per stage and model, and
-its upkeep. A folder may hold the single-machine SQLite file, the per-writer logs of shared storage
-(visa.shared_store), or both."""
+"""`python -m visa.cache show|merge|prune|move-aside [FOLDER]`: what a cache folder holds, per stage and
+model, and its upkeep. A folder may hold the single-machine SQLite file, the per-writer logs of shared storage
+(visa.cache.shared), or both."""
 
 from __future__ import annotations
 
 import sqlite3
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from visa.errors import VisaError
-from visa.shared_store import FOLDER, rewrite, scan
+from visa.cache.shared import FOLDER, rewrite, scan
+from visa.cache.store import default_cache_dir, move_aside
+from visa.core.errors import VisaError
 
 SQLITE = "visa-cache.sqlite"
 
@@ -97,4 +99,40 @@ def command(name: str, folder: Path, args) -> int:
     except (VisaError, sqlite3.Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m visa.cache {show,merge,prune,move-aside} [CACHE_DIR]` (default: $VISA_CACHE, else the user
+    cache folder)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m visa.cache", description="Manage the stage cache.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = {
+        "show": "what the cache folder holds, per stage and model",
+        "merge": "pack the per-writer logs of finished writers (shared storage) into one file",
+        "prune": "remove the results of a stage and/or a model",
+    }
+    for name, text in commands.items():
+        subcommand = sub.add_parser(name, help=text)
+        subcommand.add_argument("cache_dir", nargs="?", default=None)
+        if name == "prune":
+            subcommand.add_argument("--stage", help="only this stage (encode_text, ..., score)")
+            subcommand.add_argument("--model", help="only results of this model (as `show` lists it)")
+        if name != "show":
+            subcommand.add_argument(
+                "--force", action="store_true", help="also logs that may have a running writer"
+            )
+    aside = sub.add_parser("move-aside", help="rename a damaged cache file so that the next run starts anew")
+    aside.add_argument("cache_dir", nargs="?", default=None)
+    args = parser.parse_args(argv)
+    folder = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    if args.command in commands:
+        return command(args.command, folder, args)
+    moved = move_aside(folder)
+    if not moved:
+        print(f"error: no cache file (visa-cache.sqlite) in {folder}", file=sys.stderr)
+        return 1
+    print(f"moved aside: {', '.join(str(p) for p in moved)}; the next run starts a new cache in {folder}")
     return 0

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from visa.errors import VisaError
+from visa.core.errors import VisaError
 
 # The dtype names configs use (`dtype: bfloat16`), and the torch dtype each loads the weights in.
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -1,0 +1,37 @@
+"""The request every generator takes (`Prompt`), at the bottom of the house so that the generators and the
+method both import it without either reaching into the other."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The answerer's word for "cannot tell from the item" (the method's convention; the re-ranker's passage
+# leaves such answers out).
+UNCERTAIN = "Uncertain"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One generation request: media first (for prefix caching), then the text.
+
+    `seed` and `temperature`, when set, override the generator's own for this request (a question retry
+    re-samples with a new seed); they are part of the cache key only when set, so ordinary requests keep
+    their keys."""
+
+    text: str
+    media: tuple[str, ...] = ()  # image paths, or a single video path
+    media_kind: str | None = None  # "image" | "video" | None
+    context: str | None = None  # a text stand-in for the media, for text-only ("Socratic") answerers
+    seed: int | None = None
+    temperature: float | None = None
+
+    def as_key(self) -> dict:
+        key = {
+            "text": self.text,
+            "media": list(self.media),
+            "media_kind": self.media_kind,
+            "context": self.context,
+        }
+        if self.seed is not None or self.temperature is not None:
+            key["sampling"] = {"seed": self.seed, "temperature": self.temperature}
+        return key

@@ -1,0 +1,168 @@
+"""The VISA stage graph: retrieve -> describe -> ask -> answer -> score -> fuse -> evaluate.
+
+Each model stage is a method of `visa.method.stages.Run` (one `visa.cache.StageRunner` underneath), the
+retrieve stage is `visa.method.retrieve`, evaluation `visa.method.evaluate`, the records of results.jsonl
+`visa.method.records`. This module only wires them; it knows the parts' interfaces, never a model.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from visa.cache import Store
+from visa.data import Dataset, Item, Query
+from visa.method import prompts
+from visa.method.evaluate import evaluate
+from visa.method.fusion import Fusion, rerank
+from visa.method.keys import item_fingerprint
+from visa.method.parts import Components
+from visa.method.passages import composed_query_text, item_passage_text
+from visa.method.records import result_records
+from visa.method.retrieve import retrieve
+from visa.method.settings import Settings
+from visa.method.stages import Run
+
+
+def build_passages(
+    dataset: Dataset,
+    top: torch.Tensor,
+    questions: list[prompts.Questions],
+    answers: list[list[list[str]]],
+    descriptions: dict[str, str],
+    separator: str,
+) -> list[list[str]]:
+    """passages[query][rank]: what the re-ranker reads about each candidate (answers, then description)."""
+    return [
+        [
+            prompts.build_passage(
+                answers[qi][r],
+                item_passage_text(dataset.gallery[gi], descriptions[dataset.gallery[gi].id]),
+                questions[qi].parsed,
+                separator,
+            )
+            for r, gi in enumerate(top[qi].tolist())
+        ]
+        for qi in range(len(dataset.queries))
+    ]
+
+
+def score_passages(
+    run: Run, parts: Components, queries: list[Query], query_texts: list[str], passages: list[list[str]]
+) -> list[float]:
+    pairs = [(t, p) for t, row in zip(query_texts, passages) for p in row]
+    pair_queries = [q for q, row in zip(queries, passages) for _ in row]
+    return run.score(parts.scorer, pairs, pair_queries)
+
+
+def describe_candidates(run: Run, parts: Components, top: torch.Tensor) -> dict[str, str]:
+    """Descriptions of the top-K candidates and of the references of composed queries (the text stages see
+    a reference through its description); a text-only item is its own description."""
+    dataset = run.dataset
+    in_top = sorted(set(top.flatten().tolist()))
+    to_describe: dict[str, Item] = {dataset.gallery[i].id: dataset.gallery[i] for i in in_top}
+    to_describe.update({q.reference.id: q.reference for q in dataset.queries if q.reference is not None})
+    media = [item for item in to_describe.values() if item.kind != "text"]
+    descriptions = run.describe(parts.describer, media)
+    descriptions.update({i.id: i.text or "" for i in to_describe.values() if i.kind == "text"})
+    return descriptions
+
+
+def check_files(dataset: Dataset) -> None:
+    """A missing gallery or reference file stops the run here, before any model loads."""
+    for item in dataset.gallery:
+        item_fingerprint(item)
+    for query in dataset.queries:
+        if query.reference is not None:
+            item_fingerprint(query.reference)
+
+
+def run_visa(
+    dataset: Dataset, parts: Components, settings: Settings, store: Store
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run every stage; returns (metrics, one result record per query)."""
+    check_files(dataset)
+    run = Run(dataset, settings, store)
+    retrieved = retrieve(run, parts.backbone)
+    base_scores, candidates = retrieved.scores, retrieved.candidates
+    k = min(settings.retrieval.top_k, candidates.shape[1])
+    top = candidates[:, :k]
+    descriptions = describe_candidates(run, parts, top)
+    if settings.shard.active:  # ask, answer and score: this shard's queries only; no evaluation
+        return _shard_rest(run, parts, top, descriptions), []
+    query_texts = [composed_query_text(q, descriptions) for q in dataset.queries]
+    questions = run.ask(parts.question_llm, query_texts)
+    answers = run.answer(parts.answer_mllm, questions, top, descriptions)
+    passages = build_passages(dataset, top, questions, answers, descriptions, settings.passage.separator)
+    scores = score_passages(run, parts, dataset.queries, query_texts, passages)
+    text_scores = torch.tensor(scores, dtype=torch.float32).view(len(passages), k)
+    t0 = time.perf_counter()
+    fused = parts.fusion(base_scores[:, :k], text_scores)
+    visa_order = rerank(candidates, fused)
+    run.timed("fuse", t0)
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = evaluate(
+        dataset, {"base": candidates, "visa": visa_order}, settings.recall_at, retrieved.subset_scores
+    )
+    run.timed("evaluate", t0)
+    metrics["questions/fallback"] = sum(not q.parsed for q in questions)
+    metrics["questions/retries"] = sum(asked for asked, _ in run.question_tries[1:])
+    for attempt, (asked, ok) in enumerate(run.question_tries):
+        metrics[f"questions/try_{attempt}/asked"] = asked
+        metrics[f"questions/try_{attempt}/parsed"] = ok
+    metrics["answers/mode"] = settings.answers.mode
+    metrics.update(run.report())
+    results = result_records(
+        dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages
+    )
+    return metrics, results
+
+
+def _shard_rest(
+    run: Run, parts: Components, top: torch.Tensor, descriptions: dict[str, str]
+) -> dict[str, Any]:
+    """ask, answer and score for this shard's queries, into the cache; metrics.json gets the call counts."""
+    dataset, settings = run.dataset, run.settings
+    own = settings.shard.mine(len(dataset.queries))
+    part = Run(replace(dataset, queries=[dataset.queries[q] for q in own]), settings, run.store)
+    part.runner = run.runner  # one report for the whole shard
+    top = top[own]
+    query_texts = [composed_query_text(q, descriptions) for q in part.dataset.queries]
+    questions = part.ask(parts.question_llm, query_texts)
+    answers = part.answer(parts.answer_mllm, questions, top, descriptions)
+    passages = build_passages(part.dataset, top, questions, answers, descriptions, settings.passage.separator)
+    score_passages(part, parts, part.dataset.queries, query_texts, passages)
+    shard = settings.shard
+    return {"shard/index": shard.index, "shard/count": shard.count, "shard/queries": len(own), **run.report()}
+
+
+def evaluate_precomputed(
+    dataset: Dataset, fusion: Fusion, settings: Settings
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Base and fused recall from precomputed score matrices (the reference release); loads no model."""
+    pre = dataset.precomputed
+    assert pre is not None
+    run = Run(dataset, settings, store=None)
+    t0 = time.perf_counter()
+    base = torch.from_numpy(pre.base_scores)
+    depth = min(settings.depth, base.shape[1])
+    base_scores, candidates = base.topk(depth, dim=1)
+    run.timed("retrieve", t0)
+    t0 = time.perf_counter()
+    k = min(settings.retrieval.top_k, depth)
+    text_scores = torch.from_numpy(pre.text_scores).gather(1, candidates[:, :k])
+    fused = fusion(base_scores[:, :k], text_scores)
+    visa_order = rerank(candidates, fused)
+    run.timed("fuse", t0)
+    t0 = time.perf_counter()
+    metrics: dict[str, Any] = evaluate(dataset, {"base": candidates, "visa": visa_order}, settings.recall_at)
+    run.timed("evaluate", t0)
+    metrics.update(run.runner.report(model_stages=()))
+    questions = [prompts.Questions([], qs, True) for qs in (pre.questions or [[] for _ in dataset.queries])]
+    results = result_records(
+        dataset, candidates, base_scores, visa_order, fused, text_scores, questions, None, None
+    )
+    return metrics, results

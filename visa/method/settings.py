@@ -1,0 +1,88 @@
+"""The run's settings outside the parts: one dataclass per section of the config (`retrieval.*`,
+`questions.*`, ...). They are the single source of every default: `visa.config.VisaConfig` (the Hydra
+schema) is built from them, and their checks run when a run builds them from its config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from visa.core.errors import VisaError
+from visa.method.prompts import QUESTION_PROMPTS
+from visa.method.retrieval import check_index
+from visa.method.shard import Shard
+
+ANSWER_MODES = ("per_question", "per_candidate")
+
+
+@dataclass
+class RetrievalSettings:
+    top_k: int = 20  # K: candidates per query that the re-ranker sees
+    chunk_size: int = 1024  # queries scored per block in the top-K search
+    gallery_chunk_size: int = 16384  # gallery items per block (torch index)
+    index: str = "torch"  # torch (chunked, exact) or faiss (exact flat inner product; the faiss extra)
+    device: str = "cpu"  # where the torch index scores blocks: cpu, cuda, cuda:1, auto
+
+    def __post_init__(self) -> None:
+        if self.top_k < 1:
+            raise VisaError(f"retrieval.top_k={self.top_k} must be at least 1")
+        if self.chunk_size < 1:
+            raise VisaError(f"retrieval.chunk_size={self.chunk_size} must be at least 1 (default 1024)")
+        check_index(self.index)
+
+
+@dataclass
+class QuestionsSettings:
+    num: int = 3  # questions used per query
+    max: int = 3  # questions generated per query (a sweep over num reuses them)
+    retries: int = 2  # re-asks of a query whose reply does not parse, each with a new seed, then fallback
+    retry_temperature: float = 0.2  # retries sample at this temperature (the reference re-samples at 0.2)
+    prompt: str = "paper"  # the question writer's prompt: paper | fewshot (for very small models)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.num <= self.max:
+            raise VisaError(f"questions.num={self.num} must be between 0 and questions.max={self.max}")
+        if self.prompt not in QUESTION_PROMPTS:
+            raise VisaError(f"questions.prompt={self.prompt!r} is not one of {', '.join(QUESTION_PROMPTS)}")
+        if self.retries < 0 or self.retry_temperature < 0:
+            raise VisaError(
+                f"questions.retries={self.retries} and questions.retry_temperature={self.retry_temperature} "
+                "must be >= 0"
+            )
+
+
+@dataclass
+class AnswersSettings:
+    # per_question: one MLLM call per (candidate, question), as the method does;
+    # per_candidate: one call per candidate answering all its questions (the item is encoded once)
+    mode: str = "per_question"
+
+    def __post_init__(self) -> None:
+        if self.mode not in ANSWER_MODES:
+            raise VisaError(f"answers.mode={self.mode!r} is not one of {', '.join(ANSWER_MODES)}")
+
+
+@dataclass
+class PassageSettings:
+    # between the answers and the description in the re-ranker's passage; "" concatenates them as the
+    # reference does ("A dog.It is brown.A park.")
+    separator: str = ""
+
+
+@dataclass
+class Settings:
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    questions: QuestionsSettings = field(default_factory=QuestionsSettings)
+    answers: AnswersSettings = field(default_factory=AnswersSettings)
+    passage: PassageSettings = field(default_factory=PassageSettings)
+    shard: Shard = field(default_factory=Shard)  # a sharded run: this run's 1/N of each stage
+    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
+    progress: bool = True  # progress bars per stage
+
+    def __post_init__(self) -> None:
+        if not self.recall_at or min(self.recall_at) < 1:
+            raise VisaError(f"recall_at={list(self.recall_at)} must list cut-offs of 1 or more, e.g. [1,5]")
+
+    @property
+    def depth(self) -> int:
+        """How many ranked candidates a query keeps: K, or more when a recall cut-off is larger."""
+        return max(self.retrieval.top_k, *self.recall_at)
