@@ -34,7 +34,17 @@ def is_secret_key(key: str) -> bool:
     return bool(SECRET_KEY.search(key)) and not key.endswith("_env")
 
 
-GROUPS = ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "scorer", "fusion", "logger")
+GROUPS = (
+    "dataset",
+    "backbone",
+    "question_llm",
+    "answer_mllm",
+    "describer",
+    "scorer",
+    "fusion",
+    "normalizer",
+    "logger",
+)
 
 
 @dataclass
@@ -49,6 +59,7 @@ class VisaConfig(Settings):
     describer: Any = MISSING
     scorer: Any = MISSING
     fusion: Any = MISSING
+    normalizer: Any = MISSING  # the base similarity's normaliser (conf/normalizer: none, nnn, qb_norm, dn)
     logger: Any = MISSING
     cache_dir: str | None = "${oc.env:VISA_CACHE,null}"  # None: the user cache folder
     # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
