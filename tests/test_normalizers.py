@@ -4,11 +4,13 @@ retrieve() with a tiny real backbone (the bank encoded through the cache, normal
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, SMALL_DEMO, read_run, run_cli
 from helpers import tiny_models
 
 from visa.backbones.open_clip import OpenClipBackbone
@@ -256,3 +258,33 @@ def test_normalizer_with_candidates_given_by_the_dataset(tiny, tmp_path):
     assert got.candidates.shape == (2, 3)  # every candidate ranked, none from outside the list
     assert sorted(got.candidates[0].tolist()) == [0, 1, 2] and sorted(got.candidates[1].tolist()) == [3, 4, 5]
     assert bool((got.scores[:, :-1] >= got.scores[:, 1:]).all())
+
+
+# -- the command line ----------------------------------------------------------------------------------
+def test_demo_run_with_nnn_records_the_normalizer_and_its_bank(session_cache, tmp_path):
+    result = run_cli(*SMALL_DEMO, "normalizer=nnn", cache=session_cache, run_dir=tmp_path / "nnn")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics, results = read_run(tmp_path / "nnn")
+    assert metrics["normalizer"] == "nnn" and metrics["normalizer/bank"] == "demo"
+    assert metrics["normalizer/bank_size"] == 177  # visa/data/banks/demo.txt
+    assert metrics["calls/encode_bank/computed"] + metrics["calls/encode_bank/cached"] == 177
+    assert metrics["time/normalize"] >= 0 and 0 <= metrics["visa/R@1"] <= 100
+    assert all(len(r["base_top"]) == 2 for r in results)
+
+
+def test_command_line_refuses_a_bank_with_a_test_query(session_cache, tmp_path):
+    bank = tmp_path / "bank.txt"
+    demo = json.loads((REPO / "visa" / "data" / "demo_images.json").read_text())
+    bank.write_text(f"A red car.\n{demo[0]['captions'][0]}\n")
+    result = run_cli(
+        *SMALL_DEMO,
+        "normalizer=qb_norm",
+        f"normalizer.bank={bank}",
+        cache=session_cache,
+        run_dir=tmp_path / "r",
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: normalizer.bank={bank} contains 1 of the test queries"
+    )
