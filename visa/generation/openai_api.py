@@ -117,8 +117,9 @@ class OpenAIChatGenerator(MediaSettings):
     def pool(self) -> ServerPool:
         """The servers this generator sends to; started on first call when they are to be launched."""
         if self._pool is None:
-            urls = self.server.ensure_running() if self.server is not None else self.url
-            urls = [urls] if isinstance(urls, str) else list(urls)
+            given = self.server.ensure_running() if self.server is not None else self.url
+            assert given is not None, "__init__ checks that url or server is set"
+            urls = [given] if isinstance(given, str) else list(given)
             self._pool = ServerPool(urls, backoff=self.server_backoff)
         return self._pool
 
