@@ -149,6 +149,11 @@ class FabricEncoding:
     device: str
     batch_size: int
 
+    def _load(self) -> Any:
+        """What the backbone's `_build(device)` returns (model, processors, ...) on its device; `_build` is a
+        `load_once` loader, so each backbone object loads its weights once per device."""
+        return self._build(resolve_device(self.device))  # type: ignore[attr-defined]
+
     def check_parallel(self, where: str) -> None:
         if not isinstance(self.devices, int) or self.devices < 1:
             raise VisaError(f"{where}.devices={self.devices!r} must be a number of devices >= 1")
