@@ -8,7 +8,7 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -69,13 +69,11 @@ class VisaConfig(Settings):
 
 def settings_from(cfg: DictConfig) -> Settings:
     """The run's `Settings` from its composed config; their checks stop a bad value with one line."""
-    values = {f.name: cfg[f.name] for f in fields(Settings)}
-    return Settings(
-        **{
-            name: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
-            for name, value in values.items()
-        }
-    )
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        value = cfg[f.name]
+        values[f.name] = OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    return Settings(**values)
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
@@ -125,6 +123,13 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+def _takes_mapping(annotation: Any) -> bool:
+    """Whether a parameter takes a plain mapping (`dict`, `dict[str, Any]`, `dict[...] | None`)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_mapping(a) for a in typing.get_args(annotation))
+    return annotation is dict or typing.get_origin(annotation) is dict
+
+
 def _check_secrets(key: str, value: Any, where: str) -> None:
     """Refuse a secret given in the config (its value is never echoed) and a `*_env` key that holds
     something other than a variable's name (most likely the secret itself)."""
@@ -147,20 +152,35 @@ def _check_secrets(key: str, value: Any, where: str) -> None:
                 _check_secrets(str(inner), inner_value, f"{where}.{key}")
 
 
-def check_part(node: DictConfig, where: str) -> None:
-    """Every key of a part's config must be a parameter of its class, of the annotated type."""
+def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """The keyword parameters of a part's class (or function) and their type hints. A constructor that
+    passes `**kwargs` on to its parent's takes the parent's parameters too (own ones first)."""
+    signature = inspect.signature(target)
+    var = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    params = {n: p for n, p in signature.parameters.items() if p.kind not in var}
+    if not inspect.isclass(target):
+        return params, typing.get_type_hints(target)
+    hints = typing.get_type_hints(target.__init__)
+    forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    owners = [c for c in target.__mro__ if "__init__" in vars(c) and c is not object]
+    if forwards and len(owners) > 1:
+        inherited, inherited_hints = _parameters(owners[1])
+        params = {**params, **{n: p for n, p in inherited.items() if n not in params}}
+        hints = {**inherited_hints, **hints}
+    return params, hints
+
+
+def check_part(node: DictConfig, where: str, given: Collection[str] = ()) -> None:
+    """Every key of a part's config must be a parameter of its class, of the annotated type; `given` names
+    the parameters that the caller passes when it builds the part (not expected in the config)."""
     if "_target_" not in node:
         raise VisaError(f"{where} has no _target_; each part's yaml names the class it builds")
     target = _import_target(node._target_, where)
-    signature = inspect.signature(target)
-    hints = (
-        typing.get_type_hints(target.__init__) if inspect.isclass(target) else typing.get_type_hints(target)
-    )
-    params = {
-        n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    }
+    params, hints = _parameters(target)
     values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
     for key, value in values.items():
+        assert isinstance(key, str)
         if key.startswith("_"):
             continue
         _check_secrets(key, value, where)
@@ -171,8 +191,7 @@ def check_part(node: DictConfig, where: str) -> None:
             if "_target_" in value:
                 check_part(node[key], f"{where}.{key}")
                 continue
-            annotation = hints.get(key, params[key].annotation)
-            if not (annotation is dict or typing.get_origin(annotation) is dict):
+            if not _takes_mapping(hints.get(key, params[key].annotation)):
                 raise VisaError(
                     f"{where}.{key} is a mapping without _target_; it takes a part that names its class, "
                     "e.g. _target_: visa.generation.sglang.SGLangServer"
@@ -180,19 +199,23 @@ def check_part(node: DictConfig, where: str) -> None:
         if not _type_ok(value, hints.get(key, params[key].annotation)):
             expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
             raise VisaError(f"{where}.{key}={value!r} has the wrong type; expected {expected}")
-    missing = [n for n, p in params.items() if p.default is p.empty and n not in values]
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in values and n not in given]
     if missing:
         raise VisaError(f"{where} lacks required key(s) {', '.join(missing)} for {node._target_}")
 
 
-def instantiate_part(cfg: DictConfig, group: str) -> Any:
+def instantiate_part(cfg: DictConfig, group: str, **given: Any) -> Any:
+    """The part at `group` (a group, or a dotted path such as `logger.csv`), its keys checked first;
+    `given` are constructor arguments the caller supplies (a run folder, a vocabulary size)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    node = cfg[group]
-    check_part(node, group)
+    node = OmegaConf.select(cfg, group, throw_on_missing=True)
+    if not isinstance(node, DictConfig):
+        raise VisaError(f"{group} is not set; choose one of its configs ({group.split('.')[0]}=...)")
+    check_part(node, group, given)
     try:
-        return instantiate(node, _convert_="all")
+        return instantiate(node, _convert_="all", **given)
     except InstantiationException as e:  # Hydra wraps what the constructor raised
         if isinstance(e.__cause__, VisaError):
             raise e.__cause__ from None

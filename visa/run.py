@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,9 +11,9 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
+from visa.cli import run_command
 from visa.config import GROUPS, _import_target, check_part, instantiate_part, register, settings_from
 from visa.core.errors import Interrupted, VisaError
 from visa.data import Dataset, Query, check_modalities
@@ -184,18 +183,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except VisaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OmegaConfBaseException as e:
-        print(f"error: config: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt as e:  # Ctrl-C: one line, and the shell's status for SIGINT
-        saved = str(e) if isinstance(e, Interrupted) else "no model result computed yet; nothing to resume"
-        print(f"interrupted: {saved}", file=sys.stderr)
-        sys.exit(130)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    return run_command(lambda: run(cfg, run_dir), "no model result computed yet; nothing to resume")
 
 
 if __name__ == "__main__":

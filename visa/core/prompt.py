@@ -4,6 +4,7 @@ method both import it without either reaching into the other."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 # The answerer's word for "cannot tell from the item" (the method's convention; the re-ranker's passage
 # leaves such answers out).
@@ -25,8 +26,8 @@ class Prompt:
     seed: int | None = None
     temperature: float | None = None
 
-    def as_key(self) -> dict:
-        key = {
+    def as_key(self) -> dict[str, Any]:
+        key: dict[str, Any] = {
             "text": self.text,
             "media": list(self.media),
             "media_kind": self.media_kind,

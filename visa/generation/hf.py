@@ -5,6 +5,7 @@ loads no model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -156,7 +157,8 @@ class HFVisionGenerator(MediaSettings):
         processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
         texts, images, videos = [], [], []
         for p in prompts:
-            item_images, item_videos = [], []
+            item_images: list[Any] = []
+            item_videos: list[Any] = []
             if self.sees_media(p):
                 item_images, item_videos = prompt_media(p, self)
             parts = [{"type": "image"} for _ in item_images] + [{"type": "video"} for _ in item_videos]
