@@ -26,6 +26,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from visa.cli import run_command
@@ -33,8 +34,6 @@ from visa.config import instantiate_part
 from visa.core.errors import VisaError
 
 if TYPE_CHECKING:
-    from lightning.pytorch.loggers import Logger
-
     from visa.vsl.data import PrecompDataModule
 
 log = logging.getLogger("visa.train")
