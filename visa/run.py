@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from visa import entry
 from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
 from visa.config import GROUPS, _import_target, check_part, instantiate_part, register, settings_from
 from visa.core.errors import Interrupted, VisaError
@@ -21,6 +23,7 @@ from visa.data import check_modalities
 from visa.method.keys import visual_keys
 from visa.method.parts import Components
 from visa.method.pipeline import evaluate_precomputed, run_visa
+from visa.method.records import ResultsFile, ResultsFileError, ResultsReader
 
 log = logging.getLogger("visa")
 register()
@@ -45,21 +48,27 @@ def _choice(cfg: DictConfig, group: str) -> str:
         return cfg[group]._target_
 
 
-def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
+def write_metrics(run_dir: Path, metrics: dict, cache_path: Path | None = None) -> None:
     # allow_nan=False: NaN and Infinity are not JSON; the stages stop on a non-finite score before this,
     # so a failure here is a value that slipped past them, named rather than written.
     try:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-        with open(run_dir / "results.jsonl", "w", encoding="utf-8") as f:
-            for record in results:
-                try:
-                    f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-                except ValueError:
-                    raise VisaError(
-                        f"results.jsonl: query {record.get('index')} has a non-finite value (NaN or Infinity)"
-                    ) from None
+        text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     except ValueError as e:
         raise VisaError(f"metrics.json: a non-finite value (NaN or Infinity): {e}") from None
+    try:
+        (run_dir / "metrics.json").write_text(text)
+    except OSError as e:
+        raise output_error(run_dir, e, cache_path) from None
+
+
+def output_error(run_dir: Path, error: OSError, cache_path: Path | None) -> VisaError:
+    """A run folder that cannot be written (a full disk, a quota, permissions): what is kept, what to do."""
+    kept = f"the model results are kept in the cache {cache_path}, so " if cache_path else ""
+    return VisaError(
+        f"cannot write the run's outputs to {run_dir}: {error.strerror or error}; {kept}after freeing space "
+        "(or with hydra.run.dir=... on another disk) the same command writes them again without computing "
+        "anything"
+    )
 
 
 def saved_line(cache: SQLiteStore | SharedFolderStore) -> str:
@@ -103,9 +112,16 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             return {}  # a helper process of the multi-node gallery encoding: its share is written
     logger = instantiate_part(cfg, "logger")
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    results_file = ResultsFile(run_dir / settings.results_file)
+    cache_path: Path | None = None
     try:
         if dataset.precomputed is not None:
-            metrics, results = evaluate_precomputed(dataset, fusion, settings)
+            metrics, records = evaluate_precomputed(dataset, fusion, settings)
+            try:
+                for record in records:
+                    results_file.write(record)
+            except ResultsFileError as e:
+                raise output_error(run_dir, e.error, None) from None
         else:
             # what the backbone can embed, from its class: a mismatch stops here, before any model loads
             backbone_class = _import_target(cfg.backbone._target_, "backbone")
@@ -119,10 +135,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 fusion=fusion,
             )
             store = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
+            cache_path = store.path
             try:
-                metrics, results = run_visa(dataset, parts, settings, store)
-            except KeyboardInterrupt:
-                raise Interrupted(saved_line(store)) from None
+                metrics, _ = run_visa(dataset, parts, settings, store, sink=results_file.write)
+            except KeyboardInterrupt as e:  # Ctrl-C, or a scheduler's stop signal (visa.entry)
+                raise Interrupted(saved_line(store), getattr(e, "signum", signal.SIGINT)) from None
+            except ResultsFileError as e:  # the run folder: a full disk, a quota
+                raise output_error(run_dir, e.error, store.path) from None
             finally:
                 store.close()
                 parts.close()  # stops the servers this run launched
@@ -134,35 +153,51 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "data/skipped": len(dataset.skipped),  # bad items left out with dataset.on_bad_item=skip
             "time/total": round(time.perf_counter() - t_start, 3),
         }
-        write_outputs(run_dir, metrics, results)
         if settings.shard.active:  # no ranking: the final run without shard settings evaluates
+            results_file.discard()
+            write_metrics(run_dir, metrics, cache_path)
             computed = sum(v for k, v in metrics.items() if k.endswith("/computed"))
             print(f"shard {settings.shard.index}/{settings.shard.count}: {computed} model calls computed")
+            print(
+                f"no {settings.results_file} in a shard's folder: the final run (the same command without "
+                "shard.*) reads every shard's results from the cache and writes them with the metrics"
+            )
             print(f"run folder: {run_dir}")
             return metrics
+        try:
+            results_file.close()
+        except ResultsFileError as e:
+            raise output_error(run_dir, e.error, cache_path) from None
+        write_metrics(run_dir, metrics, cache_path)
         print(format_table(metrics, list(cfg.recall_at)))
         print(f"run folder: {run_dir}")
-        logger.log(metrics, results, dataset)
+        logger.log(metrics, ResultsReader(results_file.path), dataset)
     finally:
+        results_file.discard()
         logger.finish()
     return metrics
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except VisaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OmegaConfBaseException as e:
-        print(f"error: config: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt as e:  # Ctrl-C: one line, and the shell's status for SIGINT
-        saved = str(e) if isinstance(e, Interrupted) else "no model result computed yet; nothing to resume"
-        print(f"interrupted: {saved}", file=sys.stderr)
-        sys.exit(130)
+    with entry.stop_signals():  # SIGTERM / SIGUSR2 stop a run as Ctrl-C does
+        try:
+            return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+        except VisaError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+        except OmegaConfBaseException as e:
+            print(f"error: config: {str(e).splitlines()[0]}", file=sys.stderr)
+            sys.exit(1)
+        except KeyboardInterrupt as e:  # Ctrl-C or a stop signal: one line, and the shell's status for it
+            saved = (
+                str(e) if isinstance(e, Interrupted) else "no model result computed yet; nothing to resume"
+            )
+            signum = getattr(e, "signum", signal.SIGINT)
+            name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
+            print(f"interrupted{name}: {saved}", file=sys.stderr)
+            sys.exit(entry.exit_status(signum))
 
 
 if __name__ == "__main__":
-    main()
+    entry.main(main)
