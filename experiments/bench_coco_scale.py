@@ -100,7 +100,8 @@ from helpers.fake_openai_server import FakeOpenAIServer, default_reply
 
 def reply(body):
     text, content = default_reply(body), body["messages"][-1]["content"]
-    media = [p["image_url"]["url"] for p in content if p.get("type") == "image_url"] if isinstance(content, list) else []
+    parts = content if isinstance(content, list) else []
+    media = [p["image_url"]["url"] for p in parts if p.get("type") == "image_url"]
     return text + (f" (image {hashlib.sha1(media[0].encode()).hexdigest()[:8]})" if media else "")
 
 server = FakeOpenAIServer(reply=reply)
