@@ -15,6 +15,7 @@ in one line:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import signal
@@ -120,7 +121,14 @@ def one_line(error: BaseException) -> str:
                 pieces[-1] = pieces[-1].split(": ")[0] + ": " + ", ".join(listing)
                 continue
             pieces.append(line)
-    return "; ".join(p.rstrip(": ") for p in pieces)
+    pieces = [p.rstrip(": ") for p in pieces]
+    override = getattr(error, "override", None)  # an override Hydra could not parse: name it first
+    if isinstance(override, str) and override not in " ".join(pieces):
+        pieces.insert(0, override)
+    if pieces and pieces[0].startswith("Error merging override "):  # "key=value: why"
+        head = pieces[0].removeprefix("Error merging override ")
+        return head + (": " + "; ".join(pieces[1:]) if pieces[1:] else "")
+    return "; ".join(pieces)
 
 
 # -- stop signals ------------------------------------------------------------------------------------------
@@ -174,6 +182,9 @@ def exit_status(signum: int) -> int:
     return 128 + signum
 
 
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main(hydra_main: Callable[[], Any]) -> None:
     """Run the Hydra entry point `hydra_main` with the command line checked first and Hydra's errors as one
     line (HYDRA_FULL_ERROR=1, set by the user, shows Hydra's own report instead)."""
@@ -193,6 +204,15 @@ def main(hydra_main: Callable[[], Any]) -> None:
         if user_asked == "1":
             raise
         print(f"error: config: {one_line(e)}", file=sys.stderr)
+        sys.exit(1)
+    except OSError as e:  # Hydra writing the run folder (.hydra/, the log) on a full or read-only disk
+        if user_asked == "1" or e.errno not in _DISK_ERRORS:
+            raise
+        print(
+            f"error: cannot write {e.filename or 'the run folder'}: {e.strerror}; free space or fix its "
+            "permissions, or point hydra.run.dir (hydra.sweep.dir for -m) at another disk",
+            file=sys.stderr,
+        )
         sys.exit(1)
     finally:
         if user_asked is None:

@@ -19,6 +19,7 @@ from visa import entry
 from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
 from visa.config import GROUPS, _import_target, check_part, instantiate_part, register, settings_from
 from visa.core.errors import Interrupted, VisaError
+from visa.core.loading import quiet_loaders
 from visa.data import check_modalities
 from visa.method.keys import visual_keys
 from visa.method.parts import Components
@@ -104,6 +105,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for group in GROUPS:  # every part's keys are checked before anything is loaded
         check_part(cfg[group], group)
     settings = settings_from(cfg)
+    if not settings.progress:
+        quiet_loaders()
     fusion = instantiate_part(cfg, "fusion")
     dataset = instantiate_part(cfg, "dataset").load()
     log.info("dataset %s: %d queries over %d items", dataset.name, len(dataset.queries), len(dataset.gallery))
