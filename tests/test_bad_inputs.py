@@ -356,6 +356,34 @@ def test_a_secret_on_the_command_line_is_written_nowhere(outcomes):
         assert not outcomes[name]["run_dir"].exists(), name
 
 
+def test_a_secret_in_a_config_file_is_refused_and_scrubbed_from_the_run_folder(tmp_path):
+    """A key in a yaml file of the user's config folder: Hydra copies the config into .hydra/config.yaml
+    before the run can look at it; the run refuses it with one line and rewrites that copy without it."""
+    conf = tmp_path / "conf" / "question_llm"
+    conf.mkdir(parents=True)
+    (conf / "leaky.yaml").write_text(
+        "_target_: visa.generation.openai_api.OpenAIChatGenerator\nmodel: m\nurl: http://127.0.0.1:1/v1\n"
+        "api_key: sk-never-seen-6\n"
+    )
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "visa.run", "--config-dir", str(tmp_path / "conf"), "question_llm=leaky"]
+    proc = subprocess.run(
+        [*cmd, "progress=false", f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env={**os.environ, "VISA_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+    )
+    assert_one_error_line(
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        r"question_llm\.api_key: secrets are not taken from the config",
+    )
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert [f for f in run_dir.rglob("*") if f.is_file() and b"never-seen" in f.read_bytes()] == []
+
+
 def test_a_path_written_with_a_tilde_is_the_home_folder(tmp_path):
     """`dataset.root=~/photos`, as docs/datasets.md writes it (Hydra's grammar has no `~`): the home folder,
     as a shell would expand it. Here the folder's captions file has an empty caption: the one-line error

@@ -382,3 +382,27 @@ def test_the_questions_of_failed_runs_are_not_asked_again(server_runs):
     assert runs["fake"]["code"] == 0, runs["fake"]["stderr"][-3000:]
     metrics, _ = read_run(root / "fake")
     assert metrics["calls/ask/computed"] == 0 and metrics["calls/ask/cached"] == metrics["data/queries"]
+
+
+@pytest.mark.slow
+def test_a_shard_says_that_the_final_run_writes_the_results(tmp_path):
+    """A shard evaluates nothing: it writes no results file (an empty one looked like a failed run) and says
+    on its output that the final run, the same command without shard.*, writes the results."""
+    with FakeOpenAIServer() as server:
+        overrides = [
+            *server_demo(server.url),
+            "shard.count=2",
+            "shard.index=0",
+            "shard.idle_seconds=1",  # alone: it computes the other shard's share of the shared stages
+            "shard.poll_seconds=0.2",
+        ]
+        proc = start(overrides, tmp_path / "cache", tmp_path / "shard0")
+        stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert re.search(r"^shard 0/2: \d+ model calls computed$", stdout, re.M), stdout
+    assert (
+        "no results.jsonl in a shard's folder: the final run (the same command without shard.*) reads every "
+        "shard's results from the cache and writes them with the metrics"
+    ) in stdout
+    assert (tmp_path / "shard0" / "metrics.json").exists()
+    assert not list((tmp_path / "shard0").glob("results.jsonl*"))

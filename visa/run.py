@@ -17,7 +17,15 @@ from omegaconf.errors import OmegaConfBaseException
 
 from visa import entry
 from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
-from visa.config import GROUPS, _import_target, check_part, instantiate_part, register, settings_from
+from visa.config import (
+    GROUPS,
+    SecretInConfig,
+    _import_target,
+    check_part,
+    instantiate_part,
+    register,
+    settings_from,
+)
 from visa.core.errors import Interrupted, VisaError
 from visa.core.loading import quiet_loaders
 from visa.data import check_modalities
@@ -181,11 +189,27 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
+def scrub_config_copy(run_dir: Path) -> None:
+    """Rewrite the run folder's .hydra/config.yaml without the entries whose key looks like a secret."""
+    import yaml
+
+    from visa.tracking import redact
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.is_file():
+        path.write_text(yaml.safe_dump(redact(yaml.safe_load(path.read_text())), sort_keys=False))
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     with entry.stop_signals():  # SIGTERM / SIGUSR2 stop a run as Ctrl-C does
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
         try:
-            return run(cfg, Path(HydraConfig.get().runtime.output_dir))
+            return run(cfg, run_dir)
+        except SecretInConfig as e:  # from a config file: Hydra saved a copy in the run folder; scrub it
+            scrub_config_copy(run_dir)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
         except VisaError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(1)
