@@ -114,22 +114,18 @@ def run_visa(
     kept: list[dict[str, Any]] = []
     sink = sink or kept.append
     n = len(dataset.queries)
-    text_scores = torch.zeros(n, k, dtype=torch.float32)
-    fused = torch.zeros(n, k, dtype=torch.float32)
     visa_order = candidates.clone()
     for rows in blocks(n):
         sl = slice(rows.start, rows.stop)
         run.block = (rows.start, rows.stop, n)
         answers = run.answer(parts.answer_mllm, questions[sl], top[sl], descriptions)
-        passages = build_passages(
-            dataset, top[sl], questions[sl], answers, descriptions, settings.passage.separator
-        )
-        queries = dataset.queries[sl]
-        scores = score_passages(run, parts, queries, query_texts[sl], passages)
-        text_scores[sl] = torch.tensor(scores, dtype=torch.float32).view(len(rows), k)
+        separator = settings.passage.separator
+        passages = build_passages(dataset, top[sl], questions[sl], answers, descriptions, separator)
+        scores = score_passages(run, parts, dataset.queries[sl], query_texts[sl], passages)
+        text_scores = torch.tensor(scores, dtype=torch.float32).view(len(rows), k)
         t0 = time.perf_counter()
-        fused[sl] = parts.fusion(base_scores[sl, :k], text_scores[sl])  # per query: a block at a time
-        visa_order[sl] = rerank(candidates[sl], fused[sl])
+        fused = parts.fusion(base_scores[sl, :k], text_scores)  # per query: a block at a time
+        visa_order[sl] = rerank(candidates[sl], fused)
         run.timed("fuse", t0)
         t0 = time.perf_counter()
         for record in result_records(
@@ -137,8 +133,8 @@ def run_visa(
             candidates[sl],
             base_scores[sl],
             visa_order[sl],
-            fused[sl],
-            text_scores[sl],
+            fused,
+            text_scores,
             questions[sl],
             answers,
             passages,
