@@ -211,3 +211,22 @@ def test_identity_ignores_where_the_server_is():
     b = OpenAIChatGenerator(model="m", server=SGLangServer("m", port=31000, tp=4)).identity()
     c = OpenAIChatGenerator(model="m", url="http://a:1/v1", max_new_tokens=9).identity()
     assert a == b and a != c
+
+
+def test_requests_failing_together_leave_no_unretrieved_task_errors(caplog):
+    """32 requests refused at once: one error for the stage, and no asyncio "Task exception was never
+    retrieved" for the others (logged when their tasks are collected: here, once the error is dropped)."""
+    import gc
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    with FakeOpenAIServer(fault_rule=lambda body: "404") as server:
+        gen = client(server.url, max_concurrency=32)
+        error = None
+        try:
+            gen.generate([Prompt(f"p {i}") for i in range(32)])
+        except VisaError as e:
+            error = str(e)
+    assert error is not None and "HTTP 404" in error
+    gc.collect()
+    assert "never retrieved" not in caplog.text
