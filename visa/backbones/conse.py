@@ -14,8 +14,8 @@ import functools
 
 import torch
 
+from visa.backbones.imagenet import classnames, media_probabilities
 from visa.backbones.text_embedder import embed_sentences, minilm_path
-from visa.core.imagenet import classnames, media_probabilities
 from visa.data import Item
 
 

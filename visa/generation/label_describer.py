@@ -5,8 +5,8 @@ A stand-in for a captioning MLLM (none ships in a PyPI package); it ignores the 
 
 from __future__ import annotations
 
+from visa.backbones.imagenet import classnames, media_probabilities
 from visa.core.errors import VisaError
-from visa.core.imagenet import classnames, media_probabilities
 from visa.core.prompt import Prompt
 
 
