@@ -53,7 +53,7 @@ from visa.cache import runner as runner_module
 model_seconds, calls = {}, {}
 original_run = runner_module.StageRunner.run
 
-def timed_run(self, stage, keys, inputs, compute, model=""):
+def timed_run(self, stage, keys, inputs, compute, model="", **kw):
     def timed_compute(missing):
         iterator = iter(compute(missing))
         while True:
@@ -66,7 +66,7 @@ def timed_run(self, stage, keys, inputs, compute, model=""):
             model_seconds[stage] = model_seconds.get(stage, 0.0) + time.perf_counter() - t0
             yield item
     calls[stage] = calls.get(stage, 0) + len(keys)
-    return original_run(self, stage, keys, inputs, timed_compute, model)
+    return original_run(self, stage, keys, inputs, timed_compute, model, **kw)
 
 runner_module.StageRunner.run = timed_run
 

@@ -37,6 +37,10 @@ class Store(Protocol):
         """Store one result durably (a crash right after loses nothing that was put); `model` labels it."""
         ...
 
+    def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
+        """Store several results of one stage at once (one transaction), as durably as `put`."""
+        ...
+
     def close(self) -> None: ...
 
 
