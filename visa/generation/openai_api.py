@@ -14,9 +14,10 @@ instructions between the questions about one item. Videos are sent as frames sam
 
 Faults: refused connections, timeouts, dropped connections, HTTP 5xx and 429 are retried with exponential
 backoff and jitter, `max_retries` times; then the run stops with a message naming the URL. Other HTTP
-errors (a wrong model name, a bad request) stop the run at once. A reply without a text (malformed JSON,
-no choices) becomes the empty string, which the pipeline treats like an unparsable answer, and is counted
-in `malformed`.
+errors (a wrong model name, a bad request) stop the run at once. A malformed reply (a body that is not JSON,
+such as a proxy's HTML page, or JSON without `choices[0].message`) is not a model's answer: it is counted in
+`malformed` and asked again like a 5xx, and never cached. An empty answer (`content` "" or null) is the
+model's reply: it is kept, and counted in `empty`.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class OpenAIChatGenerator(MediaSettings):
     max_retries: int = 5  # tries after the first, on refused/dropped connections, timeouts, 5xx, 429
     retry_backoff: float = 1.0  # seconds before the first retry; doubles per try (with jitter)
     server_backoff: float = 5.0  # several servers: a failing one gets no requests this long (doubling)
-    malformed: int = field(default=0, init=False)  # replies without a text, returned as ""
+    malformed: int = field(default=0, init=False)  # replies that were not a chat completion (asked again)
+    empty: int = field(default=0, init=False)  # completions whose text was empty or null (kept as "")
     retried: int = field(default=0, init=False)  # tries that failed and were repeated
 
     def __post_init__(self) -> None:
@@ -131,7 +133,7 @@ class OpenAIChatGenerator(MediaSettings):
 
     def counters(self) -> dict[str, int]:
         """Malformed replies, retried tries, and with several servers the replies of each (host:port)."""
-        out = {"malformed": self.malformed, "retried": self.retried}
+        out = {"malformed": self.malformed, "empty": self.empty, "retried": self.retried}
         if self._pool is not None and len(self._pool.servers) > 1:
             for url, count in self._pool.counts().items():
                 out[f"requests/{urlparse(url).netloc}"] = count
@@ -171,15 +173,20 @@ class OpenAIChatGenerator(MediaSettings):
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _reply_text(self, url: str, body: str) -> str:
+    def _reply_text(self, url: str, body: str) -> str | None:
+        """The completion's text; None for a malformed reply (not JSON, or no `choices[0].message`)."""
         try:
-            content = json.loads(body)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            content = None
-        if not isinstance(content, str):
+            message = json.loads(body)["choices"][0]["message"]
+            content = message.get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             self.malformed += 1
             if self.malformed <= 3:
-                log.warning("malformed reply from %s (kept as an empty answer): %.200r", url, body)
+                log.warning("malformed reply from %s (asked again): %.200r", url, body)
+            return None
+        if not isinstance(content, str) or not content.strip():
+            self.empty += 1
+            if self.empty == 1:
+                log.warning("an empty reply from %s (kept as an empty answer; counted in empty)", url)
             return ""
         return content.strip()
 
@@ -223,8 +230,11 @@ class OpenAIChatGenerator(MediaSettings):
             finally:
                 pool.release(url, answered)
             if answered and status == 200:
-                return index, self._reply_text(url, text)
-            if answered:
+                reply = self._reply_text(url, text)
+                if reply is not None:
+                    return index, reply
+                last = f"a malformed reply {' '.join(text.split())[:80]!r}"
+            elif answered:
                 raise VisaError(
                     f"{url}/chat/completions answered HTTP {status} for model {self.model!r}: "
                     f"{text.strip()[:200]!r}; check model= against {url}/models"
@@ -238,6 +248,11 @@ class OpenAIChatGenerator(MediaSettings):
                 self.retried -= 1  # this try is not repeated
                 break
             await asyncio.sleep(max(self._delay(failures - 1, retry_after), pool.wait_seconds()))
+        if last.startswith("a malformed reply"):
+            raise VisaError(
+                f"{last_url}/chat/completions failed {failures} times (last: {last}); check that url= is the "
+                "server's OpenAI-compatible /v1 address (a proxy or a login page answers HTML)"
+            )
         if len(pool.urls) == 1:
             raise VisaError(
                 f"{last_url}/chat/completions failed {failures} times (last: {last}); check that the "
@@ -270,8 +285,17 @@ class OpenAIChatGenerator(MediaSettings):
                 while in_flight:
                     done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     in_flight.difference_update(done)
-                    for task in done:
-                        put(task.result())  # a request that failed for good stops the stage here
+                    failed = None
+                    for task in done:  # every finished task is looked at: no "exception never retrieved"
+                        if task.cancelled():
+                            continue
+                        error = task.exception()
+                        if error is None:
+                            put(task.result())
+                        elif failed is None:
+                            failed = error
+                    if failed is not None:  # a request that failed for good stops the stage here
+                        raise failed
                     refill()
             finally:
                 for task in in_flight:

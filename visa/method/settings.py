@@ -77,10 +77,18 @@ class Settings:
     shard: Shard = field(default_factory=Shard)  # a sharded run: this run's 1/N of each stage
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     progress: bool = True  # progress bars per stage
+    # the per-query records in the run folder, written as a stream; results.jsonl.gz: gzip-compressed
+    results_file: str = "results.jsonl"
 
     def __post_init__(self) -> None:
         if not self.recall_at or min(self.recall_at) < 1:
             raise VisaError(f"recall_at={list(self.recall_at)} must list cut-offs of 1 or more, e.g. [1,5]")
+        name = self.results_file
+        if "/" in name or not name.endswith((".jsonl", ".jsonl.gz")) or name.startswith("."):
+            raise VisaError(
+                f"results_file={name!r} must be a file name ending in .jsonl, or .jsonl.gz for a compressed "
+                "file (it is written in the run folder)"
+            )
 
     @property
     def depth(self) -> int:

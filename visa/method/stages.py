@@ -55,6 +55,7 @@ class Run:
         self.dataset, self.settings, self.store = dataset, settings, store
         self.runner = StageRunner(store, progress=settings.progress)
         self.question_tries: list[tuple[int, int]] = []  # (asked, parsed) per question try
+        self.block: tuple[int, int, int] | None = None  # (first, end, of): the queries a stage works on now
 
     def stage(
         self, name: str, keys: list[str], inputs: list[Any], stream: Stream, model: Any = ""
@@ -63,7 +64,8 @@ class Run:
         model, for the cache's summary by model."""
         shard, label = self.settings.shard, model_label(model)
         if not shard.active or name not in SHARED_STAGES:
-            return self.runner.run(name, keys, inputs, stream, model=label)
+            note = f"queries {self.block[0] + 1}-{self.block[1]} of {self.block[2]}" if self.block else None
+            return self.runner.run(name, keys, inputs, stream, model=label, note=note)
         # this shard's share, then the other shards' results from the store
         assert self.store is not None, "a sharded run needs a shared cache"
         mine = shard.mine(len(keys))
