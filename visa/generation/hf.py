@@ -1,10 +1,24 @@
 """Text LLMs and vision-language models through transformers in this process (chat template, left padding,
 batched; greedy or sampled; dtype and device from config). Weights load on first use, so a fully cached run
-loads no model."""
+loads no model.
+
+Two things keep the question LLM cheap:
+- structured generation: a prompt with a `layout` is generated under xgrammar's grammar mask
+  (`visa.generation.structured`), so its reply always has that layout;
+- shared-prefix reuse (`prefix_cache: true`): the tokens every prompt of a batch starts with (the question
+  prompt's instructions and worked examples) are run through the model once, and their key/value cache is
+  copied into every later batch that starts with them, the way a server's prefix cache works. Each row is laid
+  out as [prefix][padding][own tokens], with the padding masked, so positions and replies are those of the
+  prompt alone (the same replies at temperature 0; tests/test_prefix_reuse.py).
+"""
 
 from __future__ import annotations
 
+import copy
+import inspect
+from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -14,6 +28,10 @@ from visa.core.loading import check_dtype, load_once, load_pretrained, torch_dty
 from visa.core.prompt import Prompt
 from visa.generation.chat import ChatSettings, MediaSettings
 from visa.generation.media import prompt_media
+from visa.generation.structured import GrammarCache, batch_layout
+
+# A prefix shorter than this many tokens is not worth a separate forward pass.
+MIN_PREFIX_TOKENS = 16
 
 
 def _pad_left(tokenizer):
@@ -59,13 +77,106 @@ def load_vision_model(model: str, dtype: str, device: str, trust_remote_code: bo
     return processor, _load_lm(AutoModelForImageTextToText, model, dtype, device, trust_remote_code)
 
 
-def _complete(gen: ChatSettings, lm, enc, tokenizer, prompts: list[Prompt]) -> list[str]:
-    """Generate after the (left-padded) prompts in `enc`; the new tokens decoded, per prompt.
+def _cache_kwarg(lm) -> str:
+    """The name `generate` and `forward` take a key/value cache under ("cache" from transformers 5.2x on)."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+def _common_length(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """Key/value caches of prompt prefixes (batch of one), the most recent `keep`, reused by every batch whose
+    prompts all start with one of them (cropped to the part they share)."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._owner: int | None = None
+        self.reused_tokens = 0  # prompt tokens not run again thanks to a cached prefix
+        self.computed_tokens = 0  # prefix tokens run through the model
+
+    def take(self, lm, rows: list[list[int]], extra: dict | None = None) -> tuple[int, Any] | None:
+        """(length, a private copy of the cache of rows' shared first `length` tokens), or None when they
+        share fewer than MIN_PREFIX_TOKENS. Every row keeps at least one token of its own after the prefix.
+        `extra`: more inputs of the prefix's forward pass (a vision model's pixels)."""
+        if self._owner != id(lm):
+            self._entries.clear()
+            self._owner = id(lm)
+        shared = min(len(r) for r in rows) - 1
+        for row in rows[1:]:
+            shared = min(shared, _common_length(rows[0], row))
+        if shared < MIN_PREFIX_TOKENS:
+            return None
+        wanted = tuple(rows[0][:shared])
+        best, best_len = None, 0
+        for ids in self._entries:
+            common = _common_length(ids, wanted)
+            if common > best_len:
+                best, best_len = ids, common
+        if best is not None and best_len >= MIN_PREFIX_TOKENS and not extra:
+            self._entries.move_to_end(best)
+            cache = copy.deepcopy(self._entries[best])
+            if best_len < len(best):
+                cache.crop(best_len)
+            self.reused_tokens += best_len * len(rows)
+            return best_len, cache
+        ids = torch.tensor([list(wanted)], device=lm.device)
+        out = lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **(extra or {}))
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        self.computed_tokens += shared
+        self.reused_tokens += shared * (len(rows) - 1)
+        if not extra:  # a media prefix belongs to one item: not kept for later batches
+            self._entries[wanted] = cache
+            while len(self._entries) > self.keep:
+                self._entries.popitem(last=False)
+            cache = copy.deepcopy(cache)
+        return shared, cache
+
+
+def _with_prefix(lm, rows: list[list[int]], length: int, cache, pad_id: int) -> dict[str, Any]:
+    """generate() inputs for rows that start with a cached prefix of `length` tokens: each row laid out as
+    [prefix][padding][own tokens], the padding masked (positions come from the mask, so every row's own
+    tokens sit right after the prefix, as in the prompt alone); the cache copied to every row."""
+    own = [r[length:] for r in rows]
+    width = max(len(o) for o in own)
+    ids, mask = [], []
+    for row, tail in zip(rows, own):
+        pad = width - len(tail)
+        ids.append(row[:length] + [pad_id] * pad + tail)
+        mask.append([1] * length + [0] * pad + [1] * len(tail))
+    cache.batch_repeat_interleave(len(rows))
+    return {
+        "input_ids": torch.tensor(ids, device=lm.device),
+        "attention_mask": torch.tensor(mask, device=lm.device),
+        _cache_kwarg(lm): cache,
+    }
+
+
+def _complete(
+    gen: ChatSettings,
+    lm,
+    enc,
+    tokenizer,
+    prompts: list[Prompt],
+    grammars: GrammarCache | None = None,
+) -> list[str]:
+    """Generate after the prompts in `enc` (left-padded, or laid out by `_with_prefix`); the new tokens
+    decoded, per prompt.
 
     Sampling is what the settings say, never the model's generation_config: top_k off, top_p only when
-    sampling; the repetition penalty is the model's own unless `repetition_penalty` is set."""
+    sampling; the repetition penalty is the model's own unless `repetition_penalty` is set. A batch whose
+    prompts carry a `layout` is generated under that layout's grammar."""
     temperature, seed = gen.sampling_of(prompts)
     sampling = temperature > 0
+    layout = batch_layout(prompts)
+    processors = [grammars.processor(layout, tokenizer, lm)] if layout is not None and grammars else None
     if sampling:
         torch.manual_seed(seed)
     penalty = {} if gen.repetition_penalty is None else {"repetition_penalty": gen.repetition_penalty}
@@ -78,6 +189,7 @@ def _complete(gen: ChatSettings, lm, enc, tokenizer, prompts: list[Prompt]) -> l
             top_p=gen.top_p if sampling else None,
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
+            logits_processor=processors,
             **penalty,
         )
     except torch.OutOfMemoryError as e:
@@ -101,6 +213,10 @@ class HFTextGenerator(ChatSettings):
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # auto: all visible GPUs (device_map), else CPU
     trust_remote_code: bool = False
+    # Reuse the key/value cache of the tokens every prompt of a batch starts with (same replies, less work)
+    prefix_cache: bool = True
+    prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
+    grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,6 +224,13 @@ class HFTextGenerator(ChatSettings):
 
     def identity(self) -> dict:
         return {**super().identity(), "gguf_file": self.gguf_file, "dtype": self.dtype}
+
+    def counters(self) -> dict[str, int]:
+        """Prompt tokens that a cached prefix spared the model, and prefix tokens it ran."""
+        return {
+            "prefix_tokens/reused": self.prefixes.reused_tokens,
+            "prefix_tokens/computed": self.prefixes.computed_tokens,
+        }
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt]) -> list[str]:
@@ -124,8 +247,15 @@ class HFTextGenerator(ChatSettings):
             tokenizer.apply_chat_template(self.messages(p), tokenize=False, add_generation_prompt=True)
             for p in prompts
         ]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-        return _complete(self, lm, enc, tokenizer, prompts)
+        enc = None
+        if self.prefix_cache:
+            rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+            found = self.prefixes.take(lm, rows)
+            if found is not None:
+                enc = _with_prefix(lm, rows, *found, tokenizer.pad_token_id)
+        if enc is None:
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+        return _complete(self, lm, enc, tokenizer, prompts, self.grammars)
 
 
 @dataclass(kw_only=True, eq=False)
