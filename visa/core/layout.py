@@ -24,6 +24,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+# A character of a phrase or question: printable ASCII but "?" (which ends a question); no line break. (ASCII:
+# a character is then one byte, so the longest reply in tokens is bounded by `longest()`.)
+_TEXT = "[ ->@-~]"
 # The JSON form's field names (the parser in visa/method/prompts.py reads them).
 PHRASES_FIELD = "key_phrases"
 QUESTIONS_FIELD = "questions"
@@ -35,8 +38,8 @@ class QuestionLayout:
 
     questions: int
     max_phrases: int = 4
-    phrase_chars: int = 60  # longest key phrase
-    question_chars: int = 120  # longest question
+    phrase_chars: int = 40  # longest key phrase
+    question_chars: int = 100  # longest question
 
     def __post_init__(self) -> None:
         if self.questions < 1 or self.max_phrases < 1 or self.phrase_chars < 1 or self.question_chars < 4:
@@ -52,23 +55,30 @@ class QuestionLayout:
             "question_chars": self.question_chars,
         }
 
+    def longest(self) -> int:
+        """The most characters a reply of this layout can have: a generator whose max_new_tokens is at least
+        this can never cut a constrained reply short (a token is at least one character here)."""
+        phrases = len("key phrases:\n") + self.max_phrases * (len("- \n") + self.phrase_chars)
+        questions = len("questions:\n") + self.questions * (len("10. \n") + self.question_chars)
+        return phrases + questions
+
     def ebnf(self) -> str:
         """The layout as an EBNF grammar (xgrammar's dialect: `root` is the start rule)."""
         numbered = ' "\\n" '.join(f'"{i}. " question' for i in range(1, self.questions + 1))
         return "\n".join(
             [
                 f'root ::= "key phrases:\\n" phrase{{1,{self.max_phrases}}} "questions:\\n" {numbered}',
-                f'phrase ::= "- " [^\\n?]{{1,{self.phrase_chars}}} "\\n"',
-                f'question ::= [A-Z] [^\\n?]{{2,{self.question_chars - 2}}} "?"',
+                f'phrase ::= "- " {_TEXT}{{1,{self.phrase_chars}}} "\\n"',
+                f'question ::= [A-Z] {_TEXT}{{2,{self.question_chars - 2}}} "?"',
             ]
         )
 
     def regex(self) -> str:
         """The layout as one regular expression over the whole reply (sglang's `regex` request field)."""
         numbered = "\\n".join(
-            f"{i}\\. [A-Z][^\\n?]{{2,{self.question_chars - 2}}}\\?" for i in range(1, self.questions + 1)
+            f"{i}\\. [A-Z]{_TEXT}{{2,{self.question_chars - 2}}}\\?" for i in range(1, self.questions + 1)
         )
-        phrase = f"- [^\\n?]{{1,{self.phrase_chars}}}\\n"
+        phrase = f"- {_TEXT}{{1,{self.phrase_chars}}}\\n"
         return f"key phrases:\\n(?:{phrase}){{1,{self.max_phrases}}}questions:\\n{numbered}"
 
     def json_schema(self) -> dict[str, Any]:
@@ -86,7 +96,7 @@ class QuestionLayout:
                     "type": "array",
                     "items": {
                         "type": "string",
-                        "pattern": "^[A-Z][^\\n?]*\\?$",
+                        "pattern": f"^[A-Z]{_TEXT}*\\?$",
                         "minLength": 4,
                         "maxLength": self.question_chars,
                     },
