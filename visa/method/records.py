@@ -44,6 +44,7 @@ def result_records(
             "questions": questions[qi].questions,
             "questions_parsed": questions[qi].parsed,
             "question_tries": questions[qi].tries,  # 1 + the retries this query's reply needed
+            "question_reply": questions[qi].raw,  # the question LLM's reply as written (its last try)
             "base_top": [{"id": i, "score": by_id[i]["base"]} for i in top_ids],
             "visa_top": [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in visa_order[qi, :k].tolist()],
         }
