@@ -102,17 +102,20 @@ class PrefixCache:
         self.reused_tokens = 0  # prompt tokens not run again thanks to a cached prefix
         self.computed_tokens = 0  # prefix tokens run through the model
 
-    def take(self, lm, rows: list[list[int]], extra: dict | None = None) -> tuple[int, Any] | None:
+    def take(
+        self, lm, rows: list[list[int]], extra: dict | None = None, after: int = 0
+    ) -> tuple[int, Any] | None:
         """(length, a private copy of the cache of rows' shared first `length` tokens), or None when they
-        share fewer than MIN_PREFIX_TOKENS. Every row keeps at least one token of its own after the prefix.
-        `extra`: more inputs of the prefix's forward pass (a vision model's pixels)."""
+        share fewer than MIN_PREFIX_TOKENS, or not the first `after` tokens (a media prefix must hold all the
+        media tokens). Every row keeps at least one token of its own after the prefix. `extra`: more inputs of
+        the prefix's forward pass (a vision model's pixels; per-token ones are cut to the prefix)."""
         if self._owner != id(lm):
             self._entries.clear()
             self._owner = id(lm)
         shared = min(len(r) for r in rows) - 1
         for row in rows[1:]:
             shared = min(shared, _common_length(rows[0], row))
-        if shared < MIN_PREFIX_TOKENS:
+        if shared < max(MIN_PREFIX_TOKENS, after):
             return None
         wanted = tuple(rows[0][:shared])
         best, best_len = None, 0
@@ -128,7 +131,11 @@ class PrefixCache:
             self.reused_tokens += best_len * len(rows)
             return best_len, cache
         ids = torch.tensor([list(wanted)], device=lm.device)
-        out = lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **(extra or {}))
+        inputs = {
+            k: v[..., :shared] if k.endswith("token_type_ids") and v.shape[-1] == len(rows[0]) else v
+            for k, v in (extra or {}).items()
+        }
+        out = lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **inputs)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         self.computed_tokens += shared
         self.reused_tokens += shared * (len(rows) - 1)
@@ -271,7 +278,11 @@ class HFVisionGenerator(MediaSettings):
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # auto: all visible GPUs (device_map), else CPU
     trust_remote_code: bool = False
+    # Prompts about one item run from one prefix cache: the item's pixels are encoded once for all of them
+    prefix_cache: bool = True
     media_encoded: int = field(default=0, init=False)  # images and videos given to the vision encoder
+    prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
+    grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -281,22 +292,26 @@ class HFVisionGenerator(MediaSettings):
         # "gguf_file": None keeps the identities (and so the caches) of the former single generator class.
         return {**super().identity(), "gguf_file": None, "dtype": self.dtype}
 
-    @torch.no_grad()
-    def generate(self, prompts: list[Prompt]) -> list[str]:
-        processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
-        texts, images, videos = [], [], []
-        for p in prompts:
-            item_images, item_videos = [], []
-            if self.sees_media(p):
-                item_images, item_videos = prompt_media(p, self)
-            parts = [{"type": "image"} for _ in item_images] + [{"type": "video"} for _ in item_videos]
-            texts.append(
-                processor.apply_chat_template(
-                    self.messages(p, parts, typed=True), add_generation_prompt=True, tokenize=False
-                )
-            )
-            images += item_images
-            videos += item_videos
+    def counters(self) -> dict[str, int]:
+        """Images and videos encoded, prompt tokens a cached prefix spared the model, prefix tokens it ran."""
+        return {
+            "media_encoded": self.media_encoded,
+            "prefix_tokens/reused": self.prefixes.reused_tokens,
+            "prefix_tokens/computed": self.prefixes.computed_tokens,
+        }
+
+    def _chat(self, processor, p: Prompt) -> tuple[str, list, list]:
+        """(chat text, images, video frame lists) of one prompt."""
+        item_images, item_videos = [], []
+        if self.sees_media(p):
+            item_images, item_videos = prompt_media(p, self)
+        parts = [{"type": "image"} for _ in item_images] + [{"type": "video"} for _ in item_videos]
+        text = processor.apply_chat_template(
+            self.messages(p, parts, typed=True), add_generation_prompt=True, tokenize=False
+        )
+        return text, item_images, item_videos
+
+    def _encode(self, processor, lm, texts: list[str], images: list, videos: list):
         if videos and getattr(processor, "video_processor", None) is None:
             raise VisaError(
                 f"{self.model} has no video processor; pick a video-capable model (e.g. Qwen2-VL)"
@@ -308,5 +323,65 @@ class HFVisionGenerator(MediaSettings):
         enc = enc.to(lm.device)
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(lm.dtype)
-        self.media_encoded += len(images) + len(videos)
-        return _complete(self, lm, enc, processor.tokenizer, prompts)
+        if "pixel_values_videos" in enc and enc["pixel_values_videos"].is_floating_point():
+            enc["pixel_values_videos"] = enc["pixel_values_videos"].to(lm.dtype)
+        return enc
+
+    def _with_shared_prefix(self, processor, lm, chats: list[tuple[str, list, list]], media: bool):
+        """generate() inputs for prompts that share their media (or have none) and start alike: the shared
+        part, the media included, runs once (its pixels encoded once); None when they share too little."""
+        enc = self._encode(processor, lm, [chats[0][0]], chats[0][1], chats[0][2])
+        rows = [enc["input_ids"][0].tolist()]
+        for text, _, _ in chats[1:]:  # the same media expand to the same tokens: the text alone is needed
+            rows.append(
+                self._encode(processor, lm, [text], chats[0][1], chats[0][2])["input_ids"][0].tolist()
+            )
+        media_ids = {getattr(lm.config, k, None) for k in ("image_token_id", "video_token_id")} - {None}
+        last_media = max((i for i, t in enumerate(rows[0]) if t in media_ids), default=-1)
+        extra = None
+        if media:
+            extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        found = self.prefixes.take(lm, rows, extra, after=last_media + 1)
+        if found is None:
+            return None
+        if hasattr(getattr(lm, "model", None), "rope_deltas") and not media:
+            # M-RoPE models (Qwen2-VL) keep the position offset of the last prompt's media; text has none
+            lm.model.rope_deltas = torch.zeros(1, 1, dtype=torch.long, device=lm.device)
+        self.media_encoded += len(chats[0][1]) + len(chats[0][2]) if media else 0
+        return _with_prefix(lm, rows, *found, processor.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
+        chats = [self._chat(processor, p) for p in prompts]
+        replies: list[str | None] = [None] * len(prompts)
+        rest = list(range(len(prompts)))
+        if self.prefix_cache:
+            # prompts about one item (or without media) run together, from their shared prefix
+            groups: dict[tuple, list[int]] = {}
+            for i, p in enumerate(prompts):
+                groups.setdefault((p.media, p.media_kind) if self.sees_media(p) else (), []).append(i)
+            rest = []
+            for key, members in groups.items():
+                enc = None
+                if key == () or len(members) > 1:
+                    enc = self._with_shared_prefix(processor, lm, [chats[i] for i in members], key != ())
+                if enc is None:
+                    rest += members
+                    continue
+                group = _complete(
+                    self, lm, enc, processor.tokenizer, [prompts[i] for i in members], self.grammars
+                )
+                for i, reply in zip(members, group):
+                    replies[i] = reply
+        if rest:
+            rest.sort()
+            images = [im for i in rest for im in chats[i][1]]
+            videos = [v for i in rest for v in chats[i][2]]
+            enc = self._encode(processor, lm, [chats[i][0] for i in rest], images, videos)
+            self.media_encoded += len(images) + len(videos)
+            for i, reply in zip(
+                rest, _complete(self, lm, enc, processor.tokenizer, [prompts[i] for i in rest], self.grammars)
+            ):
+                replies[i] = reply
+        return replies  # type: ignore[return-value]
