@@ -184,7 +184,7 @@ def test_internvideo2_adapter_feeds_normalised_clips(tmp_path, monkeypatch):
 # InternVideo2's evaluation (its pre_text) gives its text encoder for each.
 CLEANED = {
     "A man is talking about a car's features, in detail.": "a man is talking about a cars features in detail",
-    "SOMEONE hands <person> a half-empty glass; she smiles!": "someone hands person a half empty glass she smiles",
+    "SOMEONE hands <person> an half-empty glass!": "someone hands person an half empty glass",
     'The camera pans left/right (slowly) over the "old" town: #1 view~': (
         "the camera pans left right slowly over the old town 1 view"
     ),
