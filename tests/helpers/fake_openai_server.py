@@ -65,7 +65,7 @@ def structured_reply(body: dict) -> str | None:
         count = schema["properties"]["questions"]["minItems"]
         reply = {
             "key_phrases": [query],
-            "questions": [f"Is detail {i} of the query visible?" for i in range(1, count + 1)],
+            "questions": [f"Is detail {i} of the query visible in the picture?" for i in range(1, count + 1)],
         }
         try:
             jsonschema.validate(reply, schema)
@@ -74,7 +74,9 @@ def structured_reply(body: dict) -> str | None:
         return json.dumps(reply)
     if "regex" in body:
         for count in range(1, 11):
-            questions = "\n".join(f"{i}. Is detail {i} of the query visible?" for i in range(1, count + 1))
+            questions = "\n".join(
+                f"{i}. Is detail {i} of the query visible in the picture?" for i in range(1, count + 1)
+            )
             reply = f"key phrases:\n- {query}\nquestions:\n{questions}"
             if re.fullmatch(body["regex"], reply):
                 return reply
