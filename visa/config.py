@@ -58,13 +58,11 @@ class VisaConfig(Settings):
 
 def settings_from(cfg: DictConfig) -> Settings:
     """The run's `Settings` from its composed config; their checks stop a bad value with one line."""
-    values = {f.name: cfg[f.name] for f in fields(Settings)}
-    return Settings(
-        **{
-            name: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
-            for name, value in values.items()
-        }
-    )
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        value = cfg[f.name]
+        values[f.name] = OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    return Settings(**values)
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
@@ -149,7 +147,9 @@ def check_part(node: DictConfig, where: str) -> None:
         n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
     }
     values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
     for key, value in values.items():
+        assert isinstance(key, str)
         if key.startswith("_"):
             continue
         _check_secrets(key, value, where)

@@ -156,7 +156,7 @@ class WandbLogger:
         self.tags = list(tags or [])
         self.dir, self.num_samples, self.top_items, self.thumb_size = dir, num_samples, top_items, thumb_size
         self.log_artifact = log_artifact
-        self.run = None
+        self.run: Any = None
         self.run_dir: Path | None = None
         self.logged = False
 
@@ -197,7 +197,7 @@ class WandbLogger:
             tags=self.tags,
             config=logged_config,
             dir=directory,
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # _mode() returns one of wandb's literals
         )
         if mode == "offline":
             print(
@@ -218,7 +218,7 @@ class WandbLogger:
         self.run.log({**metrics, **recall_gains(metrics)})
         if self.num_samples > 0 and results:
             self.run.log({"samples": self.sample_table(results, dataset)})
-        if self.log_artifact:
+        if self.log_artifact and self.run_dir is not None:
             artifact = wandb.Artifact(f"outputs-{self.run.id}", type="run-outputs")
             for filename in ("metrics.json", "results.jsonl"):
                 if (self.run_dir / filename).exists():
@@ -247,7 +247,7 @@ class WandbLogger:
 
         samples = pick_samples(results, self.num_samples)
         n = min([self.top_items] + [len(r["base_top"]) for r in samples])
-        columns = ["index", "query", "ground_truth", "key_phrases", "questions"]
+        columns: list[str | int] = ["index", "query", "ground_truth", "key_phrases", "questions"]
         columns += [f"base_{i + 1}" for i in range(n)] + [f"visa_{i + 1}" for i in range(n)]
         table = wandb.Table(columns=columns)
         for r in samples:

@@ -40,6 +40,20 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+def _switch_to_wal(db: sqlite3.Connection, patience: float = 120.0) -> None:
+    """WAL mode; when several processes open a new cache at once (parallel multirun jobs), the switch can
+    meet another's lock without SQLite's busy handler waiting for it, so it is tried again for a while."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class SQLiteStore:
     """A `Store` in one SQLite file, `visa-cache.sqlite` under `root`."""
 
@@ -49,7 +63,7 @@ class SQLiteStore:
             self.root.mkdir(parents=True, exist_ok=True)
             self.path = self.root / "visa-cache.sqlite"
             self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}

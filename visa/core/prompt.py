@@ -4,6 +4,7 @@ method both import it without either reaching into the other."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from visa.core.layout import QuestionLayout
 
@@ -29,8 +30,8 @@ class Prompt:
     temperature: float | None = None
     layout: QuestionLayout | None = None
 
-    def as_key(self) -> dict:
-        key = {
+    def as_key(self) -> dict[str, Any]:
+        key: dict[str, Any] = {
             "text": self.text,
             "media": list(self.media),
             "media_kind": self.media_kind,

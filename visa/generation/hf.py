@@ -302,7 +302,8 @@ class HFVisionGenerator(MediaSettings):
 
     def _chat(self, processor, p: Prompt) -> tuple[str, list, list]:
         """(chat text, images, video frame lists) of one prompt."""
-        item_images, item_videos = [], []
+        item_images: list[Any] = []
+        item_videos: list[Any] = []
         if self.sees_media(p):
             item_images, item_videos = prompt_media(p, self)
         parts = [{"type": "image"} for _ in item_images] + [{"type": "video"} for _ in item_videos]

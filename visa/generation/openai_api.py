@@ -36,7 +36,7 @@ import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import aiohttp
@@ -54,6 +54,7 @@ _RETRY_STATUS = {429, 500, 502, 503, 504}
 STRUCTURED_OUTPUTS = ("json_schema", "regex")
 
 
+@runtime_checkable
 class ServerLauncher(Protocol):
     """A server this program starts and stops (e.g. `visa.generation.sglang.SGLangServer`)."""
 
@@ -98,7 +99,7 @@ class OpenAIChatGenerator(MediaSettings):
                 "an OpenAI-compatible generator needs url=http://HOST:PORT/v1 of a running server, or a "
                 "server to launch (see docs/sglang.md)"
             )
-        if self.server is not None and not hasattr(self.server, "ensure_running"):
+        if self.server is not None and not isinstance(self.server, ServerLauncher):
             raise VisaError(
                 "server must name a launcher with its _target_, e.g. visa.generation.sglang.SGLangServer"
             )
@@ -137,8 +138,9 @@ class OpenAIChatGenerator(MediaSettings):
     def pool(self) -> ServerPool:
         """The servers this generator sends to; started on first call when they are to be launched."""
         if self._pool is None:
-            urls = self.server.ensure_running() if self.server is not None else self.url
-            urls = [urls] if isinstance(urls, str) else list(urls)
+            given = self.server.ensure_running() if self.server is not None else self.url
+            assert given is not None, "__init__ checks that url or server is set"
+            urls = [given] if isinstance(given, str) else list(given)
             self._pool = ServerPool(urls, backoff=self.server_backoff)
         return self._pool
 

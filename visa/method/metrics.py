@@ -33,7 +33,7 @@ def recall_subset_at_k(
     group of similar images), ranked as `ranking` ranks them; subset members beyond the ranking's columns
     follow in order of `subset_scores` (the backbone's similarity). Queries without a subset are left out.
     """
-    hits = {k: [] for k in ks}
+    hits: dict[int, list[bool]] = {k: [] for k in ks}
     for q, subset in enumerate(subsets):
         if not subset:
             continue

@@ -126,7 +126,7 @@ def ranked_candidates(
     else:
         assert query_groups is not None
         parts = [([q for q in range(n) if query_groups[q] == g], members) for g, members in groups.items()]
-    results: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+    results: list[tuple[list[int], list[torch.Tensor], list[torch.Tensor]]] = []
     for query_rows, members in parts:
         if not query_rows:
             continue
@@ -136,7 +136,8 @@ def ranked_candidates(
         scores, local = topk_search(part_queries, part_gallery, depth + extra, chunk_size, **search)
         indices = member_index[local]
         keep = min(depth, len(members) - extra)
-        rows_s, rows_i = [], []
+        rows_s: list[torch.Tensor] = []
+        rows_i: list[torch.Tensor] = []
         for row, q in enumerate(query_rows):
             mask = ~torch.isin(indices[row], torch.as_tensor(exclude[q], dtype=torch.long))
             rows_s.append(scores[row][mask][:keep])
@@ -146,6 +147,6 @@ def ranked_candidates(
     out_s = torch.empty((n, width), dtype=torch.float32)
     out_i = torch.empty((n, width), dtype=torch.long)
     for query_rows, rows_s, rows_i in results:
-        for q, s, i in zip(query_rows, rows_s, rows_i):
-            out_s[q], out_i[q] = s[:width], i[:width]
+        for q, row_s, row_i in zip(query_rows, rows_s, rows_i):
+            out_s[q], out_i[q] = row_s[:width], row_i[:width]
     return out_s, out_i

@@ -48,12 +48,12 @@ def retrieve(run: Run, backbone: Backbone | PairwiseBackbone) -> Retrieved:
     if composed:
         for i, e in zip(composed, run.encode_composed(backbone, [query_item(queries[i]) for i in composed])):
             query_emb[i] = e
-    texts = [i for i, item in enumerate(gallery) if item.kind == "text"]
-    media = [i for i, item in enumerate(gallery) if item.kind != "text"]
+    text_rows = [i for i, item in enumerate(gallery) if item.kind == "text"]
+    media_rows = [i for i, item in enumerate(gallery) if item.kind != "text"]
     item_emb: list[np.ndarray | None] = [None] * len(gallery)
-    for i, e in zip(texts, run.encode_text(backbone, [gallery[i].text or "" for i in texts])):
+    for i, e in zip(text_rows, run.encode_text(backbone, [gallery[i].text or "" for i in text_rows])):
         item_emb[i] = e
-    for i, e in zip(media, run.encode_visual(backbone, [gallery[i] for i in media])):
+    for i, e in zip(media_rows, run.encode_visual(backbone, [gallery[i] for i in media_rows])):
         item_emb[i] = e
     query_array, item_array = np.stack(query_emb), np.stack(item_emb)  # type: ignore[arg-type]
     fix = f"check the backbone's weights and dtype ({str(backbone.identity())[:160]})"
