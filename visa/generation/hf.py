@@ -130,12 +130,12 @@ class PrefixCache:
                 cache.crop(best_len)
             self.reused_tokens += best_len * len(rows)
             return best_len, cache
-        ids = torch.tensor([list(wanted)], device=lm.device)
+        prefix_ids = torch.tensor([list(wanted)], device=lm.device)
         inputs = {
             k: v[..., :shared] if k.endswith("token_type_ids") and v.shape[-1] == len(rows[0]) else v
             for k, v in (extra or {}).items()
         }
-        out = lm(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True, **inputs)
+        out = lm(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True, **inputs)
         cache = out["cache"] if "cache" in out else out["past_key_values"]
         self.computed_tokens += shared
         self.reused_tokens += shared * (len(rows) - 1)
