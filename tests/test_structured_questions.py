@@ -145,3 +145,21 @@ def test_the_ask_stage_constrains_by_default_and_counts(tmp_path):
         assert not any(q.parsed for q in questions) and server.structured == 0
         assert all("video" in q.questions[0] for q in questions)  # the fallback names the kind
         assert run.question_tries == [(3, 0), (3, 0)]
+
+
+def test_the_summary_says_how_the_questions_did():
+    from visa.method.pipeline import question_metrics
+    from visa.method.prompts import Questions
+    from visa.run import format_questions
+
+    questions = [Questions(["a"], ["Is it?"], True), Questions([], ["x"], False, tries=3, dropped=2)]
+    metrics = question_metrics(questions, [(2, 1), (1, 0), (1, 0)], Settings(progress=False))
+    assert metrics["questions/fallback"] == 1 and metrics["questions/fallback_share"] == 50.0
+    assert metrics["questions/retries"] == 2 and metrics["questions/dropped"] == 2
+    assert metrics["questions/constrained"] is True and metrics["questions/try_2/asked"] == 1
+    line = format_questions(metrics)
+    assert line.startswith("questions (constrained): 1 of 2 queries fell back") and "2 re-asked" in line
+    assert "hint:" in line and "question_reply" in line  # half the queries: the method did not run as meant
+    few = {**metrics, "questions/fallback": 1, "questions/fallback_share": 2.0, "questions/try_0/asked": 50}
+    assert "hint" not in format_questions(few)
+    assert format_questions({"base/R@1": 1.0}) is None  # a run without questions (the release)
