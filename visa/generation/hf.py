@@ -333,7 +333,7 @@ class HFVisionGenerator(MediaSettings):
         part, the media included, runs once (its pixels encoded once); None when they share too little."""
         enc = self._encode(processor, lm, [chats[0][0]], chats[0][1], chats[0][2])
         rows = [enc["input_ids"][0].tolist()]
-        for text, _, _ in chats[1:]:  # the same media expand to the same tokens: the text alone is needed
+        for text, _, _ in chats[1:]:  # every row's tokens, its media expanded as in the first row
             rows.append(
                 self._encode(processor, lm, [text], chats[0][1], chats[0][2])["input_ids"][0].tolist()
             )
