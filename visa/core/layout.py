@@ -37,7 +37,7 @@ class QuestionLayout:
     """Key phrases, then exactly `questions` numbered questions, each one line ending in "?"."""
 
     questions: int
-    max_phrases: int = 4
+    max_phrases: int = 3
     phrase_chars: int = 40  # longest key phrase
     question_chars: int = 100  # longest question
 

@@ -45,7 +45,7 @@ def describe_prompt(kind: str = "image") -> str:
 
 DESCRIBE_PROMPT = describe_prompt("image")
 
-_QUESTION_PROMPT = """\
+_QUESTION_INSTRUCTIONS = """\
 We want to check whether {a_picture} matches a search query.
 First list the key phrases of the query: its objects, attributes, actions, places and interactions.
 Then write {n} short questions about those key phrases. Each question must be answerable by looking at \
@@ -57,6 +57,9 @@ key phrases:
 questions:
 1. <question>
 
+"""
+
+_QUESTION_EXAMPLE = """\
 Example query: "Two dogs run across a snowy field."
 key phrases:
 - two dogs
@@ -67,8 +70,12 @@ questions:
 2. Are the animals running?
 3. Is the ground covered with snow?
 
-Query: "{query}"
 """
+
+_QUESTION_PROMPT = _QUESTION_INSTRUCTIONS + _QUESTION_EXAMPLE + 'Query: "{query}"\n'
+# The paper's instructions without the worked example: with questions.constrained the layout comes from the
+# grammar, and a small model no longer copies the example's questions.
+_INSTRUCTIONS_PROMPT = _QUESTION_INSTRUCTIONS + 'Query: "{query}"\n'
 
 _ANSWER_PROMPT = """\
 Answer the question about this {kind} in English, in one complete sentence rather than just "yes", "no" \
@@ -130,8 +137,13 @@ questions:
 Query: "{query}"
 """
 
-# questions.prompt: "paper" (the method's instructions with one example) or "fewshot" (for small models)
-QUESTION_PROMPTS = {"paper": _QUESTION_PROMPT, "fewshot": _FEWSHOT_QUESTION_PROMPT}
+# questions.prompt: "paper" (the method's instructions with one example), "instructions" (the same without
+# the example) or "fewshot" (worked examples, for small models sampled without constraint)
+QUESTION_PROMPTS = {
+    "paper": _QUESTION_PROMPT,
+    "instructions": _INSTRUCTIONS_PROMPT,
+    "fewshot": _FEWSHOT_QUESTION_PROMPT,
+}
 
 
 def _picture(kind: str) -> str:
