@@ -54,10 +54,11 @@ def format_questions(metrics: dict[str, Any]) -> str | None:
         f"{metrics.get('questions/retries', 0)} re-asked"
     )
     if share > FALLBACK_HINT_SHARE:
+        tries = "questions.constrained=true, " if mode == "free" else ""
         line += (
             "\nhint: these queries' answers were left out, so + VISA re-ranked them with the descriptions "
-            "alone; results.jsonl has each question_reply. Try questions.constrained=true, more "
-            "questions.retries or a larger question LLM."
+            f"alone; results.jsonl has each question_reply. Try {tries}more questions.retries or a larger "
+            "question LLM."
         )
     return line
 
