@@ -163,3 +163,46 @@ def test_the_summary_says_how_the_questions_did():
     few = {**metrics, "questions/fallback": 1, "questions/fallback_share": 2.0, "questions/try_0/asked": 50}
     assert "hint" not in format_questions(few)
     assert format_questions({"base/R@1": 1.0}) is None  # a run without questions (the release)
+
+
+def test_a_retry_tops_up_the_distinct_questions_of_the_tries_before():
+    from visa.method.prompts import top_up
+
+    first = parse_questions(REPLY.replace("Is it snowy?", "Are there two dogs?"), 3)  # 2 distinct
+    again = parse_questions(REPLY.replace("Do they run?", "Are there two dogs?"), 3)  # 2 distinct, 1 new
+    assert not first.parsed and first.found == ["Are there two dogs?", "Do they run?"]
+    merged = top_up(first, again, 3)
+    assert merged.parsed and merged.topped_up and merged.raw == again.raw
+    assert merged.questions == ["Are there two dogs?", "Do they run?", "Is it snowy?"]
+    assert merged.key_phrases == ["two dogs", "snowy field"]
+    same = top_up(first, first, 3)  # nothing new: still short, re-asked or fallen back
+    assert not same.parsed and same.found == first.found
+
+
+class _Repeater:
+    """A constrained question LLM that repeats one question per try (the retry's seed picks which)."""
+
+    uses_context = False
+    batch_size = 8
+
+    def identity(self) -> dict:
+        return {"generator": "repeater", "seed": 0}
+
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        out = []
+        for p in prompts:
+            extra = f"Is detail {p.seed or 0} there?"
+            out.append(f"key phrases:\n- x\nquestions:\n1. Is it red?\n2. Is it red?\n3. {extra}")
+        return out
+
+
+def test_constrained_retries_top_up_and_free_ones_stand_alone(tmp_path):
+    images = tiny_models.write_images(tmp_path / "imgs", 1)
+    dataset = Dataset("tiny", [Item("i0", str(images[0]))], [Query(QUERIES[0], (0,))])
+    for constrained, parsed in ((True, True), (False, False)):
+        settings = Settings(questions=QuestionsSettings(constrained=constrained), progress=False)
+        run = Run(dataset, settings, SQLiteStore(tmp_path / f"c{constrained}"))
+        (q,) = run.ask(_Repeater())
+        assert q.parsed is parsed and q.tries == (2 if parsed else 3)
+        if parsed:  # try 0: "Is it red?", "Is detail 0 there?"; try 1 adds "Is detail 1 there?"
+            assert q.questions == ["Is it red?", "Is detail 0 there?", "Is detail 1 there?"] and q.topped_up

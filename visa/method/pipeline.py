@@ -84,14 +84,15 @@ def question_metrics(
     questions: list[prompts.Questions], tries: list[tuple[int, int]], settings: Settings
 ) -> dict[str, Any]:
     """How the question LLM did: queries that fell back to the generic questions (count and percent), the
-    re-asks, the questions left out as copies or repeats, each try's asked/parsed, and whether the replies
-    were constrained to the layout."""
+    re-asks, the questions left out as copies or repeats, the queries whose questions were topped up from
+    several tries, each try's asked/parsed, and whether the replies were constrained to the layout."""
     fallback = sum(not q.parsed for q in questions)
     out: dict[str, Any] = {
         "questions/fallback": fallback,
         "questions/fallback_share": round(100.0 * fallback / len(questions), 2) if questions else 0.0,
         "questions/retries": sum(asked for asked, _ in tries[1:]),
         "questions/dropped": sum(q.dropped for q in questions),
+        "questions/topped_up": sum(q.topped_up for q in questions),
         "questions/constrained": settings.questions.constrained,
     }
     for attempt, (asked, ok) in enumerate(tries):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from visa.core.layout import PHRASES_FIELD, QUESTIONS_FIELD, QuestionLayout
 from visa.core.prompt import UNCERTAIN, Prompt
@@ -96,6 +96,10 @@ class Questions:
     raw: str = field(default="", repr=False)
     tries: int = 1  # question LLM calls made for this query (1 + retries)
     dropped: int = 0  # questions left out as copies of the prompt's examples or repeats
+    # an unparsed reply's distinct questions and key phrases (too few), for topping up from a later try
+    found: list[str] = field(default_factory=list, repr=False)
+    found_phrases: list[str] = field(default_factory=list, repr=False)
+    topped_up: bool = False  # its questions come from more than one try
 
 
 # A prompt that a very small model (the demo's SmolLM2-135M) can follow: short instructions, then worked
@@ -266,7 +270,6 @@ def parse_questions(reply: str, n: int, minimum: int | None = None, kind: str = 
     fallback = Questions([], list(fallback_questions(kind)[:n]), parsed=False, raw=reply)
     if _HAN.search(reply):
         return fallback
-    dropped = 0
     for found in (_json_parse(reply), _reference_parse(reply, n), _loose_parse(reply)):
         if found is None:
             continue
@@ -275,9 +278,28 @@ def parse_questions(reply: str, n: int, minimum: int | None = None, kind: str = 
         left_out = len(questions) - len(distinct)
         if len(distinct) >= max(minimum, 1):
             return Questions(phrases, distinct[:n], parsed=True, raw=reply, dropped=left_out)
-        dropped = max(dropped, left_out)
-    fallback.dropped = dropped
+        if len(distinct) > len(fallback.found):  # the reading that kept the most questions
+            fallback.found, fallback.found_phrases, fallback.dropped = distinct, phrases, left_out
+        elif not fallback.found:
+            fallback.dropped = max(fallback.dropped, left_out)
     return fallback
+
+
+def top_up(earlier: Questions, later: Questions, n: int, minimum: int | None = None) -> Questions:
+    """`later` (a retry's reply) completed with the distinct questions of `earlier` (the tries before it):
+    the questions of both, earlier ones first, copies of the examples and repeats left out; parsed when at
+    least `minimum` (default n) remain. A constrained reply always has the layout, so its good questions are
+    kept rather than thrown away with the repeat that made the reply too short."""
+    minimum = n if minimum is None else minimum
+    if later.parsed:
+        return later
+    before = earlier.questions if earlier.parsed else earlier.found
+    merged = _distinct([*before, *later.found])
+    dropped = earlier.dropped + later.dropped + len(before) + len(later.found) - len(merged)
+    phrases = (earlier.key_phrases if earlier.parsed else earlier.found_phrases) or later.found_phrases
+    if len(merged) >= max(minimum, 1):
+        return Questions(phrases, merged[:n], parsed=True, raw=later.raw, dropped=dropped, topped_up=True)
+    return replace(later, found=merged, found_phrases=phrases, dropped=dropped)
 
 
 def _phrase_list(key_phrases: list[str], default: str) -> str:

@@ -133,8 +133,9 @@ class Run:
         `QuestionLayout`). A reply that does not parse (fewer than questions.num distinct questions once
         copies of the prompt's examples and repeats are left out) is asked again, up to questions.retries
         times, each retry sampled at questions.retry_temperature with its own seed (the generator's seed +
-        the retry's number), before the query falls back to the generic questions. Every try is cached under
-        its own key."""
+        the retry's number), before the query falls back to the generic questions. Constrained, a retry tops
+        up the distinct questions of the tries before it (`prompts.top_up`); unconstrained, each try stands
+        alone (the reference's re-sampling). Every try is cached under its own key."""
         settings = self.settings.questions
         n = settings.max
         kind = self.dataset.gallery[0].kind if self.dataset.gallery else "image"
@@ -163,6 +164,8 @@ class Run:
             ]
             replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity)
             tried = [prompts.parse_questions(r, n, settings.num, kind) for r in replies]
+            if attempt > 0 and settings.constrained:
+                tried = [prompts.top_up(parsed[i], q, n, settings.num) for i, q in zip(pending, tried)]
             if attempt == 0:
                 parsed = tried
             for i, q in zip(pending, tried):
