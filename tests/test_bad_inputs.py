@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, requires
 from PIL import Image
 
 from visa.data.folder import FolderDataset
@@ -339,7 +339,7 @@ def test_a_key_from_the_environment_never_reaches_wandb_files_or_names(tmp_path)
     """The server key lives in the environment (api_key_env); a W&B offline run of a job with overrides
     writes it nowhere in the run folder, and the run's name, built from the overrides, keeps only the
     harmless ones."""
-    pytest.importorskip("wandb")
+    requires("wandb", "tracking")
     secret = "sk-visa-test-4f1c9e"
     env = {
         **os.environ,

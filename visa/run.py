@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,12 +11,13 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
+from visa.cli import run_command
 from visa.config import GROUPS, _import_target, check_part, instantiate_part, register, settings_from
 from visa.core.errors import Interrupted, VisaError
-from visa.data import check_modalities
+from visa.data import Dataset, Query, check_modalities
+from visa.data.banks import Bank, read_bank
 from visa.method.keys import visual_keys
 from visa.method.parts import Components
 from visa.method.pipeline import evaluate_precomputed, run_visa
@@ -98,6 +98,31 @@ def saved_line(cache: SQLiteStore | SharedFolderStore) -> str:
     )
 
 
+def load_bank(cfg: DictConfig, normalizer: Any, dataset: Dataset) -> Bank | None:
+    """The normaliser's reference bank (None for normalizer=none), read and checked against the test queries
+    before any model loads."""
+    if normalizer.bank is None:
+        return None
+    if dataset.precomputed is not None:
+        raise VisaError(
+            f"normalizer={_choice(cfg, 'normalizer')} needs the backbone's embeddings, and dataset "
+            f"{dataset.name} holds precomputed scores only; use normalizer=none"
+        )
+
+    def load_split(split: str) -> list[Query]:
+        if "split" not in cfg.dataset:
+            raise VisaError(
+                f"normalizer.bank=split:{split}: dataset {dataset.name} has no dataset.split setting; name a "
+                "captions file or a shipped bank (demo) instead"
+            )
+        node = {**OmegaConf.to_container(cfg.dataset, resolve=True), "split": split}
+        loader = instantiate_part(OmegaConf.create({"dataset": node}), "dataset")
+        texts = getattr(loader, "texts", None)  # the captions alone, without reading the split's media
+        return [Query(t, ()) for t in texts()] if callable(texts) else loader.load().queries
+
+    return read_bank(normalizer.bank, dataset, load_split, normalizer.bank_limit)
+
+
 def encode_gallery_on_nodes(cfg: DictConfig, dataset, backbone) -> bool:
     """backbone.num_nodes > 1: every process that srun started (one per device on every node) encodes its
     share of the gallery into the cache. True in the process that goes on with the run (global rank 0)."""
@@ -127,6 +152,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if dataset.precomputed is None and cfg.backbone.get("num_nodes", 1) > 1:
         if not encode_gallery_on_nodes(cfg, dataset, instantiate_part(cfg, "backbone")):
             return {}  # a helper process of the multi-node gallery encoding: its share is written
+    normalizer = instantiate_part(cfg, "normalizer")
+    bank = load_bank(cfg, normalizer, dataset)
+    normalizer_metrics: dict[str, Any] = {"normalizer": _choice(cfg, "normalizer")}
+    if bank is not None:
+        normalizer_metrics.update({"normalizer/bank": bank.spec, "normalizer/bank_size": len(bank.queries)})
     logger = instantiate_part(cfg, "logger")
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
     try:
@@ -143,6 +173,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 describer=instantiate_part(cfg, "describer"),
                 scorer=instantiate_part(cfg, "scorer"),
                 fusion=fusion,
+                normalizer=normalizer,
+                bank=bank,
             )
             store = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
             try:
@@ -155,6 +187,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             metrics.update(parts.counters())
         metrics = {
             **metrics,
+            **normalizer_metrics,
             "data/queries": len(dataset.queries),
             "data/gallery": len(dataset.gallery),
             "data/skipped": len(dataset.skipped),  # bad items left out with dataset.on_bad_item=skip
@@ -180,18 +213,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        return run(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except VisaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OmegaConfBaseException as e:
-        print(f"error: config: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt as e:  # Ctrl-C: one line, and the shell's status for SIGINT
-        saved = str(e) if isinstance(e, Interrupted) else "no model result computed yet; nothing to resume"
-        print(f"interrupted: {saved}", file=sys.stderr)
-        sys.exit(130)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    return run_command(lambda: run(cfg, run_dir), "no model result computed yet; nothing to resume")
 
 
 if __name__ == "__main__":

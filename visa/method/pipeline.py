@@ -107,7 +107,7 @@ def run_visa(
     """Run every stage; returns (metrics, one result record per query)."""
     check_files(dataset)
     run = Run(dataset, settings, store)
-    retrieved = retrieve(run, parts.backbone)
+    retrieved = retrieve(run, parts.backbone, parts.normalizer, parts.bank)
     base_scores, candidates = retrieved.scores, retrieved.candidates
     k = min(settings.retrieval.top_k, candidates.shape[1])
     top = candidates[:, :k]
@@ -132,6 +132,7 @@ def run_visa(
     metrics.update(question_metrics(questions, run.question_tries, settings))
     metrics["answers/mode"] = settings.answers.mode
     metrics.update(run.report())
+    metrics.update(retrieved.metrics)  # a normaliser's bank calls
     results = result_records(
         dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages
     )

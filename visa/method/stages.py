@@ -86,21 +86,24 @@ class Run:
         return self.runner.report(MODEL_STAGES)
 
     # -- the backbone's stages ---------------------------------------------------------------------------
-    def encode_text(self, backbone: Backbone, texts: list[str]) -> list[Any]:
+    def encode_text(self, backbone: Backbone, texts: list[str], stage: str = "encode_text") -> list[Any]:
+        """`stage`: the name the calls are counted under (a normaliser's bank: encode_bank); same keys."""
         ident = backbone.identity()
         return self.stage(
-            "encode_text",
+            stage,
             [make_key("encode_text", ident, t) for t in texts],
             texts,
             batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
             ident,
         )
 
-    def encode_composed(self, backbone: Backbone, items: list[Item]) -> list[Any]:
+    def encode_composed(
+        self, backbone: Backbone, items: list[Item], stage: str = "encode_composed"
+    ) -> list[Any]:
         """Composed queries as the reference's media carrying the query's text."""
         ident = backbone.identity()
         return self.stage(
-            "encode_composed",
+            stage,
             [make_key("encode_composed", ident, item_fingerprint(it)) for it in items],
             items,
             batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),

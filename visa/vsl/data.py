@@ -175,7 +175,7 @@ class PrecompDataModule(L.LightningDataModule):
                 self.train_semantics = image_semantics(caption_tfidf(train.captions))
             self.split(self.val_split, self.val_images)
 
-    def _loader(self, data: Dataset, batch_size: int, shuffle: bool, collate: Collate) -> DataLoader:
+    def _loader(self, data: PrecompSplit, batch_size: int, shuffle: bool, collate: Collate) -> DataLoader:
         return DataLoader(
             data,
             batch_size=batch_size,
