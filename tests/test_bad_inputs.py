@@ -279,7 +279,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "release query without captions": (
         lambda d: release_without_captions(d),
-        r"x_query\.json: entry without a `captions` list",
+        r"x_query\.json: entry 0 is not \{\"image_id\" or \"video_id\": file, \"captions\"",
     ),
 }
 

@@ -49,6 +49,32 @@ def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
     return "\n".join(rows)
 
 
+# Above this share of queries with generic questions, the summary says what it means and what to try.
+FALLBACK_HINT_SHARE = 20.0
+
+
+def format_questions(metrics: dict[str, Any]) -> str | None:
+    """One line on how the question LLM did (fallbacks and re-asks), and a hint when many queries fell back:
+    their answers were left out, so "+ VISA" re-ranked them with the descriptions alone."""
+    if "questions/fallback" not in metrics:
+        return None
+    fallback, share = metrics["questions/fallback"], metrics.get("questions/fallback_share", 0.0)
+    queries = metrics.get("questions/try_0/asked", 0)
+    mode = "constrained" if metrics.get("questions/constrained") else "free"
+    line = (
+        f"questions ({mode}): {fallback} of {queries} queries fell back to generic questions ({share:.1f}%), "
+        f"{metrics.get('questions/retries', 0)} re-asked"
+    )
+    if share > FALLBACK_HINT_SHARE:
+        tries = "questions.constrained=true, " if mode == "free" else ""
+        line += (
+            "\nhint: these queries' answers were left out, so + VISA re-ranked them with the descriptions "
+            f"alone; results.jsonl has each question_reply. Try {tries}more questions.retries or a larger "
+            "question LLM."
+        )
+    return line
+
+
 def _choice(cfg: DictConfig, group: str) -> str:
     """The config file chosen for a group (`backbone=demo` -> "demo"), or its class outside a Hydra run."""
     try:
@@ -214,6 +240,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise output_error(run_dir, e.error, cache_path) from None
         write_metrics(run_dir, metrics, cache_path)
         print(format_table(metrics, list(cfg.recall_at)))
+        questions_line = format_questions(metrics)
+        if questions_line:  # on the console and in run.log; a warning when the method did not run as meant
+            high = metrics.get("questions/fallback_share", 0.0) > FALLBACK_HINT_SHARE
+            log.log(logging.WARNING if high else logging.INFO, questions_line)
         print(f"run folder: {run_dir}")
         logger.log(metrics, ResultsReader(results_file.path), dataset)
     finally:

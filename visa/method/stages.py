@@ -130,22 +130,28 @@ class Run:
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[prompts.Questions]:
-        """Questions for every query, generated once at questions.max; the first questions.num are used.
-        `query_texts`: each query as the LLM reads it (a composed query with its reference's description;
-        default: the query texts).
+        """Questions for every query, generated once at questions.max; the first questions.num distinct ones
+        are used. `query_texts`: each query as the LLM reads it (a composed query with its reference's
+        description; default: the query texts).
 
-        A reply that does not parse is asked again, up to questions.retries times, each retry sampled at
-        questions.retry_temperature with its own seed (the generator's seed + the retry's number), before
-        the query falls back to the generic questions. Every try is cached under its own key."""
+        With questions.constrained the reply is generated in the method's layout (the prompt carries a
+        `QuestionLayout`). A reply that does not parse (fewer than questions.num distinct questions once
+        copies of the prompt's examples and repeats are left out) is asked again, up to questions.retries
+        times, each retry sampled at questions.retry_temperature with its own seed (the generator's seed +
+        the retry's number), before the query falls back to the generic questions. Constrained, a retry tops
+        up the distinct questions of the tries before it (`prompts.top_up`); unconstrained, each try stands
+        alone (the reference's re-sampling). Every try is cached under its own key."""
         settings = self.settings.questions
         n = settings.max
         kind = self.dataset.gallery[0].kind if self.dataset.gallery else "image"
+        self.question_tries = []
         identity = question_llm.identity()
         query_texts = query_texts or [q.text for q in self.dataset.queries]
-        first = [prompts.question_prompt(t, n, kind, settings.prompt) for t in query_texts]
+        first = [
+            prompts.question_prompt(t, n, kind, settings.prompt, settings.constrained) for t in query_texts
+        ]
         parsed: list[prompts.Questions] = []
         pending = list(range(len(first)))
-        self.question_tries = []
         for attempt in range(settings.retries + 1):
             ps = [
                 first[i]
@@ -162,7 +168,9 @@ class Run:
                 for p, i in zip(ps, pending)
             ]
             replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity)
-            tried = [prompts.parse_questions(r, n) for r in replies]
+            tried = [prompts.parse_questions(r, n, settings.num, kind) for r in replies]
+            if attempt > 0 and settings.constrained:
+                tried = [prompts.top_up(parsed[i], q, n, settings.num) for i, q in zip(pending, tried)]
             if attempt == 0:
                 parsed = tried
             for i, q in zip(pending, tried):
