@@ -127,7 +127,7 @@ class PrefixCache:
             self._entries.move_to_end(best)
             cache = copy.deepcopy(self._entries[best])
             if best_len < len(best):
-                cache.crop(best_len)
+                cache.crop(best_len - len(best))  # transformers 5 crops by the tokens to remove
             self.reused_tokens += best_len * len(rows)
             return best_len, cache
         prefix_ids = torch.tensor([list(wanted)], device=lm.device)
