@@ -84,6 +84,18 @@ def test_two_processes_write_at_once(tmp_path):
     assert len(got) == 400
 
 
+def test_a_cache_from_before_the_model_column_opens_twice_and_keeps_its_results(tmp_path):
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "visa-cache.sqlite")
+    db.execute("CREATE TABLE results (key TEXT PRIMARY KEY, stage TEXT, value BLOB, created REAL)")
+    db.commit()
+    db.close()
+    first, second = SQLiteStore(tmp_path), SQLiteStore(tmp_path)  # the second finds the column added
+    first.put("s", "a", 1.5, model="m")
+    assert second.get_many(["a"]) == {"a": 1.5}
+
+
 class CountingStore(SQLiteStore):
     """A SQLite store that counts its writes (and can be made to fail them)."""
 

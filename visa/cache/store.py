@@ -14,7 +14,10 @@ from typing import Any, Protocol
 from visa.cache.codec import decode_value, encode_value
 from visa.core.errors import VisaError
 
-_SCHEMA = "CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, stage TEXT, value BLOB, created REAL)"
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS results "
+    "(key TEXT PRIMARY KEY, stage TEXT, value BLOB, created REAL, model TEXT DEFAULT '')"
+)
 
 
 def default_cache_dir() -> Path:
@@ -67,6 +70,19 @@ def _switch_to_wal(db: sqlite3.Connection, patience: float = 120.0) -> None:
             time.sleep(0.05)
 
 
+def _add_model_column(db: sqlite3.Connection) -> None:
+    """Caches written before results named their model gain the column. Two processes opening such a cache
+    at once may both see it missing; the second one's "duplicate column" means the work is done."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
+    if "model" in columns:
+        return
+    try:
+        db.execute("ALTER TABLE results ADD COLUMN model TEXT DEFAULT ''")
+    except sqlite3.OperationalError as e:
+        if "duplicate column" not in str(e):
+            raise
+
+
 class SQLiteStore:
     """A `Store` in one SQLite file, `visa-cache.sqlite` under `root`."""
 
@@ -79,9 +95,7 @@ class SQLiteStore:
             _switch_to_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
-            if "model" not in columns:  # caches written before results named their model
-                self._db.execute("ALTER TABLE results ADD COLUMN model TEXT DEFAULT ''")
+            _add_model_column(self._db)
         except sqlite3.DatabaseError as e:
             if not isinstance(e, sqlite3.OperationalError):  # "file is not a database"
                 raise self._damaged(e) from None
