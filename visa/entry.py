@@ -146,11 +146,16 @@ class Stop(KeyboardInterrupt):
 class _Stopping:
     def __init__(self) -> None:
         self.stopped: int | None = None
+        self.signals: list[signal.Signals] = []
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.stopped is not None:
             return  # the run is closing its cache and servers: a second signal would leave them half-closed
         self.stopped = signum
+        # From now on the operating system drops them: Python's shutdown puts its own handlers back to the
+        # default (which kills the process, status -2 instead of 130) but leaves an ignored signal ignored.
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
         raise Stop(signum)
 
 
@@ -169,6 +174,7 @@ def stop_signals() -> Iterator[_Stopping]:
         if current in (signal.SIG_DFL, signal.default_int_handler) or isinstance(current, _Stopping):
             previous[sig] = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
             signal.signal(sig, handler)
+            handler.signals.append(sig)
     try:
         yield handler
     finally:
