@@ -89,7 +89,7 @@ def load_bank(cfg: DictConfig, normalizer: Any, dataset: Dataset) -> Bank | None
                 f"normalizer.bank=split:{split}: dataset {dataset.name} has no dataset.split setting; name a "
                 "captions file or a shipped bank (demo) instead"
             )
-        node = {**OmegaConf.to_container(cfg.dataset, resolve=True), "split": split}
+        node = {**OmegaConf.to_container(cfg.dataset, resolve=True), "split": split}  # type: ignore[dict-item]
         loader = instantiate_part(OmegaConf.create({"dataset": node}), "dataset")
         texts = getattr(loader, "texts", None)  # the captions alone, without reading the split's media
         return [Query(t, ()) for t in texts()] if callable(texts) else loader.load().queries

@@ -254,8 +254,8 @@ class InquireRerankDataset:
             if not kept:
                 continue
             cands = tuple(dict.fromkeys(g for g, _ in kept))
-            relevant = tuple(dict.fromkeys(g for g, r in kept if r))
-            queries.append(Query(text=" ".join(text.split()), relevant=relevant))
+            relevant_items = tuple(dict.fromkeys(g for g, r in kept if r))
+            queries.append(Query(text=" ".join(text.split()), relevant=relevant_items))
             candidates.append(cands)
         if not queries:
             raise VisaError(f"dataset {self.name}: no query has a usable candidate image in {media}")

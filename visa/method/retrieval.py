@@ -87,13 +87,14 @@ def topk_search(
             gallery = torch.cat([gallery.float(), bias.float()[:, None]], dim=1)
         return _faiss_topk(queries, gallery, k)
     target = resolve_device(device)
-    bias = bias.float().to(target) if bias is not None else None
+    if bias is not None:
+        bias = bias.float().to(target)
     all_scores, all_indices = [], []
     for q_start in range(0, queries.shape[0], chunk_size):
         q = queries[q_start : q_start + chunk_size].to(target)
-        rows = (
-            bias_rows[q_start : q_start + chunk_size].to(target)[:, None] if bias_rows is not None else None
-        )
+        gate: torch.Tensor | None = None
+        if bias_rows is not None:
+            gate = bias_rows[q_start : q_start + chunk_size].to(target)[:, None]
         best_scores = torch.full((q.shape[0], 0), float("-inf"), dtype=torch.float32, device=target)
         best_indices = torch.zeros((q.shape[0], 0), dtype=torch.long, device=target)
         for g_start in range(0, gallery.shape[0], gallery_chunk_size):
@@ -101,7 +102,7 @@ def topk_search(
             block = (q @ block_items.T).float()
             if bias is not None:
                 biased = block + bias[g_start : g_start + block.shape[1]]
-                block = biased if rows is None else torch.where(rows, biased, block)
+                block = biased if gate is None else torch.where(gate, biased, block)
             s, i = block.topk(min(k, block.shape[1]), dim=1)
             merged_scores = torch.cat([best_scores, s], dim=1)
             merged_indices = torch.cat([best_indices, i + g_start], dim=1)

@@ -126,13 +126,13 @@ def retrieve(
     check_finite(query_array, "the backbone's query embedding", [q.text for q in queries], fix)
     check_finite(item_array, "the backbone's embedding", [i.path or i.id for i in gallery], fix)
     query_tensor, item_tensor = torch.from_numpy(query_array), torch.from_numpy(item_array)
-    correction, metrics = Correction(), {}
+    correction, metrics = Correction(), {}  # type: tuple[Correction, dict[str, Any]]
     if normalizer is not None and bank is not None:
         correction, metrics = normalize(run, backbone, normalizer, bank, item_tensor)
     t0 = time.perf_counter()
     query_tensor = correction.shift_queries(query_tensor)
     given = run.dataset.candidates
-    search = {
+    search: dict[str, Any] = {
         "exclude": [q.exclude for q in queries],
         "groups": run.dataset.groups,
         "query_groups": [q.group for q in queries],
