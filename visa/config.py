@@ -34,6 +34,10 @@ def is_secret_key(key: str) -> bool:
     return bool(SECRET_KEY.search(key)) and not key.endswith("_env")
 
 
+class SecretInConfig(VisaError):
+    """A secret-looking key in a config file (the command line refuses them before Hydra, `visa.entry`)."""
+
+
 GROUPS = (
     "dataset",
     "backbone",
@@ -134,9 +138,10 @@ def _check_secrets(key: str, value: Any, where: str) -> None:
     """Refuse a secret given in the config (its value is never echoed) and a `*_env` key that holds
     something other than a variable's name (most likely the secret itself)."""
     if is_secret_key(key):
-        raise VisaError(
-            f"{where}.{key}: secrets are not taken from the config (it is saved in .hydra/ and logged); put "
-            "the key in an environment variable and name that variable, e.g. api_key_env=OPENAI_API_KEY"
+        raise SecretInConfig(
+            f"{where}.{key}: secrets are not taken from the config (the run folder's copy of the config has "
+            "it removed); put the key in an environment variable and name that variable, e.g. "
+            "api_key_env=OPENAI_API_KEY"
         )
     if (
         key.endswith("_env")

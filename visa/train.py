@@ -26,6 +26,7 @@ import hydra
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from visa.cli import run_command
@@ -33,8 +34,6 @@ from visa.config import instantiate_part
 from visa.core.errors import VisaError
 
 if TYPE_CHECKING:
-    from lightning.pytorch.loggers import Logger
-
     from visa.vsl.data import PrecompDataModule
 
 log = logging.getLogger("visa.train")
@@ -60,7 +59,7 @@ def wandb_logger(
     if mode not in ("auto", "online", "offline", "disabled"):
         raise VisaError(f"logger.wandb.mode={mode!r}: expected auto, online, offline or disabled")
     offline = mode == "offline" or (mode == "auto" and not has_wandb_key())
-    extra = {"mode": "disabled"} if mode == "disabled" else {}
+    extra: dict[str, Any] = {"mode": "disabled"} if mode == "disabled" else {}
     return WandbLogger(
         project=project, entity=entity, name=name, group=group, tags=list(tags or []),
         save_dir=dir or save_dir, offline=offline, **extra,

@@ -16,6 +16,7 @@ from visa.backbones.parallel import FabricEncoding, autocast, check_precision, w
 from visa.core.errors import VisaError
 from visa.core.loading import load_once, oom_hint
 from visa.data import Item
+from visa.data.media import load_image
 
 
 def _short_name(model: str) -> str:
@@ -33,11 +34,7 @@ def load_images(items: list[Item], backbone: str) -> list[Image.Image]:
                 f"backbone={backbone} encodes images; for videos wrap it in backbone=frame_pooled "
                 f"(item {item.id!r} is a {item.kind})"
             )
-        try:
-            with Image.open(item.path) as img:
-                images.append(img.convert("RGB"))
-        except OSError as e:
-            raise VisaError(f"cannot read image {item.path} (item {item.id!r}): {e}") from e
+        images.append(load_image(item.path))  # a damaged or oversized file: one line naming it
     return images
 
 

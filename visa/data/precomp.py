@@ -24,12 +24,15 @@ class AnnotatedPrecompDataset(AnnotatedDataset):
 
     def __init__(
         self,
+        *args: Any,
         features: str,
         captions: str,
         min_matching: int = 3,  # of an image's 5 SCAN captions, how many must be among its captions here
-        **settings: Any,  # AnnotatedDataset's (name, root, annotation, media_dir, format, ...)
+        **settings: Any,
     ):
-        super().__init__(**settings)
+        super().__init__(
+            *args, **settings
+        )  # AnnotatedDataset's: name, root, annotation, media_dir, format, ...
         self.features, self.captions, self.min_matching = features, captions, min_matching
 
     def load(self) -> Dataset:

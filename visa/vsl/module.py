@@ -94,7 +94,7 @@ class RegionMatcherModule(L.LightningModule):
                 self.log(f"train/{name}", losses[name], batch_size=size)
         return losses["loss"]
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> Any:  # an optimizer and its scheduler, as Lightning takes them
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_update, self.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
