@@ -100,9 +100,9 @@ def topk_search(
         for g_start in range(0, gallery.shape[0], gallery_chunk_size):
             block_items = gallery[g_start : g_start + gallery_chunk_size].to(target, non_blocking=True)
             block = (q @ block_items.T).float()
-            if bias is not None:
-                biased = block + bias[g_start : g_start + block.shape[1]]
-                block = biased if gate is None else torch.where(gate, biased, block)
+            if bias is not None:  # the block is this loop's own tensor: add in place
+                part = bias[g_start : g_start + block.shape[1]]
+                block.add_(part if gate is None else gate * part)
             s, i = block.topk(min(k, block.shape[1]), dim=1)
             merged_scores = torch.cat([best_scores, s], dim=1)
             merged_indices = torch.cat([best_indices, i + g_start], dim=1)
