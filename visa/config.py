@@ -59,12 +59,11 @@ class VisaConfig(Settings):
 def settings_from(cfg: DictConfig) -> Settings:
     """The run's `Settings` from its composed config; their checks stop a bad value with one line."""
     values = {f.name: cfg[f.name] for f in fields(Settings)}
-    return Settings(
-        **{
-            name: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
-            for name, value in values.items()
-        }
-    )
+    plain: dict[str, Any] = {
+        name: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+        for name, value in values.items()
+    }
+    return Settings(**plain)
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
@@ -168,7 +167,8 @@ def check_part(node: DictConfig, where: str, given: Collection[str] = ()) -> Non
         raise VisaError(f"{where} has no _target_; each part's yaml names the class it builds")
     target = _import_target(node._target_, where)
     params, hints = _parameters(target)
-    values = OmegaConf.to_container(node, resolve=True)
+    container = OmegaConf.to_container(node, resolve=True)
+    values = {str(k): v for k, v in container.items()} if isinstance(container, dict) else {}
     for key, value in values.items():
         if key.startswith("_"):
             continue

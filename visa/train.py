@@ -59,7 +59,7 @@ def wandb_logger(
     if mode not in ("auto", "online", "offline", "disabled"):
         raise VisaError(f"logger.wandb.mode={mode!r}: expected auto, online, offline or disabled")
     offline = mode == "offline" or (mode == "auto" and not has_wandb_key())
-    extra = {"mode": "disabled"} if mode == "disabled" else {}
+    extra: dict[str, Any] = {"mode": "disabled"} if mode == "disabled" else {}
     return WandbLogger(
         project=project, entity=entity, name=name, group=group, tags=list(tags or []),
         save_dir=dir or save_dir, offline=offline, **extra,
@@ -69,7 +69,9 @@ def wandb_logger(
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     """One Lightning logger per key of `logger` (each from its yaml's `_target_`, keys checked), writing
     into the run folder; each records the run's whole config."""
-    loggers = [instantiate_part(cfg, f"logger.{name}", save_dir=str(run_dir)) for name in cfg.logger or {}]
+    loggers = [
+        instantiate_part(cfg, f"logger.{name}", save_dir=str(run_dir)) for name in cfg.get("logger") or {}
+    ]
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config)

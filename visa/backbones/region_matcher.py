@@ -86,8 +86,8 @@ class RegionMatcherBackbone:
         lengths = torch.tensor([len(t) for t in tokens])
         padded = torch.nn.utils.rnn.pad_sequence(tokens, batch_first=True).to(self.device)
         regions = torch.from_numpy(np.asarray(self.features[indices], dtype=np.float32)).to(self.device)
-        total = None
-        for m in self.matchers:
-            sims = m.similarity(m.encode_images(regions), m.encode_texts(padded, lengths), lengths).T
-            total = sims if total is None else total + sims
-        return (total / len(self.matchers)).float().cpu()
+        sims = [
+            m.similarity(m.encode_images(regions), m.encode_texts(padded, lengths), lengths).T
+            for m in self.matchers
+        ]
+        return torch.stack(sims).mean(dim=0).float().cpu()
