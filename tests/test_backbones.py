@@ -64,8 +64,11 @@ def test_stream_visual_matches_encode_visual(backbones, images):
     backbone = backbones["open_clip"](batch_size=2)
     streamed = dict(backbone.stream_visual(images))
     assert sorted(streamed) == list(range(len(images)))
+    # batches of 2 here, of 5 in encode_visual: the sums run in another order (float noise only)
     assert torch.allclose(
-        torch.stack([torch.from_numpy(streamed[i]) for i in range(5)]), backbone.encode_visual(images)
+        torch.stack([torch.from_numpy(streamed[i]) for i in range(5)]),
+        backbone.encode_visual(images),
+        atol=1e-6,
     )
 
 

@@ -10,14 +10,16 @@ import io
 import json
 import os
 import re
+import struct
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, requires
 from PIL import Image
 
 from visa.data.folder import FolderDataset
@@ -40,6 +42,27 @@ def folder(root: Path, captions: str | bytes, name: str = "captions.jsonl", **im
     path = root / name
     path.write_bytes(captions if isinstance(captions, bytes) else captions.encode("utf-8"))
     return ["dataset=folder", f"dataset.root={root}", f"dataset.annotation={name}"]
+
+
+def png_of_zeros(width: int, height: int) -> bytes:
+    """A complete, valid 1-bit PNG of `width` x `height` black pixels: a few kB on disk whatever its size
+    (the shape of a decompression bomb), written by hand so that no test holds its pixels in memory."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row = b"\0" * (1 + (width + 7) // 8)  # filter byte, then the row's bits
+    deflate = zlib.compressobj(9)
+    data = b"".join(deflate.compress(row) for _ in range(height)) + deflate.flush()
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
+
+
+def png_bytes(seed: int = 0, size: int = 64) -> bytes:
+    pixels = (np.random.default_rng(seed).random((size, size, 3)) * 255).astype("uint8")
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
 
 
 GOOD_JSONL = '{"path": "photo0.jpg", "caption": "a photo"}\n{"path": "photo1.jpg", "caption": "another"}\n'
@@ -95,6 +118,23 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     "recall_at=[]": (lambda d: ["recall_at=[]"], r"recall_at=\[\] must list cut-offs of 1 or more"),
     "recall_at=[0]": (lambda d: ["recall_at=[0,5]"], r"recall_at=\[0, 5\] must list cut-offs"),
     "top_k=0": (lambda d: ["retrieval.top_k=0"], r"retrieval\.top_k=0 must be at least 1"),
+    "wrong type of a top-level setting": (
+        lambda d: ["retrieval.top_k=ten"],
+        r"^error: config: retrieval\.top_k=ten: Value 'ten' of type 'str' could not be converted to Integer$",
+    ),
+    "wrong type in a sweep": (
+        lambda d: ["-m", "retrieval.top_k=1,ten"],
+        r"^error: config: retrieval\.top_k=ten: Value 'ten' of type 'str' could not be converted to Integer$",
+    ),
+    "unknown config option": (
+        lambda d: ["backbone=nonexistent"],
+        r"^error: config: In 'config': Could not find 'backbone/nonexistent'; Available options in "
+        r"'backbone': clip_vit_b32, .*demo, ",
+    ),
+    "an override Hydra cannot parse": (
+        lambda d: ["retrieval.top_k=[1"],
+        r"^error: config: retrieval\.top_k=\[1; no viable alternative at input '\[1'$",
+    ),
     "unknown key": (
         lambda d: ["+dataset.limits=3"],
         r"dataset\.limits is not a setting of visa\.data\.demo\.DemoDataset; "
@@ -151,6 +191,19 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
         lambda d: folder(d, GOOD_JSONL, cut_jpg=jpeg_bytes(3)[:1500]),
         r"cut\.jpg \(not a readable image \(image file is truncated.*on_bad_item=skip",
     ),
+    "decompression bomb": (
+        lambda d: folder(d, GOOD_JSONL, bomb_png=png_of_zeros(20000, 20000)),
+        r"bomb\.png \(too large to decode safely: 400,000,000 pixels, above Pillow's limit of 89,478,485 "
+        r"\(a decompression bomb, or a huge scan: scale it down\)\): fix or remove it, or set dataset\.",
+    ),
+    "huge dimensions": (  # above Pillow's limit, below twice it (where Pillow itself only warns)
+        lambda d: folder(d, GOOD_JSONL, wide_png=png_of_zeros(100000, 1000)),
+        r"wide\.png \(too large to decode safely: 100,000,000 pixels, above Pillow's limit",
+    ),
+    "truncated PNG": (
+        lambda d: folder(d, GOOD_JSONL, cut_png=png_bytes(4)[:5000]),
+        r"cut\.png \(not a readable image \(.*\)\): fix or remove it, or set dataset\.on_bad_item=skip",
+    ),
     "on_bad_item=maybe": (
         lambda d: [*folder(d, GOOD_JSONL), "dataset.on_bad_item=maybe"],
         r"dataset\.on_bad_item='maybe' must be one of fail, skip",
@@ -158,11 +211,24 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     # -- secrets and nested parts --------------------------------------------------------------------------
     "api_key in the config": (
         lambda d: ["question_llm=qwen2_5_32b_sglang", "+question_llm.server.api_key=sk-never-seen-1"],
-        r"question_llm\.server\.api_key: secrets are not taken from the config .*api_key_env=OPENAI_API_KEY$",
+        r"question_llm\.server\.api_key: secrets are not taken from the command line \(Hydra would save it "
+        r"in the run folder's \.hydra/overrides\.yaml\); .*api_key_env=OPENAI_API_KEY$",
     ),
     "token in a part": (
         lambda d: ["+scorer.hf_token=hf_never_seen_2"],
-        r"scorer\.hf_token: secrets are not taken from the config",
+        r"scorer\.hf_token: secrets are not taken from the command line",
+    ),
+    "a secret inside a mapping": (
+        lambda d: [
+            "question_llm=server",
+            "question_llm.model=m",
+            "+question_llm.server={api_key: sk-never-seen-4}",
+        ],
+        r"question_llm\.server\.api_key: secrets are not taken from the command line",
+    ),
+    "a secret in Hydra's env_set": (
+        lambda d: ["+hydra.job.env_set.OPENAI_API_KEY=sk-never-seen-5"],
+        r"hydra\.job\.env_set\.OPENAI_API_KEY: secrets are not taken from the command line",
     ),
     "the key itself in api_key_env": (
         lambda d: [
@@ -213,7 +279,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "release query without captions": (
         lambda d: release_without_captions(d),
-        r"x_query\.json: entry without a `captions` list",
+        r"x_query\.json: entry 0 is not \{\"image_id\" or \"video_id\": file, \"captions\"",
     ),
 }
 
@@ -242,7 +308,8 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
     argvs = []
     for n, (make, _) in enumerate(CASES.values()):
         overrides = make(root / f"case{n}")
-        argvs.append([*overrides, "progress=false", f"hydra.run.dir={root / f'run{n}'}"])
+        run_dirs = [f"hydra.run.dir={root / f'run{n}'}", f"hydra.sweep.dir={root / f'sweep{n}'}"]
+        argvs.append([*overrides, "progress=false", *run_dirs])
     # and one good run, whose outputs test_release_results_are_strict_json reads
     argvs.append([*release(root / "good"), "progress=false", f"hydra.run.dir={root / 'good-run'}"])
     env = {**os.environ, "VISA_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
@@ -256,7 +323,8 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.splitlines()[-1])
-    return {**dict(zip(CASES, results)), "good release": {**results[-1], "run_dir": root / "good-run"}}
+    cases = {name: {**r, "run_dir": root / f"run{n}"} for n, (name, r) in enumerate(zip(CASES, results))}
+    return {**cases, "good release": {**results[-1], "run_dir": root / "good-run"}}
 
 
 def assert_one_error_line(code: int, stdout: str, stderr: str, expected: str) -> str:
@@ -273,6 +341,65 @@ def test_bad_input_is_one_line(case, outcomes):
     got = outcomes[case]
     assert_one_error_line(got["code"], got["stdout"], got["stderr"], CASES[case][1])
     assert "never_seen" not in got["stderr"] and "never-seen" not in got["stderr"]  # a secret is not echoed
+
+
+def test_a_secret_on_the_command_line_is_written_nowhere(outcomes):
+    """Refused before Hydra starts: no run folder is made, so no .hydra/overrides.yaml holds the secret."""
+    secret_cases = [
+        "api_key in the config",
+        "token in a part",
+        "the key itself in api_key_env",
+        "a secret inside a mapping",
+        "a secret in Hydra's env_set",
+    ]
+    for name in secret_cases:
+        assert not outcomes[name]["run_dir"].exists(), name
+
+
+def test_a_secret_in_a_config_file_is_refused_and_scrubbed_from_the_run_folder(tmp_path):
+    """A key in a yaml file of the user's config folder: Hydra copies the config into .hydra/config.yaml
+    before the run can look at it; the run refuses it with one line and rewrites that copy without it."""
+    conf = tmp_path / "conf" / "question_llm"
+    conf.mkdir(parents=True)
+    (conf / "leaky.yaml").write_text(
+        "_target_: visa.generation.openai_api.OpenAIChatGenerator\nmodel: m\nurl: http://127.0.0.1:1/v1\n"
+        "api_key: sk-never-seen-6\n"
+    )
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "visa.run", "--config-dir", str(tmp_path / "conf"), "question_llm=leaky"]
+    proc = subprocess.run(
+        [*cmd, "progress=false", f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env={**os.environ, "VISA_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+    )
+    assert_one_error_line(
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        r"question_llm\.api_key: secrets are not taken from the config",
+    )
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert [f for f in run_dir.rglob("*") if f.is_file() and b"never-seen" in f.read_bytes()] == []
+
+
+def test_a_path_written_with_a_tilde_is_the_home_folder(tmp_path):
+    """`dataset.root=~/photos`, as docs/datasets.md writes it (Hydra's grammar has no `~`): the home folder,
+    as a shell would expand it. Here the folder's captions file has an empty caption: the one-line error
+    names the expanded path."""
+    folder(tmp_path / "home" / "photos", '{"path": "photo0.jpg", "caption": ""}\n')
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "VISA_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "visa.run", "dataset=folder", "dataset.root=~/photos", "progress=false"]
+    proc = subprocess.run(
+        [*cmd, f"hydra.run.dir={tmp_path / 'run'}"], cwd=REPO, env=env, capture_output=True, text=True
+    )
+    assert_one_error_line(
+        proc.returncode,
+        proc.stdout,
+        proc.stderr,
+        rf"^error: {re.escape(str(tmp_path / 'home' / 'photos' / 'captions.jsonl'))}:1: empty caption",
+    )
 
 
 def test_release_results_are_strict_json(outcomes):
@@ -339,7 +466,7 @@ def test_a_key_from_the_environment_never_reaches_wandb_files_or_names(tmp_path)
     """The server key lives in the environment (api_key_env); a W&B offline run of a job with overrides
     writes it nowhere in the run folder, and the run's name, built from the overrides, keeps only the
     harmless ones."""
-    pytest.importorskip("wandb")
+    requires("wandb", "tracking")
     secret = "sk-visa-test-4f1c9e"
     env = {
         **os.environ,

@@ -82,3 +82,72 @@ def test_two_processes_write_at_once(tmp_path):
         assert p.exitcode == 0
     got = SQLiteStore(tmp_path).get_many([f"{w}-{i}" for w in range(2) for i in range(200)])
     assert len(got) == 400
+
+
+class CountingStore(SQLiteStore):
+    """A SQLite store that counts its writes (and can be made to fail them)."""
+
+    def __init__(self, root, fail: bool = False):
+        super().__init__(root)
+        self.writes: list[int] = []
+        self.fail = fail
+
+    def put_many(self, stage, items, model=""):
+        if self.fail:
+            from visa.core.errors import VisaError
+
+            raise VisaError("cannot write to the cache: disk full")
+        self.writes.append(len(items))
+        super().put_many(stage, items, model=model)
+
+
+def test_results_are_written_in_batches(tmp_path):
+    """An instant stage of 1000 results is a few transactions, not 1000 (one per result costs more than a
+    cached call), and every result is in the store at the end."""
+    from visa.cache.runner import FLUSH_RESULTS
+
+    store = CountingStore(tmp_path)
+    keys = [f"k{i}" for i in range(1000)]
+    StageRunner(store, progress=False).run("s", keys, list(range(1000)), batched(lambda xs: xs, 50))
+    assert sum(store.writes) == 1000 and max(store.writes) <= FLUSH_RESULTS
+    assert len(store.writes) <= 1000 // FLUSH_RESULTS + 2
+    assert store.get_many(keys) == {k: i for i, k in enumerate(keys)}
+
+
+def test_a_slow_stage_writes_within_the_flush_interval(tmp_path, monkeypatch):
+    """Results that come slowly are written once FLUSH_SECONDS have passed, not held for a full batch: a
+    kill loses at most that much. (The clock is the runner's, stepped by hand.)"""
+    from visa.cache import runner as runner_module
+
+    clock = iter(float(t) for t in range(100))
+    monkeypatch.setattr(runner_module.time, "monotonic", lambda: next(clock))
+    store = CountingStore(tmp_path)
+    keys = [f"k{i}" for i in range(4)]
+    StageRunner(store, progress=False).run("s", keys, list(range(4)), batched(lambda xs: xs, 1))
+    assert store.writes == [1, 1, 1, 1]  # each result came a "second" after the last write
+
+
+def test_an_error_or_ctrl_c_mid_stage_writes_what_was_received(tmp_path):
+    store = CountingStore(tmp_path)
+
+    def stream(xs):
+        for i, x in enumerate(xs):
+            if x == 7:
+                raise RuntimeError("the model failed")
+            yield i, x
+
+    keys = [f"k{i}" for i in range(10)]
+    with pytest.raises(RuntimeError):
+        StageRunner(store, progress=False).run("s", keys, list(range(10)), stream)
+    assert store.get_many(keys) == {f"k{i}": i for i in range(7)} and store.writes == [7]
+
+
+def test_a_store_that_cannot_write_stops_the_stage_once(tmp_path):
+    """A failed write (a full disk) is not tried again on the way out: one error, as it came."""
+    from visa.core.errors import VisaError
+
+    store = CountingStore(tmp_path, fail=True)
+    keys = [f"k{i}" for i in range(300)]
+    with pytest.raises(VisaError, match="disk full"):
+        StageRunner(store, progress=False).run("s", keys, list(range(300)), batched(lambda xs: xs, 300))
+    assert store.writes == []

@@ -190,3 +190,29 @@ def test_dashboard_renders_in_headless_chromium(tmp_path):
         assert img.size == (1200, 1600)
         colours = img.convert("RGB").getcolors(maxcolors=1 << 20)
         assert colours is not None and len(colours) > 50  # text, table and plots drawn, not a blank page
+
+
+def test_user_text_is_shown_as_text_never_as_markup(tmp_path):
+    """Override values and run names are the user's text: the dashboard shows them (HTML-escaped), the plots
+    draw them literally (a `$` would start matplotlib's mathtext, and `$\\frac$` stops the plot), and the
+    Markdown ledger escapes the HTML that Markdown renderers would otherwise render."""
+    sweep = tmp_path / "multirun" / "x"
+    sweep.mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("hydra: {}\n")
+    names = ["<img src=x onerror=alert(1)>", "$\\frac{1}$ & <b>bold</b> | _hidden"]
+    for job, (name, alpha) in enumerate([(names[0], 0.0), (names[1], 0.5), (names[0], 1.0)]):
+        recall = {"base/R@1": 50.0, "visa/R@1": 51.0 + job}
+        overrides = [f"fusion.alpha={alpha}", f"+dataset.name='{name}'"]  # quoted, as typed
+        fake_run(sweep / f"{job}-$\\frac$<i>", alpha, 1, overrides, recall)
+    out, ledger = tmp_path / "report", tmp_path / "ledger.md"
+    cmd = [sys.executable, "-m", "visa.compare", str(sweep), "--out", str(out), "--ledger", str(ledger)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (out / "index.html").read_text()
+    assert "<img src=x" not in page and "<b>bold" not in page and "<i>" not in page
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    for plot in ("recall_vs_alpha.png", "gain.png", "stage_time.png"):
+        assert Image.open(out / plot).size[0] > 100, plot  # drawn, with the labels as they are
+    text = ledger.read_text()
+    assert "<img" not in text and "<b>" not in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "\\| _hidden" in text  # a pipe in a cell is escaped, not a column break

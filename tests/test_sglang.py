@@ -152,13 +152,34 @@ def test_client_errors_are_not_retried():
     assert len(server.requests) == 1
 
 
-def test_malformed_replies_become_empty_answers_and_are_counted():
-    faults = [None, "malformed", "garbage", None]
+def test_malformed_replies_are_asked_again_and_counted():
+    """A reply that is not a chat completion (no choices; a proxy's HTML page) is not the model's answer: it
+    is asked again, never returned (so never cached), and counted."""
+    faults = [None, "malformed", "garbage", None, None]
     with FakeOpenAIServer(faults=faults) as server:
-        gen = client(server.url, max_concurrency=1)
+        gen = client(server.url, max_concurrency=1, retry_backoff=0.01)
         out = gen.generate([Prompt(f"p {i}") for i in range(4)])
-    assert out == ["Reply to: p 0", "", "", "Reply to: p 3"]
-    assert gen.malformed == 2 and gen.retried == 0
+    assert out == [f"Reply to: p {i}" for i in range(4)]
+    assert gen.malformed == 2 and gen.retried == 2 and gen.empty == 0
+    assert len(server.requests) == 6
+
+
+def test_persistent_malformed_replies_stop_with_the_url():
+    with FakeOpenAIServer(fault_rule=lambda body: "garbage") as server:
+        gen = client(server.url, max_retries=1, retry_backoff=0.01)
+        with pytest.raises(
+            VisaError,
+            match=rf"{server.url}/chat/completions failed 2 times \(last: a malformed reply "
+            r"'<html>proxy error</html>'\); check that url= is the server's OpenAI-compatible /v1",
+        ):
+            gen.generate([Prompt("hello")])
+
+
+def test_empty_replies_are_kept_and_counted():
+    with FakeOpenAIServer(reply=lambda body: "  ") as server:
+        gen = client(server.url)
+        assert gen.generate([Prompt("a"), Prompt("b")]) == ["", ""]
+    assert gen.empty == 2 and gen.malformed == 0 and gen.retried == 0
 
 
 def test_closing_the_stream_cancels_the_rest():
@@ -190,3 +211,22 @@ def test_identity_ignores_where_the_server_is():
     b = OpenAIChatGenerator(model="m", server=SGLangServer("m", port=31000, tp=4)).identity()
     c = OpenAIChatGenerator(model="m", url="http://a:1/v1", max_new_tokens=9).identity()
     assert a == b and a != c
+
+
+def test_requests_failing_together_leave_no_unretrieved_task_errors(caplog):
+    """32 requests refused at once: one error for the stage, and no asyncio "Task exception was never
+    retrieved" for the others (logged when their tasks are collected: here, once the error is dropped)."""
+    import gc
+    import logging
+
+    caplog.set_level(logging.ERROR, logger="asyncio")
+    with FakeOpenAIServer(fault_rule=lambda body: "404") as server:
+        gen = client(server.url, max_concurrency=32)
+        error = None
+        try:
+            gen.generate([Prompt(f"p {i}") for i in range(32)])
+        except VisaError as e:
+            error = str(e)
+    assert error is not None and "HTTP 404" in error
+    gc.collect()
+    assert "never retrieved" not in caplog.text

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requires
 from helpers.wandb_log import read_transaction_log
 from PIL import Image
 
 from visa.data import Dataset, Item, Query
 from visa.tracking import NullLogger, WandbLogger, pick_samples, redact
 
-wandb = pytest.importorskip("wandb")
+wandb = requires("wandb", "tracking")
 
 
 @pytest.fixture
@@ -191,3 +192,29 @@ def test_bad_mode_is_an_error():
 
     with pytest.raises(VisaError, match="logger.mode"):
         WandbLogger(mode="sometimes")
+
+
+def test_user_text_reaches_the_wandb_table_as_plain_strings(tmp_path, wandb_offline_env):
+    """Captions, answers and questions are the user's (or a model's) text: the sample table gets them as
+    string cells and image captions exactly as written, never as W&B HTML objects (which W&B renders)."""
+    markup = "<img src=x onerror=alert(1)> **bold** $x$"
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    dataset = tiny_dataset(tmp_path)
+    sample = record(0, markup, "img0", ["img1", "img0"], ["img0", "img1"])
+    sample["candidates"][0]["answers"] = [markup]
+    logger = WandbLogger(project="visa-test", top_items=2, thumb_size=32, log_artifact=False)
+    logger.start({}, run_dir)
+    logger.log({"visa/R@1": 100.0}, iter([sample]), dataset)  # records come as a stream
+    offline_dir = logger.offline_dir()
+    logger.finish()
+    log = records(next(offline_dir.glob("*.wandb")))
+    artifacts = {a.artifact.type: a.artifact for a in log["artifact"]}
+    table_files = {e.path: e.local_path for e in artifacts["run_table"].manifest.contents}
+    table = json.loads(Path(table_files["samples.table.json"]).read_text())
+    row = dict(zip(table["columns"], table["data"][0], strict=True))
+    assert row["query"] == markup  # a plain string cell
+    captions = [cell.get("caption", "") for cell in row.values() if isinstance(cell, dict)]
+    assert any(markup in c for c in captions)  # the answer, as written, in a thumbnail's caption
+    assert all(cell.get("_type") != "html-file" for cell in row.values() if isinstance(cell, dict))
+    assert not list(Path(offline_dir).rglob("*.html"))

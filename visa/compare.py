@@ -217,8 +217,15 @@ def _figure(figsize: tuple[float, float]):
     return Figure(figsize=figsize)
 
 
+def plain(text: str) -> str:
+    """User text (override values, run names) as matplotlib draws it literally: a `$` would start mathtext
+    (`$\\frac$` stops the plot with a parse error), and a legend hides labels that start with `_`."""
+    text = text.replace("$", r"\$")
+    return " " + text if text.startswith("_") else text
+
+
 def _label(params: dict[str, Any], keys: Sequence[str]) -> str:
-    return ", ".join(f"{k}={params.get(k)}" for k in keys) or "runs"
+    return plain(", ".join(f"{k}={params.get(k)}" for k in keys) or "runs")
 
 
 def plot_recall_vs_alpha(rows: list[dict[str, Any]], path: Path) -> Figure | None:
@@ -273,7 +280,7 @@ def plot_gain(rows: list[dict[str, Any]], path: Path) -> Figure | None:
         xs = [j + i * width for j in range(len(rows))]
         ax.bar(xs, [r["metrics"].get(f"gain/R@{k}", math.nan) for r in rows], width, label=f"R@{k}")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
-    ax.set_xticklabels([r["run"] for r in rows], rotation=60, ha="right", fontsize=7)
+    ax.set_xticklabels([plain(r["run"]) for r in rows], rotation=60, ha="right", fontsize=7)
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_ylabel("VISA - backbone (points)")
     ax.set_title("VISA gain over the backbone")
@@ -296,7 +303,7 @@ def plot_stage_time(rows: list[dict[str, Any]], path: Path) -> Figure | None:
         ax.barh(range(len(rows)), widths, left=left, label=name)
         left = [a + b for a, b in zip(left, widths, strict=True)]
     ax.set_yticks(range(len(rows)))
-    ax.set_yticklabels([r["run"] for r in rows], fontsize=7)
+    ax.set_yticklabels([plain(r["run"]) for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     ax.set_title("time per stage")
@@ -400,7 +407,8 @@ def write_ledger(rows: list[dict[str, Any]], path: Path, command: str) -> None:
         cells = [r["run"], *(_fmt(r["params"].get(k)) for k in shown)]
         cells += [" / ".join(_fmt(m.get(f"{p}/R@{k}")) for k in ks) for p in ("base", "visa")]
         cells += [_fmt(m.get("calls/computed")), _fmt(m.get("time/total"))]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        # a cell is text, never markup: Markdown renderers take raw HTML (<img>, <details>) and pipes
+        lines.append("| " + " | ".join(html.escape(c, quote=False).replace("|", "\\|") for c in cells) + " |")
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

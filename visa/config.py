@@ -34,7 +34,21 @@ def is_secret_key(key: str) -> bool:
     return bool(SECRET_KEY.search(key)) and not key.endswith("_env")
 
 
-GROUPS = ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "scorer", "fusion", "logger")
+class SecretInConfig(VisaError):
+    """A secret-looking key in a config file (the command line refuses them before Hydra, `visa.entry`)."""
+
+
+GROUPS = (
+    "dataset",
+    "backbone",
+    "question_llm",
+    "answer_mllm",
+    "describer",
+    "scorer",
+    "fusion",
+    "normalizer",
+    "logger",
+)
 
 
 @dataclass
@@ -49,6 +63,7 @@ class VisaConfig(Settings):
     describer: Any = MISSING
     scorer: Any = MISSING
     fusion: Any = MISSING
+    normalizer: Any = MISSING  # the base similarity's normaliser (conf/normalizer: none, nnn, qb_norm, dn)
     logger: Any = MISSING
     cache_dir: str | None = "${oc.env:VISA_CACHE,null}"  # None: the user cache folder
     # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
@@ -58,12 +73,11 @@ class VisaConfig(Settings):
 
 def settings_from(cfg: DictConfig) -> Settings:
     """The run's `Settings` from its composed config; their checks stop a bad value with one line."""
-    values = {f.name: cfg[f.name] for f in fields(Settings)}
-    plain: dict[str, Any] = {
-        name: OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
-        for name, value in values.items()
-    }
-    return Settings(**plain)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        value = cfg[f.name]
+        values[f.name] = OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
+    return Settings(**values)
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
@@ -124,9 +138,10 @@ def _check_secrets(key: str, value: Any, where: str) -> None:
     """Refuse a secret given in the config (its value is never echoed) and a `*_env` key that holds
     something other than a variable's name (most likely the secret itself)."""
     if is_secret_key(key):
-        raise VisaError(
-            f"{where}.{key}: secrets are not taken from the config (it is saved in .hydra/ and logged); put "
-            "the key in an environment variable and name that variable, e.g. api_key_env=OPENAI_API_KEY"
+        raise SecretInConfig(
+            f"{where}.{key}: secrets are not taken from the config (the run folder's copy of the config has "
+            "it removed); put the key in an environment variable and name that variable, e.g. "
+            "api_key_env=OPENAI_API_KEY"
         )
     if (
         key.endswith("_env")
@@ -167,9 +182,10 @@ def check_part(node: DictConfig, where: str, given: Collection[str] = ()) -> Non
         raise VisaError(f"{where} has no _target_; each part's yaml names the class it builds")
     target = _import_target(node._target_, where)
     params, hints = _parameters(target)
-    container = OmegaConf.to_container(node, resolve=True)
-    values = {str(k): v for k, v in container.items()} if isinstance(container, dict) else {}
+    values = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(values, dict)
     for key, value in values.items():
+        assert isinstance(key, str)
         if key.startswith("_"):
             continue
         _check_secrets(key, value, where)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -12,14 +13,26 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from visa import entry
 from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
 from visa.cli import run_command
-from visa.config import GROUPS, _import_target, check_part, instantiate_part, register, settings_from
+from visa.config import (
+    GROUPS,
+    SecretInConfig,
+    _import_target,
+    check_part,
+    instantiate_part,
+    register,
+    settings_from,
+)
 from visa.core.errors import Interrupted, VisaError
-from visa.data import check_modalities
+from visa.core.loading import quiet_loaders
+from visa.data import Dataset, Query, check_modalities
+from visa.data.banks import Bank, read_bank
 from visa.method.keys import visual_keys
 from visa.method.parts import Components
 from visa.method.pipeline import evaluate_precomputed, run_visa
+from visa.method.records import ResultsFile, ResultsFileError, ResultsReader
 
 log = logging.getLogger("visa")
 register()
@@ -36,6 +49,32 @@ def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
     return "\n".join(rows)
 
 
+# Above this share of queries with generic questions, the summary says what it means and what to try.
+FALLBACK_HINT_SHARE = 20.0
+
+
+def format_questions(metrics: dict[str, Any]) -> str | None:
+    """One line on how the question LLM did (fallbacks and re-asks), and a hint when many queries fell back:
+    their answers were left out, so "+ VISA" re-ranked them with the descriptions alone."""
+    if "questions/fallback" not in metrics:
+        return None
+    fallback, share = metrics["questions/fallback"], metrics.get("questions/fallback_share", 0.0)
+    queries = metrics.get("questions/try_0/asked", 0)
+    mode = "constrained" if metrics.get("questions/constrained") else "free"
+    line = (
+        f"questions ({mode}): {fallback} of {queries} queries fell back to generic questions ({share:.1f}%), "
+        f"{metrics.get('questions/retries', 0)} re-asked"
+    )
+    if share > FALLBACK_HINT_SHARE:
+        tries = "questions.constrained=true, " if mode == "free" else ""
+        line += (
+            "\nhint: these queries' answers were left out, so + VISA re-ranked them with the descriptions "
+            f"alone; results.jsonl has each question_reply. Try {tries}more questions.retries or a larger "
+            "question LLM."
+        )
+    return line
+
+
 def _choice(cfg: DictConfig, group: str) -> str:
     """The config file chosen for a group (`backbone=demo` -> "demo"), or its class outside a Hydra run."""
     try:
@@ -44,21 +83,27 @@ def _choice(cfg: DictConfig, group: str) -> str:
         return cfg[group]._target_
 
 
-def write_outputs(run_dir: Path, metrics: dict, results: list[dict]) -> None:
+def write_metrics(run_dir: Path, metrics: dict, cache_path: Path | None = None) -> None:
     # allow_nan=False: NaN and Infinity are not JSON; the stages stop on a non-finite score before this,
     # so a failure here is a value that slipped past them, named rather than written.
     try:
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, allow_nan=False) + "\n")
-        with open(run_dir / "results.jsonl", "w", encoding="utf-8") as f:
-            for record in results:
-                try:
-                    f.write(json.dumps(record, ensure_ascii=False, allow_nan=False) + "\n")
-                except ValueError:
-                    raise VisaError(
-                        f"results.jsonl: query {record.get('index')} has a non-finite value (NaN or Infinity)"
-                    ) from None
+        text = json.dumps(metrics, indent=2, allow_nan=False) + "\n"
     except ValueError as e:
         raise VisaError(f"metrics.json: a non-finite value (NaN or Infinity): {e}") from None
+    try:
+        (run_dir / "metrics.json").write_text(text)
+    except OSError as e:
+        raise output_error(run_dir, e, cache_path) from None
+
+
+def output_error(run_dir: Path, error: OSError, cache_path: Path | None) -> VisaError:
+    """A run folder that cannot be written (a full disk, a quota, permissions): what is kept, what to do."""
+    kept = f"the model results are kept in the cache {cache_path}, so " if cache_path else ""
+    return VisaError(
+        f"cannot write the run's outputs to {run_dir}: {error.strerror or error}; {kept}after freeing space "
+        "(or with hydra.run.dir=... on another disk) the same command writes them again without computing "
+        "anything"
+    )
 
 
 def saved_line(cache: SQLiteStore | SharedFolderStore) -> str:
@@ -69,6 +114,31 @@ def saved_line(cache: SQLiteStore | SharedFolderStore) -> str:
         f"{saved} saved in the cache {cache.path}, with every earlier one; run the same command again to "
         "resume (nothing saved is computed again)"
     )
+
+
+def load_bank(cfg: DictConfig, normalizer: Any, dataset: Dataset) -> Bank | None:
+    """The normaliser's reference bank (None for normalizer=none), read and checked against the test queries
+    before any model loads."""
+    if normalizer.bank is None:
+        return None
+    if dataset.precomputed is not None:
+        raise VisaError(
+            f"normalizer={_choice(cfg, 'normalizer')} needs the backbone's embeddings, and dataset "
+            f"{dataset.name} holds precomputed scores only; use normalizer=none"
+        )
+
+    def load_split(split: str) -> list[Query]:
+        if "split" not in cfg.dataset:
+            raise VisaError(
+                f"normalizer.bank=split:{split}: dataset {dataset.name} has no dataset.split setting; name a "
+                "captions file or a shipped bank (demo) instead"
+            )
+        node = {**OmegaConf.to_container(cfg.dataset, resolve=True), "split": split}  # type: ignore[dict-item]
+        loader = instantiate_part(OmegaConf.create({"dataset": node}), "dataset")
+        texts = getattr(loader, "texts", None)  # the captions alone, without reading the split's media
+        return [Query(t, ()) for t in texts()] if callable(texts) else loader.load().queries
+
+    return read_bank(normalizer.bank, dataset, load_split, normalizer.bank_limit)
 
 
 def encode_gallery_on_nodes(cfg: DictConfig, dataset, backbone) -> bool:
@@ -94,17 +164,31 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     for group in GROUPS:  # every part's keys are checked before anything is loaded
         check_part(cfg[group], group)
     settings = settings_from(cfg)
+    if not settings.progress:
+        quiet_loaders()
     fusion = instantiate_part(cfg, "fusion")
     dataset = instantiate_part(cfg, "dataset").load()
     log.info("dataset %s: %d queries over %d items", dataset.name, len(dataset.queries), len(dataset.gallery))
     if dataset.precomputed is None and cfg.backbone.get("num_nodes", 1) > 1:
         if not encode_gallery_on_nodes(cfg, dataset, instantiate_part(cfg, "backbone")):
             return {}  # a helper process of the multi-node gallery encoding: its share is written
+    normalizer = instantiate_part(cfg, "normalizer")
+    bank = load_bank(cfg, normalizer, dataset)
+    normalizer_metrics: dict[str, Any] = {"normalizer": _choice(cfg, "normalizer")}
+    if bank is not None:
+        normalizer_metrics.update({"normalizer/bank": bank.spec, "normalizer/bank_size": len(bank.queries)})
     logger = instantiate_part(cfg, "logger")
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    results_file = ResultsFile(run_dir / settings.results_file)
+    cache_path: Path | None = None
     try:
         if dataset.precomputed is not None:
-            metrics, results = evaluate_precomputed(dataset, fusion, settings)
+            metrics, records = evaluate_precomputed(dataset, fusion, settings)
+            try:
+                for record in records:
+                    results_file.write(record)
+            except ResultsFileError as e:
+                raise output_error(run_dir, e.error, None) from None
         else:
             # what the backbone can embed, from its class: a mismatch stops here, before any model loads
             backbone_class = _import_target(cfg.backbone._target_, "backbone")
@@ -116,42 +200,83 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 describer=instantiate_part(cfg, "describer"),
                 scorer=instantiate_part(cfg, "scorer"),
                 fusion=fusion,
+                normalizer=normalizer,
+                bank=bank,
             )
             store = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
+            cache_path = store.path
             try:
-                metrics, results = run_visa(dataset, parts, settings, store)
-            except KeyboardInterrupt:
-                raise Interrupted(saved_line(store)) from None
+                metrics, _ = run_visa(dataset, parts, settings, store, sink=results_file.write)
+            except KeyboardInterrupt as e:  # Ctrl-C, or a scheduler's stop signal (visa.entry)
+                raise Interrupted(saved_line(store), getattr(e, "signum", signal.SIGINT)) from None
+            except ResultsFileError as e:  # the run folder: a full disk, a quota
+                raise output_error(run_dir, e.error, store.path) from None
             finally:
                 store.close()
                 parts.close()  # stops the servers this run launched
             metrics.update(parts.counters())
         metrics = {
             **metrics,
+            **normalizer_metrics,
             "data/queries": len(dataset.queries),
             "data/gallery": len(dataset.gallery),
             "data/skipped": len(dataset.skipped),  # bad items left out with dataset.on_bad_item=skip
             "time/total": round(time.perf_counter() - t_start, 3),
         }
-        write_outputs(run_dir, metrics, results)
         if settings.shard.active:  # no ranking: the final run without shard settings evaluates
+            results_file.discard()
+            write_metrics(run_dir, metrics, cache_path)
             computed = sum(v for k, v in metrics.items() if k.endswith("/computed"))
             print(f"shard {settings.shard.index}/{settings.shard.count}: {computed} model calls computed")
+            print(
+                f"no {settings.results_file} in a shard's folder: the final run (the same command without "
+                "shard.*) reads every shard's results from the cache and writes them with the metrics"
+            )
             print(f"run folder: {run_dir}")
             return metrics
+        try:
+            results_file.close()
+        except ResultsFileError as e:
+            raise output_error(run_dir, e.error, cache_path) from None
+        write_metrics(run_dir, metrics, cache_path)
         print(format_table(metrics, list(cfg.recall_at)))
+        questions_line = format_questions(metrics)
+        if questions_line:  # on the console and in run.log; a warning when the method did not run as meant
+            high = metrics.get("questions/fallback_share", 0.0) > FALLBACK_HINT_SHARE
+            log.log(logging.WARNING if high else logging.INFO, questions_line)
         print(f"run folder: {run_dir}")
-        logger.log(metrics, results, dataset)
+        logger.log(metrics, ResultsReader(results_file.path), dataset)
     finally:
+        results_file.discard()
         logger.finish()
     return metrics
+
+
+def scrub_config_copy(run_dir: Path) -> None:
+    """Rewrite the run folder's .hydra/config.yaml without the entries whose key looks like a secret."""
+    import yaml
+
+    from visa.tracking import redact
+
+    path = run_dir / ".hydra" / "config.yaml"
+    if path.is_file():
+        path.write_text(yaml.safe_dump(redact(yaml.safe_load(path.read_text())), sort_keys=False))
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
-    return run_command(lambda: run(cfg, run_dir), "no model result computed yet; nothing to resume")
+
+    def body() -> dict[str, Any]:
+        try:
+            return run(cfg, run_dir)
+        except SecretInConfig:  # from a config file: Hydra saved a copy in the run folder; scrub it
+            scrub_config_copy(run_dir)
+            raise
+
+    with entry.stop_signals():  # SIGTERM / SIGUSR2 stop a run as Ctrl-C does
+        return run_command(body, "no model result computed yet; nothing to resume")
 
 
 if __name__ == "__main__":
-    main()
+    entry.main(main)

@@ -11,6 +11,7 @@ import netrc
 import os
 import re
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
@@ -23,11 +24,12 @@ from visa.method.metrics import recall_gains
 
 @runtime_checkable
 class Logger(Protocol):
-    """What a run needs of a logger: started before the stages, given the results, finished always."""
+    """What a run needs of a logger: started before the stages, given the results (records read back from
+    the run's results file, one at a time: iterate them, do not hold them all), finished always."""
 
     def start(self, config: dict, run_dir: Path) -> None: ...
 
-    def log(self, metrics: dict, results: list[dict], dataset: Dataset) -> None: ...
+    def log(self, metrics: dict, results: Iterable[dict], dataset: Dataset) -> None: ...
 
     def finish(self) -> None: ...
 
@@ -38,7 +40,7 @@ class NullLogger:
     def start(self, config: dict, run_dir: Path) -> None:
         pass
 
-    def log(self, metrics: dict, results: list[dict], dataset: Dataset) -> None:
+    def log(self, metrics: dict, results: Iterable[dict], dataset: Dataset) -> None:
         pass
 
     def finish(self) -> None:
@@ -118,12 +120,17 @@ def thumbnail(item: Item | None, size: int):
     return image
 
 
-def pick_samples(results: list[dict], n: int) -> list[dict]:
+def pick_samples(results: Iterable[dict], n: int) -> list[dict]:
     """Up to `n` query records for the sample table: first those whose top-1 VISA changed (the interesting
-    ones on a dashboard), then the others, shown in query order."""
-    changed = [r for r in results if r["base_top"][:1] and r["base_top"][0]["id"] != r["visa_top"][0]["id"]]
-    chosen = {r["index"] for r in changed}
-    same = [r for r in results if r["index"] not in chosen]
+    ones on a dashboard), then the others, shown in query order. Holds at most 2n records while reading."""
+    changed: list[dict] = []
+    same: list[dict] = []
+    for r in results:
+        if r["base_top"][:1] and r["base_top"][0]["id"] != r["visa_top"][0]["id"]:
+            if len(changed) < n:
+                changed.append(r)
+        elif len(same) < n:
+            same.append(r)
     return sorted((changed + same)[:n], key=lambda r: r["index"])
 
 
@@ -156,7 +163,7 @@ class WandbLogger:
         self.tags = list(tags or [])
         self.dir, self.num_samples, self.top_items, self.thumb_size = dir, num_samples, top_items, thumb_size
         self.log_artifact = log_artifact
-        self.run = None
+        self.run: Any = None
         self.run_dir: Path | None = None
         self.logged = False
 
@@ -197,7 +204,7 @@ class WandbLogger:
             tags=self.tags,
             config=logged_config,
             dir=directory,
-            mode=mode,
+            mode=mode,  # type: ignore[arg-type]  # _mode() returns one of wandb's literals
         )
         if mode == "offline":
             print(
@@ -210,25 +217,27 @@ class WandbLogger:
         """The run's local W&B folder (the argument `wandb sync` takes)."""
         return Path(self.run.dir).parent if self.run is not None else None
 
-    def log(self, metrics: dict, results: list[dict], dataset: Dataset) -> None:
+    def log(self, metrics: dict, results: Iterable[dict], dataset: Dataset) -> None:
         import wandb
 
         if self.run is None:
             raise VisaError("WandbLogger.log called before start")
         self.run.log({**metrics, **recall_gains(metrics)})
-        if self.num_samples > 0 and results:
-            self.run.log({"samples": self.sample_table(results, dataset)})
-        if self.log_artifact:
+        samples = pick_samples(results, self.num_samples) if self.num_samples > 0 else []
+        if samples:
+            self.run.log({"samples": self.sample_table(samples, dataset)})
+        if self.log_artifact and self.run_dir is not None:
             artifact = wandb.Artifact(f"outputs-{self.run.id}", type="run-outputs")
-            for filename in ("metrics.json", "results.jsonl"):
+            for filename in ("metrics.json", "results.jsonl", "results.jsonl.gz"):
                 if (self.run_dir / filename).exists():
                     artifact.add_file(str(self.run_dir / filename))
             self.run.log_artifact(artifact)
         self.logged = True
 
-    def sample_table(self, results: list[dict], dataset: Dataset):
-        """wandb.Table: query, questions, then the top items before (base_i) and after (visa_i) re-ranking
-        as thumbnails whose captions give the id, the scores and, after re-ranking, the MLLM's answers."""
+    def sample_table(self, samples: list[dict], dataset: Dataset):
+        """wandb.Table of the sample records (`pick_samples`): query, questions, then the top items before
+        (base_i) and after (visa_i) re-ranking as thumbnails whose captions give the id, the scores and,
+        after re-ranking, the MLLM's answers."""
         import wandb
 
         items = {item.id: item for item in dataset.gallery}
@@ -245,9 +254,8 @@ class WandbLogger:
                 caption += f"\n{items[item_id].path if item_id in items else item_id}"
             return wandb.Image(picture, caption=caption)
 
-        samples = pick_samples(results, self.num_samples)
         n = min([self.top_items] + [len(r["base_top"]) for r in samples])
-        columns = ["index", "query", "ground_truth", "key_phrases", "questions"]
+        columns: list[str | int] = ["index", "query", "ground_truth", "key_phrases", "questions"]
         columns += [f"base_{i + 1}" for i in range(n)] + [f"visa_{i + 1}" for i in range(n)]
         table = wandb.Table(columns=columns)
         for r in samples:

@@ -31,18 +31,27 @@ def _compose(overrides: list[str]):
 
 def current_keys() -> dict[str, str]:
     """{"<group>/<option>" or "experiment/<name>/<group>": the key of a fixed input under that part}."""
-    from hydra.utils import instantiate
-
-    from visa.cache import make_key
     from visa.config import register
-    from visa.method import prompts
 
     register()
     # the demo describer's key records whether Tesseract ran ("ocr": auto); keys here must not depend on
     # what this machine has installed
     from visa.generation import pixel_signals
 
+    available = pixel_signals.tesseract_available
     pixel_signals.tesseract_available = lambda: False
+    try:
+        return _keys()
+    finally:
+        pixel_signals.tesseract_available = available
+
+
+def _keys() -> dict[str, str]:
+    from hydra.utils import instantiate
+
+    from visa.cache import make_key
+    from visa.method import prompts
+
     question = "Two dogs run across a snowy field."
     fixed = {
         "encode_text": question,
@@ -58,8 +67,9 @@ def current_keys() -> dict[str, str]:
         stage = PART_GROUPS[group]
         inputs = fixed[stage]
         if stage == "ask":
+            settings = cfg.questions
             inputs = prompts.question_prompt(
-                question, cfg.questions.max, "image", cfg.questions.prompt
+                question, settings.max, "image", settings.prompt, settings.constrained
             ).as_key()
         keys[name] = make_key(stage, part.identity(), inputs)
 

@@ -14,8 +14,8 @@ import functools
 
 import torch
 
+from visa.backbones.imagenet import classnames, media_probabilities
 from visa.backbones.text_embedder import embed_sentences, minilm_path
-from visa.core.imagenet import classnames, media_probabilities
 from visa.data import Item
 
 
@@ -52,6 +52,6 @@ class ConSEBackbone:
         media = torch.nn.functional.normalize(mixed, dim=-1)
         with_text = [i for i, item in enumerate(items) if item.text is not None]
         if with_text:  # media + text: the normalised sum of the two embeddings
-            texts = self.encode_text([items[i].text for i in with_text])
+            texts = self.encode_text([items[i].text or "" for i in with_text])
             media[with_text] = torch.nn.functional.normalize(media[with_text] + texts, dim=-1)
         return media

@@ -57,4 +57,4 @@ class FramePooledBackbone:
         for i, item in enumerate(items):
             if item.kind == "video":
                 out[i] = self._encode_frames(sample_uniform(item.path, self.num_frames)).float().mean(0)
-        return torch.nn.functional.normalize(torch.stack(out).float(), dim=-1)
+        return torch.nn.functional.normalize(torch.stack([e for e in out if e is not None]).float(), dim=-1)

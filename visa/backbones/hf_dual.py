@@ -12,8 +12,7 @@ from PIL import Image
 
 from visa.backbones.open_clip import load_images
 from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
-from visa.core.devices import resolve_device
-from visa.core.loading import load_pretrained, oom_hint, short_name
+from visa.core.loading import load_once, load_pretrained, oom_hint, short_name
 from visa.data import Item
 
 
@@ -52,11 +51,8 @@ class HFDualEncoder(FabricEncoding):
             "precision": self.precision,
         }
 
-    def _load(self):
-        device = resolve_device(self.device)
-        loaded = self.__dict__.get("_loaded")
-        if loaded is not None and loaded[0] == device:
-            return loaded[1]
+    @load_once()
+    def _build(self, device: torch.device):
         from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 
         common = {"revision": self.revision, "trust_remote_code": self.trust_remote_code}
@@ -67,8 +63,7 @@ class HFDualEncoder(FabricEncoding):
         if padding == "auto":  # SigLIP was trained on texts padded to the full length
             padding = "max_length" if "siglip" in net.config.model_type else "longest"
         max_length = net.config.text_config.max_position_embeddings
-        self._loaded = (device, (net.to(device).eval(), image_processor, tokenizer, padding, max_length))
-        return self._loaded[1]
+        return (net.to(device).eval(), image_processor, tokenizer, padding, max_length)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
-from visa.core.devices import resolve_device
 from visa.core.errors import VisaError
-from visa.core.loading import oom_hint
+from visa.core.loading import load_once, oom_hint
 from visa.data import Item
+from visa.data.media import load_image
 
 
 def _short_name(model: str) -> str:
@@ -34,11 +34,7 @@ def load_images(items: list[Item], backbone: str) -> list[Image.Image]:
                 f"backbone={backbone} encodes images; for videos wrap it in backbone=frame_pooled "
                 f"(item {item.id!r} is a {item.kind})"
             )
-        try:
-            with Image.open(item.path) as img:
-                images.append(img.convert("RGB"))
-        except OSError as e:
-            raise VisaError(f"cannot read image {item.path} (item {item.id!r}): {e}") from e
+        images.append(load_image(item.path))  # a damaged or oversized file: one line naming it
     return images
 
 
@@ -75,12 +71,9 @@ class OpenClipBackbone(FabricEncoding):
             "precision": self.precision,
         }
 
-    def _load(self):
-        """(model, preprocess, tokenizer) on self.device; loaded once per backbone object."""
-        device = resolve_device(self.device)
-        loaded = self.__dict__.get("_loaded")
-        if loaded is not None and loaded[0] == device:
-            return loaded[1]
+    @load_once()
+    def _build(self, device: torch.device):
+        """(model, preprocess, tokenizer) on `device`."""
         import open_clip
 
         try:
@@ -105,8 +98,7 @@ class OpenClipBackbone(FabricEncoding):
                 "model=local-dir:/path)"
             ) from e
         net = net.to(dtype=weight_dtype(self.precision)).eval()
-        self._loaded = (device, (net, preprocess, tokenizer))
-        return self._loaded[1]
+        return (net, preprocess, tokenizer)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

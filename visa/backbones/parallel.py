@@ -69,8 +69,8 @@ def _encode_shard(fabric, backbone: Any, rows: list[tuple], batch_size: int) -> 
     parts = [backbone.encode_visual(shard[i : i + batch_size]).float() for i in starts]
     local = torch.cat(parts).to(fabric.device)
     # all_gather needs the same shape on every rank: pad each share to the largest one
-    rows = math.ceil(len(items) / world)
-    padded = torch.zeros(rows, local.shape[1], device=fabric.device)
+    share = math.ceil(len(items) / world)
+    padded = torch.zeros(share, local.shape[1], device=fabric.device)
     padded[: len(local)] = local
     gathered = fabric.all_gather(padded)  # [world, rows, d]
     order = torch.arange(len(items))
@@ -89,7 +89,9 @@ def encode_parallel(
     fabric = Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
     # items travel as plain tuples: Fabric walks the arguments and refuses frozen dataclasses
     rows = [(item.id, item.path, item.kind, item.text) for item in items]
-    return torch.from_numpy(fabric.launch(_encode_shard, backbone, rows, backbone.batch_size))
+    # Fabric.launch passes the fabric first, then these arguments (its annotation names only the first)
+    encoded = fabric.launch(_encode_shard, backbone, rows, backbone.batch_size)  # type: ignore[arg-type]
+    return torch.from_numpy(encoded)
 
 
 def start_nodes(backbone: Any) -> Any:
@@ -147,6 +149,11 @@ class FabricEncoding:
     device: str
     batch_size: int
 
+    def _load(self) -> Any:
+        """What the backbone's `_build(device)` returns (model, processors, ...) on its device; `_build` is a
+        `load_once` loader, so each backbone object loads its weights once per device."""
+        return self._build(resolve_device(self.device))  # type: ignore[attr-defined]
+
     def check_parallel(self, where: str) -> None:
         if not isinstance(self.devices, int) or self.devices < 1:
             raise VisaError(f"{where}.devices={self.devices!r} must be a number of devices >= 1")
@@ -158,7 +165,8 @@ class FabricEncoding:
     def stream_visual(self, items: list[Item]) -> Iterator[tuple[int, Any]]:
         if self.devices == 1 or len(items) < self.devices:
             for start in range(0, len(items), self.batch_size):
-                embeddings = self.encode_visual(items[start : start + self.batch_size])
+                # the backbone class that mixes this in has encode_visual
+                embeddings = self.encode_visual(items[start : start + self.batch_size])  # type: ignore[attr-defined]
                 for offset, row in enumerate(embeddings.float().numpy()):
                     yield start + offset, row
             return

@@ -17,9 +17,8 @@ from PIL import Image
 
 from visa.backbones.hf_dual import HFDualEncoder
 from visa.backbones.parallel import autocast, weight_dtype
-from visa.core.devices import resolve_device
 from visa.core.errors import VisaError
-from visa.core.loading import load_pretrained, oom_hint
+from visa.core.loading import load_once, load_pretrained, oom_hint
 
 
 class RemoteCodeClip(HFDualEncoder):
@@ -63,11 +62,8 @@ class RemoteCodeClip(HFDualEncoder):
             "context_length": self.context_length,
         }
 
-    def _load(self):
-        device = resolve_device(self.device)
-        loaded = self.__dict__.get("_loaded")
-        if loaded is not None and loaded[0] == device:
-            return loaded[1]
+    @load_once()
+    def _build(self, device: torch.device):
         from transformers import AutoModel, AutoTokenizer, CLIPImageProcessor
 
         if not self.trust_remote_code:
@@ -92,8 +88,7 @@ class RemoteCodeClip(HFDualEncoder):
                 size={"shortest_edge": size}, crop_size={"height": size, "width": size}
             )
         max_length = self.context_length or net.config.text_config.max_position_embeddings
-        self._loaded = (device, (net.to(device).eval(), processor, tokenizer, max_length))
-        return self._loaded[1]
+        return (net.to(device).eval(), processor, tokenizer, max_length)
 
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> torch.Tensor:

@@ -33,9 +33,8 @@ import torch
 from PIL import Image
 
 from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
-from visa.core.devices import resolve_device
 from visa.core.errors import VisaError
-from visa.core.loading import oom_hint
+from visa.core.loading import load_once, oom_hint
 from visa.data import Item
 from visa.data.media import load_image
 
@@ -291,12 +290,9 @@ class VisualizedBGEBackbone(FabricEncoding):
             )
         return path
 
-    def _load(self):
-        """(net, tokenizer, preprocess) on self.device; loaded once per backbone object."""
-        device = resolve_device(self.device)
-        loaded = self.__dict__.get("_loaded")
-        if loaded is not None and loaded[0] == device:
-            return loaded[1]
+    @load_once()
+    def _build(self, device: torch.device):
+        """(net, tokenizer, preprocess) on `device`."""
         path = self._weights_path()  # first: a missing file is reported before anything loads
         from transformers import AutoConfig, AutoTokenizer
 
@@ -330,8 +326,7 @@ class VisualizedBGEBackbone(FabricEncoding):
         load_part(net.vision, parts["vision"], "vision tower", str(path))
         load_part(net.proj, parts["proj"], "visual_proj", str(path))
         net = net.to(device=device, dtype=weight_dtype(self.precision)).eval()
-        self._loaded = (device, (net, tokenizer, image_transform(self.image_size)))
-        return self._loaded[1]
+        return (net, tokenizer, image_transform(self.image_size))
 
     def _tokenize(self, texts: list[str], max_length: int, device: torch.device):
         tokenizer = self._load()[1]

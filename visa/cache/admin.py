@@ -38,12 +38,12 @@ def show(folder: Path) -> str:
         lines.append(f"\nSQLite file {SQLITE} ({size / 2**20:.1f} MB; one host)")
         lines += _table({k: (n, b) for k, (n, b) in table.items()})
     if (folder / FOLDER).is_dir():
-        table, logs = scan(folder)
+        summaries, logs = scan(folder)
         open_logs = sum(not log.closed for log in logs)
         size = sum(log.path.stat().st_size for log in logs)
         files = f"{len(logs)} files ({open_logs} not closed)"
         lines.append(f"\nper-writer logs in {FOLDER}/: {files}, {size / 2**20:.1f} MB")
-        lines += _table({k: (row.keys, row.bytes) for k, row in table.items()})
+        lines += _table({k: (row.keys, row.bytes) for k, row in summaries.items()})
     if len(lines) == 1:
         lines.append("(no cache here)")
     return "\n".join(lines)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from visa.cache.codec import decode_value, encode_value
+from visa.cache.store import write_error
 from visa.core.errors import VisaError
 
 FOLDER = "writers"  # inside the cache folder
@@ -182,7 +183,10 @@ class SharedFolderStore:
             return
         if self._fd is None:
             path = self.folder / self.name
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            try:
+                self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+            except OSError as e:
+                raise write_error(path, e.strerror or str(e)) from None
             self.files[self.name] = LogFile(path)
         log = self.files[self.name]
         chunks = []
@@ -194,18 +198,31 @@ class SharedFolderStore:
             log.good += len(record)
             log.records += 1
             chunks.append(record)
-        os.write(self._fd, b"".join(chunks))  # in the kernel now: survives this process being killed
+        data = b"".join(chunks)
+        try:
+            written = os.write(self._fd, data)  # in the kernel now: survives this process being killed
+            if written != len(data):  # the disk filled up part-way: the torn record is ignored by readers
+                raise OSError(28, "No space left on device")
+            if time.monotonic() - self._last_sync > SYNC_SECONDS:
+                os.fsync(self._fd)
+                self._last_sync = time.monotonic()
+        except OSError as e:
+            for key in items:  # not stored: a later look-up must not find them in this writer's file
+                if self.index.get(key, ("",))[0] == self.name:
+                    del self.index[key]
+            raise write_error(self.folder / self.name, e.strerror or str(e)) from None
         self.written[stage] = self.written.get(stage, 0) + len(items)
-        if time.monotonic() - self._last_sync > SYNC_SECONDS:
-            os.fsync(self._fd)
-            self._last_sync = time.monotonic()
 
     def close(self) -> None:
         if self._fd is not None:
-            os.write(self._fd, encode_record("", CLOSED, "", b""))
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
+            fd, self._fd = self._fd, None
+            try:
+                os.write(fd, encode_record("", CLOSED, "", b""))
+                os.fsync(fd)
+            except OSError:  # a full disk: the log stays unmarked, and is read as a finished writer's
+                pass
+            finally:
+                os.close(fd)
 
 
 def _intact_length(data: bytes) -> int:

@@ -37,7 +37,34 @@ class Store(Protocol):
         """Store one result durably (a crash right after loses nothing that was put); `model` labels it."""
         ...
 
+    def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
+        """Store several results of one stage at once (one transaction), as durably as `put`."""
+        ...
+
     def close(self) -> None: ...
+
+
+def write_error(path: Path, reason: str) -> VisaError:
+    """A cache that cannot take a result (a full disk, a quota, a read-only folder): what is kept, and what
+    to do."""
+    return VisaError(
+        f"cannot write to the cache {path}: {reason}; the results saved before are kept. Free space or fix "
+        "its permissions and run the same command again to resume, or point cache_dir at another folder"
+    )
+
+
+def _switch_to_wal(db: sqlite3.Connection, patience: float = 120.0) -> None:
+    """WAL mode; when several processes open a new cache at once (parallel multirun jobs), the switch can
+    meet another's lock without SQLite's busy handler waiting for it, so it is tried again for a while."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class SQLiteStore:
@@ -49,7 +76,7 @@ class SQLiteStore:
             self.root.mkdir(parents=True, exist_ok=True)
             self.path = self.root / "visa-cache.sqlite"
             self._db = sqlite3.connect(self.path, timeout=120, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _switch_to_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(results)")}
@@ -104,10 +131,7 @@ class SQLiteStore:
                     rows,
                 )
         except sqlite3.OperationalError as e:  # disk full, read-only, ...
-            raise VisaError(
-                f"cannot write to the cache {self.path}: {e}; free space or fix its permissions, or point "
-                "cache_dir at another folder"
-            ) from None
+            raise write_error(self.path, str(e)) from None
         except sqlite3.DatabaseError as e:
             raise self._damaged(e) from None
         self.written[stage] = self.written.get(stage, 0) + len(rows)

@@ -7,4 +7,9 @@ class VisaError(Exception):
 
 
 class Interrupted(KeyboardInterrupt):
-    """Ctrl-C during a run, with what was saved (`str(e)`); `visa.run` prints it on one line and exits 130."""
+    """Ctrl-C (or a scheduler's stop signal, `signum`) during a run, with what was saved (`str(e)`);
+    `visa.run` prints it on one line and exits with the shell's status for that signal (130 for Ctrl-C)."""
+
+    def __init__(self, saved: str, signum: int = 2):  # 2: SIGINT
+        super().__init__(saved)
+        self.signum = signum

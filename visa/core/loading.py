@@ -6,6 +6,8 @@ part may use it without depending on another part."""
 from __future__ import annotations
 
 import functools
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +20,21 @@ from visa.core.errors import VisaError
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def quiet_loaders() -> None:
+    """`progress=false`: the model loaders' own progress bars go too (transformers' "Loading weights" and
+    GGUF de-quantizing, huggingface_hub's downloads). Both read HF_HUB_DISABLE_PROGRESS_BARS when first
+    imported (also in processes a run starts); a library imported already is told directly."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
 
 def torch_dtype(name: str, where: str = "dtype") -> torch.dtype:

@@ -173,6 +173,7 @@ class FashionIQDataset:
         return str(path)
 
     def load(self) -> Dataset:
+        categories: tuple[str, ...]
         if self.category == "all":
             categories = FASHIONIQ_CATEGORIES
         elif self.category in FASHIONIQ_CATEGORIES:

@@ -62,8 +62,9 @@ class BadItems:
         one is failed on or skipped."""
         problems = check_many(paths)
         for path in paths:
-            if problems[path] is not None:
-                self.bad(path, problems[path])
+            problem = problems[path]
+            if problem is not None:
+                self.bad(path, problem)
         return {p for p in paths if problems[p] is None}
 
     def bad(self, path: str | Path, problem: str) -> None:

@@ -4,23 +4,56 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
+import threading
+import warnings
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
 from visa.core.errors import VisaError
 
-# What Pillow raises on a damaged file, at open or at decode (a truncated JPEG only fails at decode).
-IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError)
+# What Pillow raises on a damaged file, at open or at decode (a truncated JPEG only fails at decode), and on
+# an image too large to decode safely (a decompression bomb: a few kB of PNG that decode to gigabytes).
+IMAGE_ERRORS = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _too_large(error: Exception) -> str:
+    """Pillow's decompression-bomb error (or warning) as the item's problem."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+    return (
+        f"too large to decode safely: {size}, above Pillow's limit of {Image.MAX_IMAGE_PIXELS:,} (a "
+        "decompression bomb, or a huge scan: scale it down)"
+    )
+
+
+def open_image(path: str) -> Image.Image:
+    """`Image.open`, with an image above Pillow's pixel limit (`Image.MAX_IMAGE_PIXELS`) refused: Pillow only
+    warns between the limit and twice the limit, and decoding such a file could take gigabytes."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():  # the filters are process-wide: one thread at a time
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return Image.open(path)
 
 
 def load_image(path: str) -> Image.Image:
     """RGB image at `path`; a missing or unreadable file is a VisaError naming it."""
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             return img.convert("RGB")
     except FileNotFoundError as e:
         raise VisaError(f"image not found: {path}; check dataset.root / dataset.media_dir") from e
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise VisaError(f"cannot read image {path}: {_too_large(e)}") from None
     except IMAGE_ERRORS as e:
         raise VisaError(f"cannot read image {path}: {e}; replace or remove the file") from e
 
@@ -78,11 +111,13 @@ def check_media(path: str, kind: str) -> str | None:
             return str(e)
         return None
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             if _ends_complete(path, img.format):
                 return None
             img.draft("RGB", (64, 64))  # JPEG: decode at 1/8 scale; no effect on other formats
             img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return _too_large(e)
     except IMAGE_ERRORS as e:
         return f"not a readable image ({e})"
     return None

@@ -219,13 +219,14 @@ def sample_fps(
         count = mllm_frame_count(info.frames, info.fps, fps, max_frames)
     except VisaError as e:
         raise VisaError(f"{path}: {e}; replace or remove the file") from e
-    if max_pixels is None:
-        max_pixels = max(
-            min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / count * FRAME_FACTOR), int(min_pixels * 1.05)
-        )
+    pixels: float = (
+        max_pixels
+        if max_pixels is not None
+        else max(min(VIDEO_MAX_PIXELS, VIDEO_TOTAL_PIXELS / count * FRAME_FACTOR), int(min_pixels * 1.05))
+    )
     # torch's float32 linspace and half-to-even rounding, as qwen_vl_utils: a float64 formula picks another
     # frame in about 1 case of 150
     indices = torch.linspace(0, info.frames - 1, count).round().long().tolist()
     times = [info.start + index / info.fps for index in indices]
-    size = mllm_frame_size(info.width, info.height, min_pixels, int(max_pixels))
+    size = mllm_frame_size(info.width, info.height, min_pixels, int(pixels))
     return [img.resize(size, Image.Resampling.BICUBIC) for img in _frames_at(path, times)]

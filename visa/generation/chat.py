@@ -145,7 +145,7 @@ class MediaSettings(ChatSettings):
             )
 
     def identity(self) -> dict[str, Any]:
-        video = {"fps": self.video_fps, "max_frames": self.max_frames}
+        video: dict[str, Any] = {"fps": self.video_fps, "max_frames": self.max_frames}
         video.update(frames="qwen_vl_utils", min_pixels=self.video_min_pixels)
         return {**super().identity(), "video": video, "max_pixels": self.max_pixels}
 

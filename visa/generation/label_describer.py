@@ -5,8 +5,8 @@ A stand-in for a captioning MLLM (none ships in a PyPI package); it ignores the 
 
 from __future__ import annotations
 
+from visa.backbones.imagenet import classnames, media_probabilities
 from visa.core.errors import VisaError
-from visa.core.imagenet import classnames, media_probabilities
 from visa.core.prompt import Prompt
 
 
@@ -30,7 +30,7 @@ class LabelDescriber:
     def generate(self, prompts: list[Prompt]) -> list[str]:
         if any(p.media_kind not in ("image", "video") or len(p.media) != 1 for p in prompts):
             raise VisaError("describer=demo describes one image or one video per prompt")
-        media = [(p.media[0], p.media_kind) for p in prompts]
+        media = [(p.media[0], p.media_kind or "image") for p in prompts]
         probs = media_probabilities(media, self.num_frames, self.device)
         names = classnames()
         texts = []

@@ -12,11 +12,18 @@ complete (`stream`). Images go as base64 `data:` URLs before the text, and the t
 instructions first and the question last, so that the server's prefix cache shares the image and the
 instructions between the questions about one item. Videos are sent as frames sampled at `video_fps`.
 
+Structured output: a prompt with a `layout` (the question LLM's, questions.constrained=true) is sent with the
+server's own structured output, `response_format` with the layout's JSON schema (sglang, vLLM and the OpenAI
+API take it; the reply is then `{"key_phrases": [...], "questions": [...]}`) or, with
+`structured_output: regex`, sglang's `regex` field (the reply is then the method's text layout). A server
+that ignores both (`transformers serve`) answers as it likes; the reply is parsed and re-asked as usual.
+
 Faults: refused connections, timeouts, dropped connections, HTTP 5xx and 429 are retried with exponential
 backoff and jitter, `max_retries` times; then the run stops with a message naming the URL. Other HTTP
-errors (a wrong model name, a bad request) stop the run at once. A reply without a text (malformed JSON,
-no choices) becomes the empty string, which the pipeline treats like an unparsable answer, and is counted
-in `malformed`.
+errors (a wrong model name, a bad request) stop the run at once. A malformed reply (a body that is not JSON,
+such as a proxy's HTML page, or JSON without `choices[0].message`) is not a model's answer: it is counted in
+`malformed` and asked again like a 5xx, and never cached. An empty answer (`content` "" or null) is the
+model's reply: it is kept, and counted in `empty`.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import random
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import aiohttp
@@ -45,8 +52,10 @@ log = logging.getLogger("visa.openai_api")
 
 _MAX_BACKOFF = 60.0  # seconds: the longest wait between two tries of one request
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+STRUCTURED_OUTPUTS = ("json_schema", "regex")
 
 
+@runtime_checkable
 class ServerLauncher(Protocol):
     """A server this program starts and stops (e.g. `visa.generation.sglang.SGLangServer`)."""
 
@@ -74,7 +83,10 @@ class OpenAIChatGenerator(MediaSettings):
     max_retries: int = 5  # tries after the first, on refused/dropped connections, timeouts, 5xx, 429
     retry_backoff: float = 1.0  # seconds before the first retry; doubles per try (with jitter)
     server_backoff: float = 5.0  # several servers: a failing one gets no requests this long (doubling)
-    malformed: int = field(default=0, init=False)  # replies without a text, returned as ""
+    # how a prompt's reply layout is sent: json_schema (response_format; sglang, vLLM) or regex (sglang)
+    structured_output: str = "json_schema"
+    malformed: int = field(default=0, init=False)  # replies that were not a chat completion (asked again)
+    empty: int = field(default=0, init=False)  # completions whose text was empty or null (kept as "")
     retried: int = field(default=0, init=False)  # tries that failed and were repeated
 
     def __post_init__(self) -> None:
@@ -89,7 +101,7 @@ class OpenAIChatGenerator(MediaSettings):
                 "an OpenAI-compatible generator needs url=http://HOST:PORT/v1 of a running server, or a "
                 "server to launch (see docs/sglang.md)"
             )
-        if self.server is not None and not hasattr(self.server, "ensure_running"):
+        if self.server is not None and not isinstance(self.server, ServerLauncher):
             raise VisaError(
                 "server must name a launcher with its _target_, e.g. visa.generation.sglang.SGLangServer"
             )
@@ -99,6 +111,10 @@ class OpenAIChatGenerator(MediaSettings):
                     f"url={url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:30000/v1 "
                     "or a list of such URLs"
                 )
+        if self.structured_output not in STRUCTURED_OUTPUTS:
+            raise VisaError(
+                f"structured_output={self.structured_output!r} is not one of {', '.join(STRUCTURED_OUTPUTS)}"
+            )
         if self.max_concurrency < 1 or self.max_retries < 0:
             raise VisaError(
                 f"max_concurrency={self.max_concurrency} must be >= 1 and max_retries={self.max_retries} >= 0"
@@ -109,6 +125,13 @@ class OpenAIChatGenerator(MediaSettings):
             self.url = [url.rstrip("/") for url in self.url]
         self._pool: ServerPool | None = None  # made on first use: launched servers have their URLs then
 
+    def identity(self) -> dict[str, Any]:
+        # only when not the default: the identities (and caches) of existing configs stay as they were
+        ident = super().identity()
+        if self.structured_output != "json_schema":
+            ident["structured_output"] = self.structured_output
+        return ident
+
     # -- server -----------------------------------------------------------------------------------------
     def endpoint(self) -> str:
         """The /v1 URL (the first one, with several servers); starts the server(s) to be launched."""
@@ -117,8 +140,9 @@ class OpenAIChatGenerator(MediaSettings):
     def pool(self) -> ServerPool:
         """The servers this generator sends to; started on first call when they are to be launched."""
         if self._pool is None:
-            urls = self.server.ensure_running() if self.server is not None else self.url
-            urls = [urls] if isinstance(urls, str) else list(urls)
+            given = self.server.ensure_running() if self.server is not None else self.url
+            assert given is not None, "__init__ checks that url or server is set"
+            urls = [given] if isinstance(given, str) else list(given)
             self._pool = ServerPool(urls, backoff=self.server_backoff)
         return self._pool
 
@@ -129,7 +153,7 @@ class OpenAIChatGenerator(MediaSettings):
 
     def counters(self) -> dict[str, int]:
         """Malformed replies, retried tries, and with several servers the replies of each (host:port)."""
-        out = {"malformed": self.malformed, "retried": self.retried}
+        out = {"malformed": self.malformed, "empty": self.empty, "retried": self.retried}
         if self._pool is not None and len(self._pool.servers) > 1:
             for url, count in self._pool.counts().items():
                 out[f"requests/{urlparse(url).netloc}"] = count
@@ -163,21 +187,32 @@ class OpenAIChatGenerator(MediaSettings):
             body["seed"] = seed
         if self.repetition_penalty is not None:  # sglang's and vLLM's extension of the OpenAI API
             body["repetition_penalty"] = self.repetition_penalty
+        if prompt.layout is not None:
+            if self.structured_output == "regex":  # sglang's extension
+                body["regex"] = prompt.layout.regex()
+            else:
+                schema = {"name": "questions", "schema": prompt.layout.json_schema(), "strict": True}
+                body["response_format"] = {"type": "json_schema", "json_schema": schema}
         return body
 
     def _headers(self) -> dict[str, str]:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _reply_text(self, url: str, body: str) -> str:
+    def _reply_text(self, url: str, body: str) -> str | None:
+        """The completion's text; None for a malformed reply (not JSON, or no `choices[0].message`)."""
         try:
-            content = json.loads(body)["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
-            content = None
-        if not isinstance(content, str):
+            message = json.loads(body)["choices"][0]["message"]
+            content = message.get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             self.malformed += 1
             if self.malformed <= 3:
-                log.warning("malformed reply from %s (kept as an empty answer): %.200r", url, body)
+                log.warning("malformed reply from %s (asked again): %.200r", url, body)
+            return None
+        if not isinstance(content, str) or not content.strip():
+            self.empty += 1
+            if self.empty == 1:
+                log.warning("an empty reply from %s (kept as an empty answer; counted in empty)", url)
             return ""
         return content.strip()
 
@@ -221,8 +256,11 @@ class OpenAIChatGenerator(MediaSettings):
             finally:
                 pool.release(url, answered)
             if answered and status == 200:
-                return index, self._reply_text(url, text)
-            if answered:
+                reply = self._reply_text(url, text)
+                if reply is not None:
+                    return index, reply
+                last = f"a malformed reply {' '.join(text.split())[:80]!r}"
+            elif answered:
                 raise VisaError(
                     f"{url}/chat/completions answered HTTP {status} for model {self.model!r}: "
                     f"{text.strip()[:200]!r}; check model= against {url}/models"
@@ -236,6 +274,11 @@ class OpenAIChatGenerator(MediaSettings):
                 self.retried -= 1  # this try is not repeated
                 break
             await asyncio.sleep(max(self._delay(failures - 1, retry_after), pool.wait_seconds()))
+        if last.startswith("a malformed reply"):
+            raise VisaError(
+                f"{last_url}/chat/completions failed {failures} times (last: {last}); check that url= is the "
+                "server's OpenAI-compatible /v1 address (a proxy or a login page answers HTML)"
+            )
         if len(pool.urls) == 1:
             raise VisaError(
                 f"{last_url}/chat/completions failed {failures} times (last: {last}); check that the "
@@ -268,8 +311,17 @@ class OpenAIChatGenerator(MediaSettings):
                 while in_flight:
                     done, _ = await asyncio.wait(in_flight, return_when=asyncio.FIRST_COMPLETED)
                     in_flight.difference_update(done)
-                    for task in done:
-                        put(task.result())  # a request that failed for good stops the stage here
+                    failed = None
+                    for task in done:  # every finished task is looked at: no "exception never retrieved"
+                        if task.cancelled():
+                            continue
+                        error = task.exception()
+                        if error is None:
+                            put(task.result())
+                        elif failed is None:
+                            failed = error
+                    if failed is not None:  # a request that failed for good stops the stage here
+                        raise failed
                     refill()
             finally:
                 for task in in_flight:

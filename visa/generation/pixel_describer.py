@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+from visa.backbones.imagenet import classnames, image_probabilities
 from visa.core.errors import VisaError
-from visa.core.imagenet import classnames, image_probabilities
 from visa.core.prompt import Prompt
 from visa.data.media import load_image
 from visa.generation import pixel_signals as px

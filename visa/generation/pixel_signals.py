@@ -87,9 +87,8 @@ def colour_names(rgb: np.ndarray) -> np.ndarray:
         "blue",
         np.where(L >= 65, "pink", "purple"),
     ]
-    return np.select(conditions, [np.broadcast_to(c, L.shape) for c in choices], default="grey").astype(
-        object
-    )
+    broadcast = [np.broadcast_to(np.asarray(c), L.shape) for c in choices]
+    return np.select(conditions, broadcast, default="grey").astype(object)
 
 
 def where(mask: np.ndarray) -> str:

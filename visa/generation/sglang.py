@@ -152,6 +152,7 @@ class SGLangServer:
 
     def _wait_healthy(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
+        assert self.process is not None, "start() launches the process first"
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
@@ -173,6 +174,8 @@ class SGLangServer:
         )
 
     def _last_log_line(self) -> str:
+        if self.log_path is None:
+            return ""
         try:
             lines = [ln for ln in self.log_path.read_text(errors="replace").splitlines() if ln.strip()]
         except OSError:

@@ -17,7 +17,8 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
 
 
 class Fusion(Protocol):
-    """What the pipeline needs of a fusion: the fused score [queries, K] of base and re-ranker scores."""
+    """What the pipeline needs of a fusion: the fused score [queries, K] of base and re-ranker scores, each
+    query's row from its own row alone (the pipeline fuses a block of queries at a time)."""
 
     def __call__(self, base: torch.Tensor, text: torch.Tensor) -> torch.Tensor: ...
 

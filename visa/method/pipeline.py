@@ -8,6 +8,7 @@ retrieve stage is `visa.method.retrieve`, evaluation `visa.method.evaluate`, the
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -35,7 +36,8 @@ def build_passages(
     descriptions: dict[str, str],
     separator: str,
 ) -> list[list[str]]:
-    """passages[query][rank]: what the re-ranker reads about each candidate (answers, then description)."""
+    """passages[query][rank]: what the re-ranker reads about each candidate (answers, then description); the
+    rows of `top`, `questions` and `answers` are the same queries (all of them, or a block)."""
     return [
         [
             prompts.build_passage(
@@ -46,7 +48,7 @@ def build_passages(
             )
             for r, gi in enumerate(top[qi].tolist())
         ]
-        for qi in range(len(dataset.queries))
+        for qi in range(len(questions))
     ]
 
 
@@ -80,13 +82,48 @@ def check_files(dataset: Dataset) -> None:
             item_fingerprint(query.reference)
 
 
+# Queries whose answers, passages and scores are held at once: the answer, score and record steps run one
+# block at a time, so a run's memory does not grow with its number of answers (COCO: 1.5 million).
+QUERY_BLOCK = 512
+
+
+def blocks(n: int, size: int = QUERY_BLOCK) -> list[range]:
+    return [range(start, min(n, start + size)) for start in range(0, n, size)]
+
+
+def question_metrics(
+    questions: list[prompts.Questions], tries: list[tuple[int, int]], settings: Settings
+) -> dict[str, Any]:
+    """How the question LLM did: queries that fell back to the generic questions (count and percent), the
+    re-asks, the questions left out as copies or repeats, the queries whose questions were topped up from
+    several tries, each try's asked/parsed, and whether the replies were constrained to the layout."""
+    fallback = sum(not q.parsed for q in questions)
+    out: dict[str, Any] = {
+        "questions/fallback": fallback,
+        "questions/fallback_share": round(100.0 * fallback / len(questions), 2) if questions else 0.0,
+        "questions/retries": sum(asked for asked, _ in tries[1:]),
+        "questions/dropped": sum(q.dropped for q in questions),
+        "questions/topped_up": sum(q.topped_up for q in questions),
+        "questions/constrained": settings.questions.constrained,
+    }
+    for attempt, (asked, ok) in enumerate(tries):
+        out[f"questions/try_{attempt}/asked"] = asked
+        out[f"questions/try_{attempt}/parsed"] = ok
+    return out
+
+
 def run_visa(
-    dataset: Dataset, parts: Components, settings: Settings, store: Store
+    dataset: Dataset,
+    parts: Components,
+    settings: Settings,
+    store: Store,
+    sink: Callable[[dict[str, Any]], None] | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run every stage; returns (metrics, one result record per query)."""
+    """Run every stage; returns (metrics, one result record per query). With `sink`, each record goes to
+    `sink` as soon as its block of queries is scored, and the returned list is empty."""
     check_files(dataset)
     run = Run(dataset, settings, store)
-    retrieved = retrieve(run, parts.backbone)
+    retrieved = retrieve(run, parts.backbone, parts.normalizer, parts.bank)
     base_scores, candidates = retrieved.scores, retrieved.candidates
     k = min(settings.retrieval.top_k, candidates.shape[1])
     top = candidates[:, :k]
@@ -95,30 +132,48 @@ def run_visa(
         return _shard_rest(run, parts, top, descriptions), []
     query_texts = [composed_query_text(q, descriptions) for q in dataset.queries]
     questions = run.ask(parts.question_llm, query_texts)
-    answers = run.answer(parts.answer_mllm, questions, top, descriptions)
-    passages = build_passages(dataset, top, questions, answers, descriptions, settings.passage.separator)
-    scores = score_passages(run, parts, dataset.queries, query_texts, passages)
-    text_scores = torch.tensor(scores, dtype=torch.float32).view(len(passages), k)
-    t0 = time.perf_counter()
-    fused = parts.fusion(base_scores[:, :k], text_scores)
-    visa_order = rerank(candidates, fused)
-    run.timed("fuse", t0)
+    kept: list[dict[str, Any]] = []
+    sink = sink or kept.append
+    n = len(dataset.queries)
+    visa_order = candidates.clone()
+    for rows in blocks(n):
+        sl = slice(rows.start, rows.stop)
+        run.block = (rows.start, rows.stop, n)
+        answers = run.answer(parts.answer_mllm, questions[sl], top[sl], descriptions)
+        separator = settings.passage.separator
+        passages = build_passages(dataset, top[sl], questions[sl], answers, descriptions, separator)
+        scores = score_passages(run, parts, dataset.queries[sl], query_texts[sl], passages)
+        text_scores = torch.tensor(scores, dtype=torch.float32).view(len(rows), k)
+        t0 = time.perf_counter()
+        fused = parts.fusion(base_scores[sl, :k], text_scores)  # per query: a block at a time
+        visa_order[sl] = rerank(candidates[sl], fused)
+        run.timed("fuse", t0)
+        t0 = time.perf_counter()
+        for record in result_records(
+            dataset,
+            candidates[sl],
+            base_scores[sl],
+            visa_order[sl],
+            fused,
+            text_scores,
+            questions[sl],
+            answers,
+            passages,
+            first=rows.start,
+        ):
+            sink(record)
+        run.timed("records", t0)
+    run.block = None
     t0 = time.perf_counter()
     metrics: dict[str, Any] = evaluate(
         dataset, {"base": candidates, "visa": visa_order}, settings.recall_at, retrieved.subset_scores
     )
     run.timed("evaluate", t0)
-    metrics["questions/fallback"] = sum(not q.parsed for q in questions)
-    metrics["questions/retries"] = sum(asked for asked, _ in run.question_tries[1:])
-    for attempt, (asked, ok) in enumerate(run.question_tries):
-        metrics[f"questions/try_{attempt}/asked"] = asked
-        metrics[f"questions/try_{attempt}/parsed"] = ok
+    metrics.update(question_metrics(questions, run.question_tries, settings))
     metrics["answers/mode"] = settings.answers.mode
     metrics.update(run.report())
-    results = result_records(
-        dataset, candidates, base_scores, visa_order, fused, text_scores, questions, answers, passages
-    )
-    return metrics, results
+    metrics.update(retrieved.metrics)  # a normaliser's bank calls
+    return metrics, kept
 
 
 def _shard_rest(
@@ -132,9 +187,15 @@ def _shard_rest(
     top = top[own]
     query_texts = [composed_query_text(q, descriptions) for q in part.dataset.queries]
     questions = part.ask(parts.question_llm, query_texts)
-    answers = part.answer(parts.answer_mllm, questions, top, descriptions)
-    passages = build_passages(part.dataset, top, questions, answers, descriptions, settings.passage.separator)
-    score_passages(part, parts, part.dataset.queries, query_texts, passages)
+    n = len(own)
+    for rows in blocks(n):  # as in run_visa: the answers of one block of queries at a time
+        sl = slice(rows.start, rows.stop)
+        part.block = (rows.start, rows.stop, n)
+        answers = part.answer(parts.answer_mllm, questions[sl], top[sl], descriptions)
+        separator = settings.passage.separator
+        passages = build_passages(part.dataset, top[sl], questions[sl], answers, descriptions, separator)
+        score_passages(part, parts, part.dataset.queries[sl], query_texts[sl], passages)
+    part.block = None
     shard = settings.shard
     return {"shard/index": shard.index, "shard/count": shard.count, "shard/queries": len(own), **run.report()}
 

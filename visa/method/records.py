@@ -1,14 +1,102 @@
 """results.jsonl: one record per query with its base and re-ranked top-K, its questions and, when the
-model stages ran, each candidate's answers and passage."""
+model stages ran, each candidate's answers and passage. Records are written as they are made
+(`ResultsFile`), a block of queries at a time, so a run never holds every query's answers at once; a name
+ending in `.gz` (`results_file=results.jsonl.gz`) writes it gzip-compressed. `read_results` reads either."""
 
 from __future__ import annotations
 
-from typing import Any
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import torch
 
+from visa.core.errors import VisaError
 from visa.data import Dataset
 from visa.method.prompts import Questions
+
+
+class ResultsFile:
+    """Writes result records to `path` one JSON line each, as they come, in strict JSON (no NaN/Infinity);
+    gzip-compressed when the name ends in `.gz`. The lines go to `<path>.part`, renamed to `path` by
+    `close()`: a run that stopped part-way leaves no file that looks complete."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".part")
+        self.count = 0
+        self._file: IO[str] | None = None
+
+    def _open(self) -> IO[str]:
+        if self.path.suffix == ".gz":  # level 6: most of level 9's ratio at several times its speed
+            return gzip.open(self.partial, "wt", encoding="utf-8", compresslevel=6)
+        return open(self.partial, "w", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        try:
+            line = json.dumps(record, ensure_ascii=False, allow_nan=False)
+        except ValueError:
+            raise VisaError(
+                f"{self.path.name}: query {record.get('index')} has a non-finite value (NaN or Infinity)"
+            ) from None
+        try:
+            if self._file is None:
+                self._file = self._open()
+            self._file.write(line + "\n")
+        except OSError as e:  # a full disk, a quota
+            raise ResultsFileError(self.path, e) from None
+        self.count += 1
+
+    def close(self) -> None:
+        """Finish the file (an empty one when no record came) and give it its name."""
+        try:
+            if self._file is None:
+                self._file = self._open()
+            self._file.close()
+            self._file = None
+            os.replace(self.partial, self.path)
+        except OSError as e:
+            raise ResultsFileError(self.path, e) from None
+
+    def discard(self) -> None:
+        """Close without renaming: the run did not finish (the `.part` file stays, for a look)."""
+        if self._file is not None:
+            file, self._file = self._file, None
+            try:
+                file.close()
+            except OSError:  # the disk is full: what could be written is there
+                pass
+
+
+class ResultsFileError(VisaError):
+    """The results file could not be written (`error` says why: a full disk, a quota, permissions)."""
+
+    def __init__(self, path: Path, error: OSError):
+        super().__init__(f"cannot write {path}: {error.strerror or error}")
+        self.path, self.error = path, error
+
+
+class ResultsReader:
+    """The records of a results file, read anew on each iteration (never held all at once)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return read_results(self.path)
+
+
+def read_results(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
+    """The records of a results file (`results.jsonl` or `results.jsonl.gz`), one at a time."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def result_records(
@@ -21,17 +109,25 @@ def result_records(
     questions: list[Questions],
     answers: list[list[list[str]]] | None,
     passages: list[list[str]] | None,
+    first: int = 0,
 ) -> list[dict[str, Any]]:
+    """The records of queries `first` .. `first + len(questions) - 1`; the tensors' and lists' rows are those
+    queries (a block of the run's queries, or all of them with `first=0`)."""
     k = fused.shape[1]
     gallery = dataset.gallery
     records = []
-    for qi, query in enumerate(dataset.queries):
-        top_ids = [gallery[g].id for g in candidates[qi, :k].tolist()]
+    # tensors to Python numbers once per block: .item() per score costs more than the rest of a record
+    cand_rows, visa_rows = candidates[:, :k].tolist(), visa_order[:, :k].tolist()
+    base_rows, text_rows, fused_rows = (t[:, :k].tolist() for t in (base_scores, text_scores, fused))
+    for row, qs in enumerate(questions):
+        qi = first + row
+        query = dataset.queries[qi]
+        top_ids = [gallery[g].id for g in cand_rows[row]]
         by_id = {
             top_ids[r]: {
-                "base": round(base_scores[qi, r].item(), 6),
-                "text": round(text_scores[qi, r].item(), 6),
-                "fused": round(fused[qi, r].item(), 6),
+                "base": round(base_rows[row][r], 6),
+                "text": round(text_rows[row][r], 6),
+                "fused": round(fused_rows[row][r], 6),
             }
             for r in range(k)
         }
@@ -40,16 +136,17 @@ def result_records(
             "query": query.text,
             **({"reference": query.reference.id} if query.reference is not None else {}),
             "ground_truth": [gallery[g].id for g in query.relevant],
-            "key_phrases": questions[qi].key_phrases,
-            "questions": questions[qi].questions,
-            "questions_parsed": questions[qi].parsed,
-            "question_tries": questions[qi].tries,  # 1 + the retries this query's reply needed
+            "key_phrases": qs.key_phrases,
+            "questions": qs.questions,
+            "questions_parsed": qs.parsed,
+            "question_tries": qs.tries,  # 1 + the retries this query's reply needed
+            "question_reply": qs.raw,  # the question LLM's reply as written (its last try)
             "base_top": [{"id": i, "score": by_id[i]["base"]} for i in top_ids],
-            "visa_top": [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in visa_order[qi, :k].tolist()],
+            "visa_top": [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in visa_rows[row]],
         }
         if answers is not None and passages is not None:
             record["candidates"] = [
-                {"id": top_ids[r], "answers": answers[qi][r], "passage": passages[qi][r]} for r in range(k)
+                {"id": top_ids[r], "answers": answers[row][r], "passage": passages[row][r]} for r in range(k)
             ]
         records.append(record)
     return records

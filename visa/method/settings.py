@@ -36,7 +36,12 @@ class QuestionsSettings:
     max: int = 3  # questions generated per query (a sweep over num reuses them)
     retries: int = 2  # re-asks of a query whose reply does not parse, each with a new seed, then fallback
     retry_temperature: float = 0.2  # retries sample at this temperature (the reference re-samples at 0.2)
-    prompt: str = "paper"  # the question writer's prompt: paper | fewshot (for very small models)
+    # the question writer's prompt: paper | instructions (paper without its example) | fewshot (small models)
+    prompt: str = "paper"
+    # The reply is generated in the method's layout (structured generation: a grammar for transformers
+    # models, the server's JSON schema or regex), so it always parses; false: free sampling, parsed and
+    # re-asked when it does not parse (the reference's procedure, kept by the paper's experiment files).
+    constrained: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.num <= self.max:
@@ -77,10 +82,18 @@ class Settings:
     shard: Shard = field(default_factory=Shard)  # a sharded run: this run's 1/N of each stage
     recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
     progress: bool = True  # progress bars per stage
+    # the per-query records in the run folder, written as a stream; results.jsonl.gz: gzip-compressed
+    results_file: str = "results.jsonl"
 
     def __post_init__(self) -> None:
         if not self.recall_at or min(self.recall_at) < 1:
             raise VisaError(f"recall_at={list(self.recall_at)} must list cut-offs of 1 or more, e.g. [1,5]")
+        name = self.results_file
+        if "/" in name or not name.endswith((".jsonl", ".jsonl.gz")) or name.startswith("."):
+            raise VisaError(
+                f"results_file={name!r} must be a file name ending in .jsonl, or .jsonl.gz for a compressed "
+                "file (it is written in the run folder)"
+            )
 
     @property
     def depth(self) -> int:

@@ -55,6 +55,7 @@ class Run:
         self.dataset, self.settings, self.store = dataset, settings, store
         self.runner = StageRunner(store, progress=settings.progress)
         self.question_tries: list[tuple[int, int]] = []  # (asked, parsed) per question try
+        self.block: tuple[int, int, int] | None = None  # (first, end, of): the queries a stage works on now
 
     def stage(
         self, name: str, keys: list[str], inputs: list[Any], stream: Stream, model: Any = ""
@@ -63,7 +64,8 @@ class Run:
         model, for the cache's summary by model."""
         shard, label = self.settings.shard, model_label(model)
         if not shard.active or name not in SHARED_STAGES:
-            return self.runner.run(name, keys, inputs, stream, model=label)
+            note = f"queries {self.block[0] + 1}-{self.block[1]} of {self.block[2]}" if self.block else None
+            return self.runner.run(name, keys, inputs, stream, model=label, note=note)
         # this shard's share, then the other shards' results from the store
         assert self.store is not None, "a sharded run needs a shared cache"
         mine = shard.mine(len(keys))
@@ -86,21 +88,24 @@ class Run:
         return self.runner.report(MODEL_STAGES)
 
     # -- the backbone's stages ---------------------------------------------------------------------------
-    def encode_text(self, backbone: Backbone, texts: list[str]) -> list[Any]:
+    def encode_text(self, backbone: Backbone, texts: list[str], stage: str = "encode_text") -> list[Any]:
+        """`stage`: the name the calls are counted under (a normaliser's bank: encode_bank); same keys."""
         ident = backbone.identity()
         return self.stage(
-            "encode_text",
+            stage,
             [make_key("encode_text", ident, t) for t in texts],
             texts,
             batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
             ident,
         )
 
-    def encode_composed(self, backbone: Backbone, items: list[Item]) -> list[Any]:
+    def encode_composed(
+        self, backbone: Backbone, items: list[Item], stage: str = "encode_composed"
+    ) -> list[Any]:
         """Composed queries as the reference's media carrying the query's text."""
         ident = backbone.identity()
         return self.stage(
-            "encode_composed",
+            stage,
             [make_key("encode_composed", ident, item_fingerprint(it)) for it in items],
             items,
             batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
@@ -125,22 +130,28 @@ class Run:
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[prompts.Questions]:
-        """Questions for every query, generated once at questions.max; the first questions.num are used.
-        `query_texts`: each query as the LLM reads it (a composed query with its reference's description;
-        default: the query texts).
+        """Questions for every query, generated once at questions.max; the first questions.num distinct ones
+        are used. `query_texts`: each query as the LLM reads it (a composed query with its reference's
+        description; default: the query texts).
 
-        A reply that does not parse is asked again, up to questions.retries times, each retry sampled at
-        questions.retry_temperature with its own seed (the generator's seed + the retry's number), before
-        the query falls back to the generic questions. Every try is cached under its own key."""
+        With questions.constrained the reply is generated in the method's layout (the prompt carries a
+        `QuestionLayout`). A reply that does not parse (fewer than questions.num distinct questions once
+        copies of the prompt's examples and repeats are left out) is asked again, up to questions.retries
+        times, each retry sampled at questions.retry_temperature with its own seed (the generator's seed +
+        the retry's number), before the query falls back to the generic questions. Constrained, a retry tops
+        up the distinct questions of the tries before it (`prompts.top_up`); unconstrained, each try stands
+        alone (the reference's re-sampling). Every try is cached under its own key."""
         settings = self.settings.questions
         n = settings.max
         kind = self.dataset.gallery[0].kind if self.dataset.gallery else "image"
+        self.question_tries = []
         identity = question_llm.identity()
         query_texts = query_texts or [q.text for q in self.dataset.queries]
-        first = [prompts.question_prompt(t, n, kind, settings.prompt) for t in query_texts]
+        first = [
+            prompts.question_prompt(t, n, kind, settings.prompt, settings.constrained) for t in query_texts
+        ]
         parsed: list[prompts.Questions] = []
         pending = list(range(len(first)))
-        self.question_tries = []
         for attempt in range(settings.retries + 1):
             ps = [
                 first[i]
@@ -157,7 +168,9 @@ class Run:
                 for p, i in zip(ps, pending)
             ]
             replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity)
-            tried = [prompts.parse_questions(r, n) for r in replies]
+            tried = [prompts.parse_questions(r, n, settings.num, kind) for r in replies]
+            if attempt > 0 and settings.constrained:
+                tried = [prompts.top_up(parsed[i], q, n, settings.num) for i, q in zip(pending, tried)]
             if attempt == 0:
                 parsed = tried
             for i, q in zip(pending, tried):

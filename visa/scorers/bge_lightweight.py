@@ -83,7 +83,8 @@ class LightweightGemma(torch.nn.Module):
     def _head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, k: int) -> torch.Tensor:
         last = attention_mask.sum(dim=1) - 1  # right padding: the last real token of each row
         pooled = self.decoder.norm(hidden[torch.arange(hidden.shape[0], device=hidden.device), last])
-        logits = pooled @ self.heads[k].to(pooled.dtype)
+        head: torch.Tensor = self.heads[k]  # type: ignore[index]  # a registered buffer, a tensor
+        logits = pooled @ head.to(pooled.dtype)
         if self.final_softcap is not None:
             logits = torch.tanh(logits / self.final_softcap) * self.final_softcap
         return logits.float()
@@ -103,7 +104,7 @@ class LightweightGemma(torch.nn.Module):
         deepest = max(cutoff_layers)
         hidden = self.decoder.embed_tokens(input_ids)  # scaled by sqrt(hidden_size) inside, as Gemma does
         positions, rotary, masks = self._geometry(hidden, attention_mask)
-        scores = []
+        scores: list[torch.Tensor] = []
         for idx in range(deepest + 1):  # idx: how many layers have run
             if idx in cutoff_layers:
                 scores.append(self._head(hidden, attention_mask, len(scores)))
@@ -164,7 +165,10 @@ def _checkpoint_folder(model: str) -> Path:
     from transformers.utils import cached_file
 
     try:
-        return Path(cached_file(model, "config.json")).parent
+        found = cached_file(model, "config.json")
+        if found is None:
+            raise OSError(f"{model} has no config.json")
+        return Path(found).parent
     except (OSError, ValueError) as e:
         raise VisaError(
             f"cannot find scorer model {model!r} ({str(e).splitlines()[0][:160]}); download it on a "

@@ -4,6 +4,8 @@ never leaves the passage no room, and never makes the tokenizer refuse the pair.
 
 from __future__ import annotations
 
+from typing import Any
+
 from visa.core.errors import VisaError
 
 
@@ -52,3 +54,15 @@ class PairBudget:
             q_len + p_len + specials > self.max_length for (_, q_len), p_len in zip(kept, passage_lengths)
         )
         return [text for text, _ in kept], passages
+
+    def encode_pairs(self, tokenizer, pairs: list[tuple[str, str]], return_tensors: str) -> Any:
+        """The tokenizer's batch of `pairs`: queries cut to their budget, passages to what is left."""
+        queries, passages = self.cut_queries(tokenizer, pairs)
+        return tokenizer(
+            queries,
+            passages,
+            padding=True,
+            truncation="only_second",
+            max_length=self.max_length,
+            return_tensors=return_tensors,
+        )

