@@ -69,7 +69,9 @@ def wandb_logger(
 def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
     """One Lightning logger per key of `logger` (each from its yaml's `_target_`, keys checked), writing
     into the run folder; each records the run's whole config."""
-    loggers = [instantiate_part(cfg, f"logger.{name}", save_dir=str(run_dir)) for name in cfg.logger or {}]
+    loggers = [
+        instantiate_part(cfg, f"logger.{name}", save_dir=str(run_dir)) for name in cfg.get("logger") or {}
+    ]
     config = OmegaConf.to_container(cfg, resolve=True)
     for logger in loggers:
         logger.log_hyperparams(config)

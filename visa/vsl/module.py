@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch.utils.data import DataLoader
 
 from visa.core.errors import VisaError
@@ -94,7 +95,7 @@ class RegionMatcherModule(L.LightningModule):
                 self.log(f"train/{name}", losses[name], batch_size=size)
         return losses["loss"]
 
-    def configure_optimizers(self) -> Any:  # an optimizer and its scheduler, as Lightning takes them
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         optimizer = torch.optim.Adam(self.parameters(), lr=self.lr)
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_update, self.lr_decay)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
