@@ -229,6 +229,7 @@ def killed_midway(args: list[str], cache: Path, run_dir: Path, answers: int) -> 
             time.sleep(0.5)
         if proc.poll() is not None:
             sys.exit(f"error: the run ended before it was killed:\n{proc.stderr.read().decode()[-3000:]}")
+        time.sleep(random.Random(0).uniform(0, 0.5))  # not just after a write: anywhere in the flush interval
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
@@ -259,6 +260,11 @@ def summary(result: dict) -> dict:
         "cpu_ms_per_call": round(1000 * (result["cpu"] - local_model) / max(1, model_calls), 4),
         "peak_rss_mb": round(result["peak_rss"] / 2**20),
         "growth_mb": round((result["peak_rss"] - result["rss_start"]) / 2**20),
+        "per_stage_framework_ms_per_call": {
+            stage: round(1000 * (m[f"time/{stage}"] - result["model_seconds"].get(stage, 0.0)) / calls, 4)
+            for stage in ("describe", "ask", "answer", "score")
+            if (calls := m[f"calls/{stage}/computed"] + m[f"calls/{stage}/cached"])
+        },
         "stage_model_s": {k: round(v, 2) for k, v in result["model_seconds"].items()},
         "stage_s": {k[5:]: v for k, v in m.items() if k.startswith("time/")},
     }
@@ -320,7 +326,10 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     clip, scorer = make_models(work)
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(REPO / "tests")], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SERVER, str(REPO / "tests")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # a killed client's reset connections, reported by http.server
+        text=True,
     )
     try:
         url = server.stdout.readline().strip()
