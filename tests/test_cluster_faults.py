@@ -283,14 +283,14 @@ def server_runs(tmp_path_factory):
         return default_reply(body)
 
     cases = {
-        "garbage": ["answer_mllm.max_retries=1", "answer_mllm.retry_backoff=0.01"],
-        "nochoices": ["answer_mllm.retry_backoff=0.01"],
+        "garbage": ["+answer_mllm.max_retries=1", "+answer_mllm.retry_backoff=0.01"],
+        "nochoices": ["+answer_mllm.retry_backoff=0.01"],
         "404": ["answer_mllm.max_concurrency=8"],
         "hang": [
             "answer_mllm.max_concurrency=1",
-            "answer_mllm.request_timeout=1",
-            "answer_mllm.max_retries=1",
-            "answer_mllm.retry_backoff=0.01",
+            "+answer_mllm.request_timeout=1",
+            "+answer_mllm.max_retries=1",
+            "+answer_mllm.retry_backoff=0.01",
         ],
         "empty": [],
         "fake": [],  # a good run afterwards: what the failed runs saved is used
