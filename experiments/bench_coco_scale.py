@@ -39,6 +39,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -213,7 +214,7 @@ def cached_rows(cache: Path, stage: str) -> int:
     if not path.exists():
         return 0
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
             return db.execute("SELECT COUNT(*) FROM results WHERE stage=?", (stage,)).fetchone()[0]
     except sqlite3.OperationalError:
         return 0

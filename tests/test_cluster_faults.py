@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,9 @@ def answers_saved(cache: Path, model: str | None = None) -> int:
     """Answer results in the cache (either layout), of `model` when given."""
     path = cache / "visa-cache.sqlite"
     if path.exists():
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+        # closed at once (a `with` block only ends the transaction): an open reader would keep the run's
+        # own close from folding the write-ahead log in
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
             try:
                 query, args = "SELECT COUNT(*) FROM results WHERE stage='answer'", ()
                 if model:
@@ -206,7 +209,7 @@ def test_a_full_disk_under_the_cache_stops_with_one_line_and_keeps_what_was_save
             r"or point cache_dir at another folder",
             stderr_lines(full.stderr)[-1],
         ), full.stderr
-        with sqlite3.connect(cache / "visa-cache.sqlite") as db:
+        with closing(sqlite3.connect(cache / "visa-cache.sqlite")) as db:
             kept = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
         assert kept > 0  # it failed part-way: something was saved before
         metrics = resume(overrides, cache, tmp_path / "run2")
