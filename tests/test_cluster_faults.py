@@ -137,13 +137,13 @@ def test_a_stop_signal_prints_what_was_saved_and_the_run_resumes(tmp_path, sig, 
         assert len(lines) == 1, stderr
         match = re.fullmatch(rf"interrupted \({name}\): {SAVED}", lines[0])
         assert match, lines[0]
-        saved = answers_saved(cache)
-        assert int(match.group(1)) == saved > 0
         if layout == "sqlite":  # closed cleanly: the last connection's close folds the WAL in and removes it
-            assert not (cache / "visa-cache.sqlite-wal").exists()
+            assert not (cache / "visa-cache.sqlite-wal").exists()  # (looked at before a reader opens it)
         else:  # the writer's log ends with its closing record
             _, logs = scan(cache)
             assert logs and all(log.closed for log in logs)
+        saved = answers_saved(cache)
+        assert int(match.group(1)) == saved > 0
         metrics = resume(server_demo(server.url) + [f"cache_layout={layout}"], cache, tmp_path / "run2")
     assert metrics["calls/answer/cached"] == saved
     assert metrics["calls/answer/computed"] + saved == 7 * 2  # 7 queries x top-2 x 1 question
