@@ -84,12 +84,20 @@ def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process (the HTTP client's too)
     return usage.ru_utime + usage.ru_stime
 
+import cProfile, os
+profile = cProfile.Profile() if os.environ.get("VISA_BENCH_PROFILE") else None
 t0, cpu0 = time.perf_counter(), cpu()
 code = 0
 try:
+    if profile:
+        profile.enable()
     runpy.run_module("visa.run", run_name="__main__")
 except SystemExit as e:
     code = e.code or 0
+finally:
+    if profile:
+        profile.disable()
+        profile.dump_stats(os.environ["VISA_BENCH_PROFILE"])
 wall, cpu_seconds = time.perf_counter() - t0, cpu() - cpu0
 json.dump({"code": code, "wall": wall, "cpu": cpu_seconds, "startup": t0 - t_start,
            "model_seconds": model_seconds, "calls": calls, "rss_start": rss_start,
@@ -196,8 +204,10 @@ def overrides(annotation: Path, clip: Path, scorer: Path, url: str, top_k: int, 
     ]
 
 
-def run_once(args: list[str], cache: Path, run_dir: Path, out: Path) -> dict:
+def run_once(args: list[str], cache: Path, run_dir: Path, out: Path, profile: Path | None = None) -> dict:
     env = {**os.environ, "VISA_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if profile:
+        env["VISA_BENCH_PROFILE"] = str(profile)
     cmd = [sys.executable, "-c", DRIVER, str(out), *args, f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode or not out.exists():
@@ -282,7 +292,11 @@ def measure(a: argparse.Namespace, queries: int, url: str, clip: Path, scorer: P
     out: dict = {"queries": queries, "items": a.items, "top_k": a.top_k, "questions": a.questions}
     print(f"[{tag}] cold run, load {load()}", flush=True)
     cold = run_once(
-        [*args, f"results_file={a.results_file}"], cache, runs / "cold", work / f"{tag}-cold.json"
+        [*args, f"results_file={a.results_file}"],
+        cache,
+        runs / "cold",
+        work / f"{tag}-cold.json",
+        a.profile if queries == a.queries else None,
     )
     out["cold"] = summary(cold)
     print(f"[{tag}] cached rerun, load {load()}", flush=True)
@@ -307,7 +321,6 @@ def measure(a: argparse.Namespace, queries: int, url: str, clip: Path, scorer: P
             "answers_computed_again": resumed["metrics"]["calls/answer/computed"],
             "answers_total": answers,
         }
-        out["resumed"]["lost_at_kill"] = saved + out["resumed"]["answers_computed_again"] - answers
     return out
 
 
@@ -322,6 +335,9 @@ def main() -> None:
     parser.add_argument("--results-file", default="results.jsonl", help="the cold run's results_file")
     parser.add_argument("--work", default="/tmp/visa-bench-coco", help="data, models, caches, run folders")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="cProfile the cold run's main thread into this file"
+    )
     a = parser.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
