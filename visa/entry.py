@@ -146,18 +146,25 @@ class Stop(KeyboardInterrupt):
 class _Stopping:
     def __init__(self) -> None:
         self.stopped: int | None = None
+        self.signals: list[signal.Signals] = []
 
     def __call__(self, signum: int, frame: Any) -> None:
         if self.stopped is not None:
-            return  # the run is closing its cache and servers: a second signal would leave them half-closed
+            return
         self.stopped = signum
+        # From now on the kernel drops these signals: the run is closing its cache and servers (a second
+        # Ctrl-C would leave them half-closed), and Python, while it shuts down, would otherwise put back
+        # the default action and be killed by one (status -2 instead of 130).
+        for sig in self.signals:
+            signal.signal(sig, signal.SIG_IGN)
         raise Stop(signum)
 
 
 @contextmanager
 def stop_signals() -> Iterator[_Stopping]:
     """Within: SIGINT, SIGTERM and SIGUSR2 raise `Stop` once (where their handler is Python's default), then
-    are ignored until the process ends. The handlers are restored on the way out unless a stop came."""
+    are ignored (SIG_IGN) until the process ends. The handlers are restored on the way out unless a stop
+    came."""
     handler = _Stopping()
     previous: dict[signal.Signals, Any] = {}
     for name in STOP_SIGNALS:
@@ -169,6 +176,7 @@ def stop_signals() -> Iterator[_Stopping]:
         if current in (signal.SIG_DFL, signal.default_int_handler) or isinstance(current, _Stopping):
             previous[sig] = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
             signal.signal(sig, handler)
+            handler.signals.append(sig)
     try:
         yield handler
     finally:
