@@ -249,6 +249,26 @@ def killed_midway(args: list[str], cache: Path, run_dir: Path, answers: int) -> 
     return cached_rows(cache, "answer")
 
 
+def store_rate(rows: int, batch: int = 256) -> float:
+    """Microseconds per result written by the SQLite store in the stage runner's batches, alone (random
+    SHA-256 keys, short JSON values like the answers'): the floor of a cold run's cost per call."""
+    import hashlib
+    import tempfile
+
+    from visa.cache import SQLiteStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(tmp)
+        items = {hashlib.sha256(str(i).encode()).hexdigest(): f"Reply to: question {i}" for i in range(rows)}
+        keys = list(items)
+        t0 = time.perf_counter()
+        for start in range(0, rows, batch):
+            store.put_many("answer", {k: items[k] for k in keys[start : start + batch]}, model="m")
+        seconds = time.perf_counter() - t0
+        store.close()
+    return 1e6 * seconds / rows
+
+
 def summary(result: dict) -> dict:
     m = result["metrics"]
     model_calls = sum(
@@ -338,7 +358,13 @@ def main() -> None:
     parser.add_argument(
         "--profile", type=Path, default=None, help="cProfile the cold run's main thread into this file"
     )
+    parser.add_argument(
+        "--store", type=int, default=0, help="only time the SQLite store writing this many results"
+    )
     a = parser.parse_args()
+    if a.store:
+        print(f"load {load()}; SQLite store: {store_rate(a.store):.1f} us per result ({a.store:,} results)")
+        return
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     clip, scorer = make_models(work)
