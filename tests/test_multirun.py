@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SMALL_DEMO
+from conftest import REPO, SMALL_DEMO, requires
 from helpers.wandb_log import read_transaction_log
 
-pytest.importorskip("wandb")
+requires("wandb", "tracking")
 
 # The conftest's small demo, with questions.num swept: 0 (descriptions only) then 1; fusion.alpha 0 and 1.
 SWEEP = [o for o in SMALL_DEMO if not o.startswith("questions.num=")]
@@ -170,7 +170,7 @@ def test_compare_reads_the_sweep(sweep_base, tmp_path):
 
 def test_joblib_launcher_jobs_share_the_cache(sweep_base, session_cache, tmp_path):
     """Two jobs in parallel processes: both read the cache the first sweep filled, and agree with it."""
-    pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+    requires("hydra_plugins.hydra_joblib_launcher", "tracking")
     settings = [
         *SWEEP,
         "questions.num=1",

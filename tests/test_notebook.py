@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 
-import pytest
-from conftest import REPO
+from conftest import REPO, requires
 from test_multirun import demo_sweep
 
-nbclient = pytest.importorskip("nbclient")
-nbformat = pytest.importorskip("nbformat")
-pytest.importorskip("ipykernel")
+nbclient = requires("nbclient", "dev")
+nbformat = requires("nbformat", "dev")
+requires("ipykernel", "dev")
 
 
 def test_compare_notebook_runs_on_the_demo_sweep(tmp_path_factory, session_cache, tmp_path, monkeypatch):

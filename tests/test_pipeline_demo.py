@@ -23,6 +23,11 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     assert metrics["data/gallery"] == 3 and metrics["data/queries"] == len(results) >= 6
     parsed = [r for r in results if r["questions_parsed"]]
     assert metrics["questions/fallback"] == len(results) - len(parsed)
+    # the questions' own report: constrained by default, the fallback share, each query's raw reply
+    assert metrics["questions/constrained"] is True
+    assert metrics["questions/fallback_share"] == round(100 * metrics["questions/fallback"] / len(results), 2)
+    assert all(r["question_reply"].startswith("key phrases:\n") for r in results)  # the layout, always
+    assert "queries fell back to generic questions" in first.stdout  # the summary line (logged)
     for r in results:
         assert len(r["base_top"]) == len(r["visa_top"]) == len(r["candidates"]) == 2
         assert {c["id"] for c in r["base_top"]} == {c["id"] for c in r["visa_top"]}  # only the order changes

@@ -77,7 +77,10 @@ def test_light_dark_background():
     assert lit.border < 5 and lit.centre > 80 and lit.brightness < 30
 
 
-@pytest.mark.skipif(not px.tesseract_available(), reason="tesseract is not installed")
+@pytest.mark.skipif(
+    not px.tesseract_available(),
+    reason="tesseract is not installed (Debian: tesseract-ocr; bash install.sh installs it)",
+)
 def test_printed_text_is_read():
     image = Image.new("L", (900, 160), 255)
     ImageDraw.Draw(image).text((20, 40), "Region based segmentation", fill=0, font_size=60)

@@ -94,3 +94,26 @@ def test_precomputed_scores_keep_base_order_beyond_k(tmp_path):
     assert [r["id"] for r in results[1]["visa_top"]] == ["i3", "i2", "i1"]
     assert metrics["base/R@1"] == 0.0 and metrics["visa/R@1"] == 50.0
     assert metrics["visa/R@3"] == 50.0 and metrics["visa/R@4"] == 100.0
+
+
+def test_several_captions_per_entry_are_read_the_references_way(tmp_path):
+    """The reference reads captions[0] of every entry: a query entry with more captions stays one query (one
+    matrix row) and a recap entry's description is its first caption, not all of them joined."""
+    n_items = 3
+    recap = [{"image_id": f"img{i}.jpg", "captions": [f"first {i}.", f"second {i}."]} for i in range(n_items)]
+    queries = [{"image_id": f"img{i}.jpg", "captions": [f"query {i}", f"extra {i}"]} for i in range(n_items)]
+    (tmp_path / "x_recap.json").write_text(json.dumps(recap))
+    (tmp_path / "x_query.json").write_text(json.dumps(queries))
+    base = np.eye(n_items, dtype=np.float32)
+    np.savetxt(tmp_path / "sim_x.txt", base, fmt="%.6f")
+    np.savetxt(tmp_path / "sim_text.txt", base, fmt="%.6f")
+    data = VisaRelease(str(tmp_path), "x").load()
+    assert [q.text for q in data.queries] == ["query 0", "query 1", "query 2"]
+    assert data.precomputed.descriptions == ["first 0.", "first 1.", "first 2."]
+
+
+def test_an_entry_without_captions_is_one_line(tmp_path):
+    (tmp_path / "x_recap.json").write_text(json.dumps([{"image_id": "a.jpg", "captions": ["d"]}]))
+    (tmp_path / "x_query.json").write_text(json.dumps([{"image_id": "a.jpg", "captions": []}]))
+    with pytest.raises(VisaError, match=r"x_query.json: entry 0 is not .*captions"):
+        VisaRelease(str(tmp_path), "x").load()

@@ -4,6 +4,7 @@ import sys
 
 import pytest
 import torch
+from conftest import requires
 
 from visa.core.errors import VisaError
 from visa.method.retrieval import check_index, topk_search
@@ -26,7 +27,7 @@ def test_torch_blocks_equal_dense(chunk, gallery_chunk):
 
 
 def test_faiss_equals_torch():
-    pytest.importorskip("faiss")
+    requires("faiss", "faiss")
     q, g = _embeddings(41, 500, dim=32)
     t_scores, t_idx = topk_search(q, g, 10, 8, gallery_chunk_size=64)
     f_scores, f_idx = topk_search(q, g, 10, index="faiss")
@@ -36,7 +37,7 @@ def test_faiss_equals_torch():
 
 
 def test_faiss_reads_half_precision_and_clamps_k():
-    pytest.importorskip("faiss")
+    requires("faiss", "faiss")
     q, g = _embeddings(3, 5)
     scores, idx = topk_search(q.half(), g.half(), 50, index="faiss")
     assert idx.shape == (3, 5) and scores.dtype == torch.float32

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SMALL_DEMO, read_run, run_cli
+from conftest import SMALL_DEMO, read_run, requires, run_cli
 
-pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+requires("hydra_plugins.hydra_submitit_launcher", "cluster")
 
 MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "score")
 

@@ -8,13 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requires
 from helpers.wandb_log import read_transaction_log
 from PIL import Image
 
 from visa.data import Dataset, Item, Query
 from visa.tracking import NullLogger, WandbLogger, pick_samples, redact
 
-wandb = pytest.importorskip("wandb")
+wandb = requires("wandb", "tracking")
 
 
 @pytest.fixture

@@ -178,3 +178,40 @@ def test_internvideo2_adapter_feeds_normalised_clips(tmp_path, monkeypatch):
     assert torch.allclose(emb.norm(dim=-1), torch.ones(2))
     text = backbone.encode_text(["a dog runs", "a cat sleeps", "a dog runs"])
     assert text.shape == (3, 8) and torch.allclose(text[0], text[2]) and not torch.allclose(text[0], text[1])
+
+
+# Captions in the styles of the video benchmarks' files (MSRVTT, LSMDC's <person>, DiDeMo, MSVD), and what
+# InternVideo2's evaluation (its pre_text) gives its text encoder for each.
+CLEANED = {
+    "A man is talking about a car's features, in detail.": "a man is talking about a cars features in detail",
+    "SOMEONE hands <person> an half-empty glass!": "someone hands person an half empty glass",
+    'The camera pans left/right (slowly) over the "old" town: #1 view~': (
+        "the camera pans left right slowly over the old town 1 view"
+    ),
+    "  two   dogs\nplay  ": "two dogs play",
+}
+
+
+def test_internvideo2_cleans_captions_for_its_text_encoder_only_when_asked(tmp_path, monkeypatch):
+    from visa.backbones.internvideo2 import InternVideo2Backbone, clean_caption
+
+    assert {raw: clean_caption(raw) for raw in CLEANED} == CLEANED
+    tiny = _TinyInternVideo2()
+    seen: list[str] = []
+    original = tiny.get_txt_feat
+    monkeypatch.setattr(tiny, "get_txt_feat", lambda text: seen.append(text) or original(text))
+    monkeypatch.setitem(
+        sys.modules,
+        "transformers",
+        types.SimpleNamespace(AutoModel=types.SimpleNamespace(from_pretrained=lambda name, **kw: tiny)),
+    )
+    raw = list(CLEANED)
+    plain = InternVideo2Backbone(model="m", dtype="float32", device="cpu")
+    cleaning = InternVideo2Backbone(model="m", dtype="float32", device="cpu", clean_text=True)
+    plain.encode_text(raw)
+    assert seen == raw  # off (the default): the caption as written
+    seen.clear()
+    cleaning.encode_text(raw)
+    assert seen == list(CLEANED.values())
+    # on, it is part of the identity (so the text embeddings' cache keys); off, the identity is as before
+    assert "clean_text" not in plain.identity() and cleaning.identity()["clean_text"] == "pre_text"

@@ -22,7 +22,9 @@ from visa.vsl.synthetic import write_toy_precomp
 from visa.vsl.text import Vocabulary, caption_tfidf, image_semantics, tokenize
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_MODEL = ["model.img_dim=16", "model.word_dim=8", "model.embed_size=16", "model.sim_dim=16"]
+TINY_MODEL = [
+    f"region_model.matcher.{k}" for k in ("img_dim=16", "word_dim=8", "embed_size=16", "sim_dim=16")
+]
 CPU_TRAINER = ["trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
 
 
@@ -124,7 +126,7 @@ def test_cli_reports_a_missing_vocabulary_in_one_line(toy_root, tmp_path):
     (toy_root / "vocab" / "toy_precomp_vocab.json").rename(tmp_path / "moved.json")
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "visa.train", "data=toy_precomp", f"data.root={toy_root}",
+            [sys.executable, "-m", "visa.train", "datamodule=toy_precomp", f"datamodule.root={toy_root}",
              f"hydra.run.dir={tmp_path / 'run'}"],
             cwd=REPO, capture_output=True, text=True, timeout=300,
         )  # fmt: skip
@@ -228,17 +230,17 @@ def test_recalls_and_shards():
 
 
 def compose_train(overrides: list[str]):
-    from visa.train import train  # noqa: F401  (registers nothing; imported for symmetry with the CLI)
+    from visa.train import CONFIG_DIR
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
 
 
 def test_resumed_run_equals_uninterrupted_run(toy_root, tmp_path):
     from visa.train import train
 
-    base = ["data=toy_precomp", f"data.root={toy_root}", "data.batch_size=10", *TINY_MODEL, *CPU_TRAINER]
-    base += ["model=sgr_vsl", "model.lr=3e-3", "test=false"]
+    base = ["datamodule=toy_precomp", f"datamodule.root={toy_root}", "datamodule.batch_size=10", *TINY_MODEL]
+    base += [*CPU_TRAINER, "region_model=sgr_vsl", "region_model.lr=3e-3", "test=false"]
     straight = train(compose_train([*base, "trainer.max_epochs=2"]), tmp_path / "straight")
     run = tmp_path / "resumed"
     train(compose_train([*base, "trainer.max_epochs=1"]), run)
@@ -254,10 +256,10 @@ def test_resumed_run_equals_uninterrupted_run(toy_root, tmp_path):
 def test_sgraf_evaluates_the_mean_of_two_checkpoints(toy_root, tmp_path):
     from visa.train import train
 
-    base = ["data=toy_precomp", f"data.root={toy_root}", "data.batch_size=10", *TINY_MODEL, *CPU_TRAINER]
-    base += ["trainer.max_epochs=1", "test=false"]
-    sgr = train(compose_train([*base, "model=sgr_vsl"]), tmp_path / "sgr")["best_checkpoint"]
-    saf = train(compose_train([*base, "model=saf_vsl"]), tmp_path / "saf")["best_checkpoint"]
+    base = ["datamodule=toy_precomp", f"datamodule.root={toy_root}", "datamodule.batch_size=10", *TINY_MODEL]
+    base += [*CPU_TRAINER, "trainer.max_epochs=1", "test=false"]
+    sgr = train(compose_train([*base, "region_model=sgr_vsl"]), tmp_path / "sgr")["best_checkpoint"]
+    saf = train(compose_train([*base, "region_model=saf_vsl"]), tmp_path / "saf")["best_checkpoint"]
     out = train(compose_train([*base, "train=false", f"ckpt_path=[{sgr},{saf}]"]), tmp_path / "sgraf")
     metrics = json.loads((tmp_path / "sgraf" / "metrics.json").read_text())
     assert metrics["checkpoints"] == [sgr, saf] and out["rsum"] == metrics["1k/rsum"]
@@ -273,9 +275,10 @@ def test_sgr_with_vsl_learns_the_toy(tmp_path):
         tmp_path, sizes={"train": 120, "dev": 30, "test": 30, "testall": 30}, dim=16, num_concepts=12
     )
     cfg = compose_train(
-        ["data=toy_precomp", f"data.root={tmp_path}", "data.batch_size=16", "model=sgr_vsl", "model.lr=3e-3",
-         "model.img_dim=16", "model.word_dim=16", "model.embed_size=32", "model.sim_dim=32",
-         "trainer.max_epochs=7", *CPU_TRAINER]
+        ["datamodule=toy_precomp", f"datamodule.root={tmp_path}", "datamodule.batch_size=16",
+         "region_model=sgr_vsl", "region_model.lr=3e-3", "region_model.matcher.img_dim=16",
+         "region_model.matcher.word_dim=16", "region_model.matcher.embed_size=32",
+         "region_model.matcher.sim_dim=32", "trainer.max_epochs=7", *CPU_TRAINER]
     )  # fmt: skip
     metrics = train(cfg, tmp_path / "run")
     assert metrics["t2i/R@1"] > 5 * 100 / 30, metrics

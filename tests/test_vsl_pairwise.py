@@ -10,10 +10,12 @@ import lightning
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from visa.backbones.region_matcher import RegionMatcherBackbone
 from visa.cache import SQLiteStore
+from visa.config import check_part, register
 from visa.core.errors import VisaError
 from visa.data import Item
 from visa.data.precomp import AnnotatedPrecompDataset
@@ -57,7 +59,9 @@ def aligned(tmp_path_factory) -> dict:
     (root / "dataset_toy.json").write_text(json.dumps({"images": images}))
     vocab = Vocabulary.load(root / "scan" / "vocab" / "toy_precomp_vocab.json")
     torch.manual_seed(0)
-    module = RegionMatcherModule(len(vocab), "SGR", img_dim=16, word_dim=8, embed_size=16, sim_dim=16)
+    module = RegionMatcherModule(
+        len(vocab), {"module": "SGR", "img_dim": 16, "word_dim": 8, "embed_size": 16, "sim_dim": 16}
+    )
     ckpt = root / "sgr.ckpt"
     torch.save(
         {"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
@@ -67,10 +71,12 @@ def aligned(tmp_path_factory) -> dict:
     return {"root": root, "scan": scan, "ckpt": ckpt, "vocab": root / "scan/vocab/toy_precomp_vocab.json"}
 
 
-def dataset(aligned, features="test_ims.npy", captions="test_caps.txt") -> AnnotatedPrecompDataset:
+def dataset(
+    aligned, features="test_ims.npy", captions="test_caps.txt", **settings
+) -> AnnotatedPrecompDataset:
     return AnnotatedPrecompDataset(
         "toy", str(aligned["root"]), "dataset_toy.json", "images", "karpathy",
-        features=str(aligned["scan"] / features), captions=str(aligned["scan"] / captions),
+        features=str(aligned["scan"] / features), captions=str(aligned["scan"] / captions), **settings,
     )  # fmt: skip
 
 
@@ -85,6 +91,33 @@ def test_dataset_checks_that_images_and_features_line_up(aligned):
     np.save(aligned["scan"] / "short_ims.npy", np.zeros((8, 36, 16), np.float32))
     with pytest.raises(VisaError, match="12 images but .*short_ims.npy has 8 rows"):
         dataset(aligned, features="short_ims.npy").load()
+
+
+def test_dataset_takes_every_setting_of_the_annotated_datasets(aligned):
+    """AnnotatedDataset's settings reach the loader (0.1.0 re-declared its constructor without some)."""
+    first = dataset(aligned, max_items=5).load()
+    assert [item.id for item in first.gallery] == [f"{i}.jpg" for i in range(5)] and len(first.queries) == 25
+    two = dataset(aligned, max_captions=2).load()  # fewer of each image's captions than min_matching
+    assert len(two.gallery) == 12 and len(two.queries) == 24
+    joined = dataset(aligned, paragraph=True).load()  # one query per image: its captions joined
+    assert len(joined.queries) == 12 and joined.queries[3].relevant == (3,)
+    with pytest.raises(VisaError, match="caption_rewrite='loud' must be one of"):
+        dataset(aligned, caption_rewrite="loud").load()
+    cfg = compose_run(["dataset=flickr30k_precomp", "+dataset.max_items=5", "+dataset.paragraph=true"])
+    check_part(cfg.dataset, "dataset")
+    cfg = compose_run(["dataset=flickr30k_precomp", "+dataset.max_itemz=5"])
+    with pytest.raises(
+        VisaError, match=r"dataset.max_itemz is not a setting of .*AnnotatedPrecompDataset; valid"
+    ):
+        check_part(cfg.dataset, "dataset")
+
+
+def compose_run(overrides: list[str]):
+    register()
+    with initialize_config_dir(
+        config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"
+    ):
+        return compose("config", overrides=overrides)
 
 
 def test_pipeline_retrieves_pairwise_with_the_matcher_and_caches_per_query(aligned, tmp_path):

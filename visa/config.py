@@ -8,7 +8,7 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -38,7 +38,17 @@ class SecretInConfig(VisaError):
     """A secret-looking key in a config file (the command line refuses them before Hydra, `visa.entry`)."""
 
 
-GROUPS = ("dataset", "backbone", "question_llm", "answer_mllm", "describer", "scorer", "fusion", "logger")
+GROUPS = (
+    "dataset",
+    "backbone",
+    "question_llm",
+    "answer_mllm",
+    "describer",
+    "scorer",
+    "fusion",
+    "normalizer",
+    "logger",
+)
 
 
 @dataclass
@@ -53,6 +63,7 @@ class VisaConfig(Settings):
     describer: Any = MISSING
     scorer: Any = MISSING
     fusion: Any = MISSING
+    normalizer: Any = MISSING  # the base similarity's normaliser (conf/normalizer: none, nnn, qb_norm, dn)
     logger: Any = MISSING
     cache_dir: str | None = "${oc.env:VISA_CACHE,null}"  # None: the user cache folder
     # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
@@ -116,6 +127,13 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+def _takes_mapping(annotation: Any) -> bool:
+    """Whether a parameter takes a plain mapping (`dict`, `dict[str, Any]`, `dict[...] | None`)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_takes_mapping(a) for a in typing.get_args(annotation))
+    return annotation is dict or typing.get_origin(annotation) is dict
+
+
 def _check_secrets(key: str, value: Any, where: str) -> None:
     """Refuse a secret given in the config (its value is never echoed) and a `*_env` key that holds
     something other than a variable's name (most likely the secret itself)."""
@@ -139,18 +157,31 @@ def _check_secrets(key: str, value: Any, where: str) -> None:
                 _check_secrets(str(inner), inner_value, f"{where}.{key}")
 
 
-def check_part(node: DictConfig, where: str) -> None:
-    """Every key of a part's config must be a parameter of its class, of the annotated type."""
+def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
+    """The keyword parameters of a part's class (or function) and their type hints. A constructor that
+    passes `**kwargs` on to its parent's takes the parent's parameters too (own ones first)."""
+    signature = inspect.signature(target)
+    var = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    params = {n: p for n, p in signature.parameters.items() if p.kind not in var}
+    if not inspect.isclass(target):
+        return params, typing.get_type_hints(target)
+    hints = typing.get_type_hints(target.__init__)
+    forwards = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    owners = [c for c in target.__mro__ if "__init__" in vars(c) and c is not object]
+    if forwards and len(owners) > 1:
+        inherited, inherited_hints = _parameters(owners[1])
+        params = {**params, **{n: p for n, p in inherited.items() if n not in params}}
+        hints = {**inherited_hints, **hints}
+    return params, hints
+
+
+def check_part(node: DictConfig, where: str, given: Collection[str] = ()) -> None:
+    """Every key of a part's config must be a parameter of its class, of the annotated type; `given` names
+    the parameters that the caller passes when it builds the part (not expected in the config)."""
     if "_target_" not in node:
         raise VisaError(f"{where} has no _target_; each part's yaml names the class it builds")
     target = _import_target(node._target_, where)
-    signature = inspect.signature(target)
-    hints = (
-        typing.get_type_hints(target.__init__) if inspect.isclass(target) else typing.get_type_hints(target)
-    )
-    params = {
-        n: p for n, p in signature.parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
-    }
+    params, hints = _parameters(target)
     values = OmegaConf.to_container(node, resolve=True)
     assert isinstance(values, dict)
     for key, value in values.items():
@@ -165,8 +196,7 @@ def check_part(node: DictConfig, where: str) -> None:
             if "_target_" in value:
                 check_part(node[key], f"{where}.{key}")
                 continue
-            annotation = hints.get(key, params[key].annotation)
-            if not (annotation is dict or typing.get_origin(annotation) is dict):
+            if not _takes_mapping(hints.get(key, params[key].annotation)):
                 raise VisaError(
                     f"{where}.{key} is a mapping without _target_; it takes a part that names its class, "
                     "e.g. _target_: visa.generation.sglang.SGLangServer"
@@ -174,19 +204,23 @@ def check_part(node: DictConfig, where: str) -> None:
         if not _type_ok(value, hints.get(key, params[key].annotation)):
             expected = getattr(hints.get(key), "__name__", str(hints.get(key)))
             raise VisaError(f"{where}.{key}={value!r} has the wrong type; expected {expected}")
-    missing = [n for n, p in params.items() if p.default is p.empty and n not in values]
+    missing = [n for n, p in params.items() if p.default is p.empty and n not in values and n not in given]
     if missing:
         raise VisaError(f"{where} lacks required key(s) {', '.join(missing)} for {node._target_}")
 
 
-def instantiate_part(cfg: DictConfig, group: str) -> Any:
+def instantiate_part(cfg: DictConfig, group: str, **given: Any) -> Any:
+    """The part at `group` (a group, or a dotted path such as `logger.csv`), its keys checked first;
+    `given` are constructor arguments the caller supplies (a run folder, a vocabulary size)."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    node = cfg[group]
-    check_part(node, group)
+    node = OmegaConf.select(cfg, group, throw_on_missing=True)
+    if not isinstance(node, DictConfig):
+        raise VisaError(f"{group} is not set; choose one of its configs ({group.split('.')[0]}=...)")
+    check_part(node, group, given)
     try:
-        return instantiate(node, _convert_="all")
+        return instantiate(node, _convert_="all", **given)
     except InstantiationException as e:  # Hydra wraps what the constructor raised
         if isinstance(e.__cause__, VisaError):
             raise e.__cause__ from None

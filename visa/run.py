@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,10 @@ from typing import Any
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from visa import entry
 from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
+from visa.cli import run_command
 from visa.config import (
     GROUPS,
     SecretInConfig,
@@ -28,7 +27,8 @@ from visa.config import (
 )
 from visa.core.errors import Interrupted, VisaError
 from visa.core.loading import quiet_loaders
-from visa.data import check_modalities
+from visa.data import Dataset, Query, check_modalities
+from visa.data.banks import Bank, read_bank
 from visa.method.keys import visual_keys
 from visa.method.parts import Components
 from visa.method.pipeline import evaluate_precomputed, run_visa
@@ -47,6 +47,32 @@ def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
         cells = [metrics[f"{prefix}/R@{k}"] for k in ks] + [metrics[f"{prefix}/R_subset@{k}"] for k in subset]
         rows.append(f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells))
     return "\n".join(rows)
+
+
+# Above this share of queries with generic questions, the summary says what it means and what to try.
+FALLBACK_HINT_SHARE = 20.0
+
+
+def format_questions(metrics: dict[str, Any]) -> str | None:
+    """One line on how the question LLM did (fallbacks and re-asks), and a hint when many queries fell back:
+    their answers were left out, so "+ VISA" re-ranked them with the descriptions alone."""
+    if "questions/fallback" not in metrics:
+        return None
+    fallback, share = metrics["questions/fallback"], metrics.get("questions/fallback_share", 0.0)
+    queries = metrics.get("questions/try_0/asked", 0)
+    mode = "constrained" if metrics.get("questions/constrained") else "free"
+    line = (
+        f"questions ({mode}): {fallback} of {queries} queries fell back to generic questions ({share:.1f}%), "
+        f"{metrics.get('questions/retries', 0)} re-asked"
+    )
+    if share > FALLBACK_HINT_SHARE:
+        tries = "questions.constrained=true, " if mode == "free" else ""
+        line += (
+            "\nhint: these queries' answers were left out, so + VISA re-ranked them with the descriptions "
+            f"alone; results.jsonl has each question_reply. Try {tries}more questions.retries or a larger "
+            "question LLM."
+        )
+    return line
 
 
 def _choice(cfg: DictConfig, group: str) -> str:
@@ -90,6 +116,31 @@ def saved_line(cache: SQLiteStore | SharedFolderStore) -> str:
     )
 
 
+def load_bank(cfg: DictConfig, normalizer: Any, dataset: Dataset) -> Bank | None:
+    """The normaliser's reference bank (None for normalizer=none), read and checked against the test queries
+    before any model loads."""
+    if normalizer.bank is None:
+        return None
+    if dataset.precomputed is not None:
+        raise VisaError(
+            f"normalizer={_choice(cfg, 'normalizer')} needs the backbone's embeddings, and dataset "
+            f"{dataset.name} holds precomputed scores only; use normalizer=none"
+        )
+
+    def load_split(split: str) -> list[Query]:
+        if "split" not in cfg.dataset:
+            raise VisaError(
+                f"normalizer.bank=split:{split}: dataset {dataset.name} has no dataset.split setting; name a "
+                "captions file or a shipped bank (demo) instead"
+            )
+        node = {**OmegaConf.to_container(cfg.dataset, resolve=True), "split": split}  # type: ignore[dict-item]
+        loader = instantiate_part(OmegaConf.create({"dataset": node}), "dataset")
+        texts = getattr(loader, "texts", None)  # the captions alone, without reading the split's media
+        return [Query(t, ()) for t in texts()] if callable(texts) else loader.load().queries
+
+    return read_bank(normalizer.bank, dataset, load_split, normalizer.bank_limit)
+
+
 def encode_gallery_on_nodes(cfg: DictConfig, dataset, backbone) -> bool:
     """backbone.num_nodes > 1: every process that srun started (one per device on every node) encodes its
     share of the gallery into the cache. True in the process that goes on with the run (global rank 0)."""
@@ -121,6 +172,11 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     if dataset.precomputed is None and cfg.backbone.get("num_nodes", 1) > 1:
         if not encode_gallery_on_nodes(cfg, dataset, instantiate_part(cfg, "backbone")):
             return {}  # a helper process of the multi-node gallery encoding: its share is written
+    normalizer = instantiate_part(cfg, "normalizer")
+    bank = load_bank(cfg, normalizer, dataset)
+    normalizer_metrics: dict[str, Any] = {"normalizer": _choice(cfg, "normalizer")}
+    if bank is not None:
+        normalizer_metrics.update({"normalizer/bank": bank.spec, "normalizer/bank_size": len(bank.queries)})
     logger = instantiate_part(cfg, "logger")
     logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
     results_file = ResultsFile(run_dir / settings.results_file)
@@ -144,6 +200,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                 describer=instantiate_part(cfg, "describer"),
                 scorer=instantiate_part(cfg, "scorer"),
                 fusion=fusion,
+                normalizer=normalizer,
+                bank=bank,
             )
             store = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
             cache_path = store.path
@@ -159,6 +217,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             metrics.update(parts.counters())
         metrics = {
             **metrics,
+            **normalizer_metrics,
             "data/queries": len(dataset.queries),
             "data/gallery": len(dataset.gallery),
             "data/skipped": len(dataset.skipped),  # bad items left out with dataset.on_bad_item=skip
@@ -181,6 +240,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             raise output_error(run_dir, e.error, cache_path) from None
         write_metrics(run_dir, metrics, cache_path)
         print(format_table(metrics, list(cfg.recall_at)))
+        questions_line = format_questions(metrics)
+        if questions_line:  # on the console and in run.log; a warning when the method did not run as meant
+            high = metrics.get("questions/fallback_share", 0.0) > FALLBACK_HINT_SHARE
+            log.log(logging.WARNING if high else logging.INFO, questions_line)
         print(f"run folder: {run_dir}")
         logger.log(metrics, ResultsReader(results_file.path), dataset)
     finally:
@@ -202,28 +265,17 @@ def scrub_config_copy(run_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    with entry.stop_signals():  # SIGTERM / SIGUSR2 stop a run as Ctrl-C does
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+
+    def body() -> dict[str, Any]:
         try:
             return run(cfg, run_dir)
-        except SecretInConfig as e:  # from a config file: Hydra saved a copy in the run folder; scrub it
+        except SecretInConfig:  # from a config file: Hydra saved a copy in the run folder; scrub it
             scrub_config_copy(run_dir)
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-        except VisaError as e:
-            print(f"error: {e}", file=sys.stderr)
-            sys.exit(1)
-        except OmegaConfBaseException as e:
-            print(f"error: config: {str(e).splitlines()[0]}", file=sys.stderr)
-            sys.exit(1)
-        except KeyboardInterrupt as e:  # Ctrl-C or a stop signal: one line, and the shell's status for it
-            saved = (
-                str(e) if isinstance(e, Interrupted) else "no model result computed yet; nothing to resume"
-            )
-            signum = getattr(e, "signum", signal.SIGINT)
-            name = "" if signum == signal.SIGINT else f" ({signal.Signals(signum).name})"
-            print(f"interrupted{name}: {saved}", file=sys.stderr)
-            sys.exit(entry.exit_status(signum))
+            raise
+
+    with entry.stop_signals():  # SIGTERM / SIGUSR2 stop a run as Ctrl-C does
+        return run_command(body, "no model result computed yet; nothing to resume")
 
 
 if __name__ == "__main__":

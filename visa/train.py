@@ -1,75 +1,78 @@
 """Train and evaluate region matchers (SGR, SAF; optionally with VSL) on SCAN's precomputed features.
 
-    python -m visa.train model=sgr_vsl data=f30k_precomp data.root=DIR
-    python -m visa.train train_experiment=f30k_saf_vsl data.root=DIR trainer=ddp trainer.devices=4
+    python -m visa.train region_model=sgr_vsl datamodule=f30k_precomp datamodule.root=DIR
+    python -m visa.train experiment=f30k_saf_vsl datamodule.root=DIR trainer=ddp trainer.devices=4
     python -m visa.train ... hydra.run.dir=RUN ckpt_path=last                  # resume RUN
-    python -m visa.train train=false data=coco_precomp data.root=DIR ckpt_path=RUN/checkpoints/best.ckpt
+    python -m visa.train train=false datamodule=coco_precomp datamodule.root=DIR ckpt_path=BEST.ckpt
     python -m visa.train train=false ... 'ckpt_path=[SGR.ckpt,SAF.ckpt]'      # SGRAF: mean of the two
 
-Hydra primary config conf/train.yaml (beside the run's conf/config.yaml; groups model/, data/, trainer/,
-train_experiment/, and logger/ shared with the run). The run folder gets metrics.json and checkpoints/.
+Hydra primary config visa/vsl/conf/train.yaml, a config root of its own (groups datamodule/, region_model/,
+trainer/, logger/, experiment/), apart from the run's conf/. Evaluating a checkpoint takes the model's
+settings from the checkpoint. The run folder gets metrics.json, csv/ and checkpoints/.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
+import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
+from visa.cli import run_command
+from visa.config import instantiate_part
 from visa.core.errors import VisaError
 
+if TYPE_CHECKING:
+    from visa.vsl.data import PrecompDataModule
+
 log = logging.getLogger("visa.train")
+CONFIG_DIR = Path(__file__).resolve().parent / "vsl" / "conf"  # the training's config root
 
 
-def build(node: DictConfig, where: str, **kwargs: Any) -> Any:
-    try:
-        return instantiate(node, _convert_="all", **kwargs)
-    except InstantiationException as e:  # Hydra wraps what the constructor raised
-        cause = e.__cause__
-        if isinstance(cause, VisaError):
-            raise cause from None
-        raise VisaError(f"{where}: cannot build {node.get('_target_')}: {cause or e}") from e
+def wandb_logger(
+    save_dir: str,
+    project: str = "visa",
+    entity: str | None = None,
+    mode: str = "auto",
+    name: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    dir: str | None = None,
+) -> Logger:
+    """Lightning's WandbLogger with the run's W&B settings: `mode` auto logs online when wandb has an API key
+    and offline into the run folder otherwise (upload later with `wandb sync`); disabled logs nothing."""
+    from lightning.pytorch.loggers import WandbLogger
+
+    from visa.tracking import has_wandb_key
+
+    if mode not in ("auto", "online", "offline", "disabled"):
+        raise VisaError(f"logger.wandb.mode={mode!r}: expected auto, online, offline or disabled")
+    offline = mode == "offline" or (mode == "auto" and not has_wandb_key())
+    extra: dict[str, Any] = {"mode": "disabled"} if mode == "disabled" else {}
+    return WandbLogger(
+        project=project, entity=entity, name=name, group=group, tags=list(tags or []),
+        save_dir=dir or save_dir, offline=offline, **extra,
+    )  # fmt: skip
 
 
-def make_loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """CSV always (run_dir/csv/); W&B too with logger=wandb (the run's W&B settings, through Lightning's
-    WandbLogger; offline into the run folder when there is no account or key)."""
-    from lightning.pytorch.loggers import CSVLogger
-
-    loggers: list = [CSVLogger(run_dir, name="csv", version="")]
-    target = cfg.logger.get("_target_", "") if cfg.get("logger") else ""
-    if target.endswith("WandbLogger"):
-        from lightning.pytorch.loggers import WandbLogger
-
-        from visa.tracking import has_wandb_key
-
-        mode = cfg.logger.get("mode", "auto")
-        if mode == "disabled":
-            return loggers
-        offline = mode == "offline" or (mode == "auto" and not has_wandb_key())
-        loggers.append(
-            WandbLogger(
-                project=cfg.logger.get("project", "visa"),
-                entity=cfg.logger.get("entity"),
-                name=cfg.logger.get("name") or f"{cfg.model.module.lower()}-{cfg.data.name}",
-                group=cfg.logger.get("group"),
-                tags=list(cfg.logger.get("tags") or []),
-                save_dir=str(cfg.logger.get("dir") or run_dir),
-                offline=offline,
-                config=OmegaConf.to_container(cfg, resolve=True),
-            )
-        )
+def make_loggers(cfg: DictConfig, run_dir: Path) -> list[Logger]:
+    """One Lightning logger per key of `logger` (each from its yaml's `_target_`, keys checked), writing
+    into the run folder; each records the run's whole config."""
+    loggers = [instantiate_part(cfg, f"logger.{name}", save_dir=str(run_dir)) for name in cfg.logger or {}]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
     return loggers
 
 
@@ -81,45 +84,40 @@ def checkpoint_list(ckpt_path: Any) -> list[str]:
     return [p for p in str(ckpt_path).split(",") if p]
 
 
-def load_matchers(paths: list[str], device: torch.device) -> list:
-    from visa.vsl.module import RegionMatcherModule
-
-    matchers = []
-    for path in paths:
-        if not Path(path).is_file():
-            raise VisaError(f"checkpoint {path} not found; give ckpt_path=<a .ckpt written by visa.train>")
-        module = RegionMatcherModule.load_from_checkpoint(path, map_location=device)
-        matchers.append(module.to(device).eval())
-    return matchers
-
-
 @torch.no_grad()
 def evaluate_checkpoints(
     paths: list[str],
-    datamodule,
+    datamodule: PrecompDataModule,
     split: str,
     protocols: list[str],
     shard_size: int | None,
     device: torch.device,
 ) -> dict[str, float]:
-    """Recalls of one matcher, or of the mean similarity of several (SGRAF = SGR + SAF), per protocol."""
+    """Recalls of one matcher, or of the mean similarity of several (SGRAF = SGR + SAF), per protocol. Each
+    matcher is rebuilt from its checkpoint's hyper-parameters, which must fit the data."""
     from visa.vsl.evaluate import encode_split, evaluate_protocol, shard_similarities
+    from visa.vsl.module import check_fits, load_matcher
 
-    matchers = load_matchers(paths, device)
+    matchers = [load_matcher(path, device) for path in paths]
+    for path, matcher in zip(paths, matchers):
+        check_fits(
+            matcher.matcher, f"checkpoint {path}", str(datamodule.folder), datamodule.feature_shape,
+            len(datamodule.vocab),
+        )  # fmt: skip
     loader = datamodule.eval_dataloader(split)
     encoded = [encode_split(m, loader, device) for m in matchers]
 
-    def similarity_of(start: int, stop: int):
+    def similarity_of(start: int, stop: int) -> np.ndarray:
         sims = [
             shard_similarities(m.similarity, e.fold(start, stop), shard_size, device)
             for m, e in zip(matchers, encoded)
         ]
-        return sum(sims) / len(sims)
+        return np.mean(sims, axis=0)
 
     metrics: dict[str, float] = {}
     for i, protocol in enumerate(protocols):
         try:
-            result = evaluate_protocol(similarity_of, loader.dataset.num_images, protocol)
+            result = evaluate_protocol(similarity_of, datamodule.split(split).num_images, protocol)
         except ValueError as e:
             raise VisaError(f"eval.protocols: {e}") from None
         for key, value in result.items():
@@ -129,31 +127,29 @@ def evaluate_checkpoints(
     return metrics
 
 
-def check_shapes(cfg: DictConfig, datamodule) -> None:
-    regions, dim = datamodule.feature_shape
-    if (regions, dim) != (cfg.model.num_regions, cfg.model.img_dim):
-        raise VisaError(
-            f"{datamodule.folder}: features are {regions} regions x {dim} dims, but model.num_regions="
-            f"{cfg.model.num_regions} model.img_dim={cfg.model.img_dim}; set them to match the data"
-        )
-
-
 def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     import lightning as L
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
+    from visa.vsl.module import check_fits
+
     t_start = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build(cfg.data, "data", seed=cfg.seed)
-    check_shapes(cfg, datamodule)
+    datamodule: PrecompDataModule = instantiate_part(cfg, "datamodule", seed=cfg.seed)
     metrics: dict[str, Any] = {}
     ckpts = checkpoint_list(cfg.ckpt_path)
     device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
     if cfg.train:
-        if cfg.model.get("vsl_weight", 0) > 0 and not cfg.data.semantics:
-            raise VisaError("model.vsl_weight > 0 needs data.semantics=true (VSL's TF-IDF image similarity)")
-        model = build(cfg.model, "model", vocab_size=len(datamodule.vocab))
+        model = instantiate_part(cfg, "region_model", vocab_size=len(datamodule.vocab))
+        check_fits(
+            model.matcher, "region_model.matcher", str(datamodule.folder), datamodule.feature_shape,
+            len(datamodule.vocab),
+        )  # fmt: skip
+        if model.vsl_weight > 0 and not datamodule.semantics:
+            raise VisaError(
+                "region_model.vsl_weight > 0 needs datamodule.semantics=true (VSL's TF-IDF image similarity)"
+            )
         checkpoint = ModelCheckpoint(  # the best epoch by validation rsum
             dirpath=run_dir / "checkpoints",
             filename="epoch{epoch:03d}-rsum{val/rsum:.2f}",
@@ -163,12 +159,11 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         )
         # Every epoch's end, for ckpt_path=last (ModelCheckpoint's own save_last only follows a new best).
         last = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", enable_version_counter=False)
-        loggers = make_loggers(cfg, run_dir)
-        trainer = build(
-            cfg.trainer,
+        trainer = instantiate_part(
+            cfg,
             "trainer",
             callbacks=[checkpoint, last, LearningRateMonitor("epoch")],
-            logger=loggers,
+            logger=make_loggers(cfg, run_dir),
             default_root_dir=str(run_dir),
         )
         resume = None
@@ -222,17 +217,59 @@ def train(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+# The command forms of 0.1.0 (groups data, model, train_experiment; logger none), read for one release.
+_OLD_GROUPS = {"data": "datamodule", "model": "region_model", "train_experiment": "experiment"}
+_OLD_WANDB_KEYS = {"project", "entity", "mode", "name", "group", "tags", "dir"}
+_OVERRIDE = re.compile(r"^(?P<prefix>\+\+|\+|~)?(?P<key>[A-Za-z_][\w.]*)(?P<rest>(=.*)?)$", re.S)
+
+
+def modern_overrides(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The overrides with 0.1.0's group names replaced (`data=` -> `datamodule=`, `model.img_dim=` ->
+    `region_model.matcher.img_dim=`, `train_experiment=` -> `experiment=`, `logger=none` -> `logger=csv`,
+    `logger.project=` -> `logger.wandb.project=`), and the old forms that were replaced."""
+    import inspect
+
+    from visa.vsl.models import RegionMatcher
+
+    matcher_keys = set(inspect.signature(RegionMatcher).parameters) - {"vocab_size"}
+    out, old = [], []
+    for arg in args:
+        match = _OVERRIDE.match(arg)
+        if not match:  # a flag (--help, -m) or something Hydra will judge
+            out.append(arg)
+            continue
+        prefix, key, rest = match["prefix"] or "", match["key"], match["rest"]
+        head, _, tail = key.partition(".")
+        new_key = key
+        if head in _OLD_GROUPS:
+            new_head = _OLD_GROUPS[head]
+            if head == "model" and tail.split(".")[0] in matcher_keys:
+                new_head = "region_model.matcher"
+            new_key = f"{new_head}.{tail}" if tail else new_head
+        elif head == "logger" and tail.split(".")[0] in _OLD_WANDB_KEYS:
+            new_key = f"logger.wandb.{tail}"
+        if key == "logger" and rest == "=none":
+            rest = "=csv"
+        new = f"{prefix}{new_key}{rest}"
+        if new != arg:
+            old.append(f"{arg} -> {new}")
+        out.append(new)
+    return out, old
+
+
+@hydra.main(version_base="1.3", config_path="vsl/conf", config_name="train")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    try:
-        return train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except VisaError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except OmegaConfBaseException as e:
-        print(f"error: config: {str(e).splitlines()[0]}", file=sys.stderr)
-        sys.exit(1)
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    resume = f"resume with the same command plus hydra.run.dir={run_dir} ckpt_path=last"
+    return run_command(lambda: train(cfg, run_dir), resume)
 
 
 if __name__ == "__main__":
+    sys.argv[1:], replaced = modern_overrides(sys.argv[1:])
+    if replaced:
+        print(
+            f"note: read 0.1.0's command forms as today's ({'; '.join(replaced)}); they go in the next "
+            "release (docs/vsl.md)",
+            file=sys.stderr,
+        )
     main()

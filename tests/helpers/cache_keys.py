@@ -67,8 +67,9 @@ def _keys() -> dict[str, str]:
         stage = PART_GROUPS[group]
         inputs = fixed[stage]
         if stage == "ask":
+            settings = cfg.questions
             inputs = prompts.question_prompt(
-                question, cfg.questions.max, "image", cfg.questions.prompt
+                question, settings.max, "image", settings.prompt, settings.constrained
             ).as_key()
         keys[name] = make_key(stage, part.identity(), inputs)
 

@@ -9,6 +9,11 @@ reply), "malformed" (200 with JSON that has no choices), "garbage" (200 with a b
 flight at once. `capacity` bounds how many requests it works on at once (a GPU server's batch); the others
 wait their turn.
 
+Structured output, as sglang and vLLM do it: a request with `response_format` of type json_schema has its
+schema checked (an invalid JSON schema is answered with HTTP 400, as those servers do) and gets a JSON reply
+that is validated against that schema before it is sent; a request with sglang's `regex` gets a text reply
+that matches the expression (400 when none of its replies can). `structured` counts such requests.
+
 Run it alone (for the benchmark, so that the client and the server do not share one interpreter):
     python tests/helpers/fake_openai_server.py --latency 0.05    # prints the URL, serves until killed
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import socket
 import sys
 import threading
@@ -35,6 +41,47 @@ def default_reply(body: dict) -> str:
         questions = "\n".join(f"{i}. Is detail {i} of the query visible in the picture?" for i in range(1, 6))
         return f"key phrases:\n- {last[6:].strip()}\nquestions:\n{questions}"
     return f"Reply to: {last}"
+
+
+class StructuredError(Exception):
+    """The request's schema or expression cannot be honoured (the server answers HTTP 400)."""
+
+
+def structured_reply(body: dict) -> str | None:
+    """The reply to a request with a JSON schema or a regex, built from the query and checked against what the
+    request asked for; None for a request without either."""
+    content = body["messages"][-1]["content"]
+    text = content if isinstance(content, str) else content[-1]["text"]
+    query = text.strip().splitlines()[-1].removeprefix("Query:").strip().strip('"')[:30] or "the query"
+    fmt = body.get("response_format")
+    if fmt is not None and fmt.get("type") == "json_schema":
+        import jsonschema
+
+        schema = fmt["json_schema"]["schema"]
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as e:
+            raise StructuredError(f"invalid JSON schema: {e.message}") from e
+        count = schema["properties"]["questions"]["minItems"]
+        reply = {
+            "key_phrases": [query],
+            "questions": [f"Is detail {i} of the query visible in the picture?" for i in range(1, count + 1)],
+        }
+        try:
+            jsonschema.validate(reply, schema)
+        except jsonschema.ValidationError as e:
+            raise StructuredError(f"no reply fits the schema: {e.message}") from e
+        return json.dumps(reply)
+    if "regex" in body:
+        for count in range(1, 11):
+            questions = "\n".join(
+                f"{i}. Is detail {i} of the query visible in the picture?" for i in range(1, count + 1)
+            )
+            reply = f"key phrases:\n- {query}\nquestions:\n{questions}"
+            if re.fullmatch(body["regex"], reply):
+                return reply
+        raise StructuredError("no reply matches the regex")
+    return None
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -60,6 +107,7 @@ class FakeOpenAIServer:
         )
         self.requests: list[dict] = []  # every chat request body, in arrival order (retries included)
         self.completed = 0  # replies with status 200 fully written
+        self.structured = 0  # requests with a JSON schema or a regex, answered to fit it
         self.in_flight = 0
         self.max_in_flight = 0
         self._lock = threading.Lock()
@@ -164,6 +212,14 @@ class FakeOpenAIServer:
                 elif fault == "garbage":
                     self._send(200, b"<html>proxy error</html>", "text/html")
                 else:
+                    try:
+                        content = structured_reply(body)
+                    except StructuredError as e:
+                        self._send(400, json.dumps({"error": str(e)}).encode())
+                        return
+                    if content is not None:
+                        with server._lock:
+                            server.structured += 1
                     reply = {
                         "id": "x",
                         "object": "chat.completion",
@@ -171,7 +227,10 @@ class FakeOpenAIServer:
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {"role": "assistant", "content": server.reply(body)},
+                                "message": {
+                                    "role": "assistant",
+                                    "content": server.reply(body) if content is None else content,
+                                },
                                 "finish_reason": "stop",
                             }
                         ],

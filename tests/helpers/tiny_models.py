@@ -98,6 +98,38 @@ def word_tokenizer(
     return fast
 
 
+def bpe_tokenizer(specials: list[str] | None = None, chat_template: str | None = None):
+    """A byte-level BPE tokenizer (the GPT-2 / Qwen / SmolLM2 kind) trained here on WORDS in sentences: every
+    string can be written with it, spaces and punctuation included, which a grammar-constrained model needs
+    (the word-level tokenizer above cannot write a space)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    base = ["<pad>", "<unk>", "<s>", "</s>", *(specials or [])]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [" ".join(WORDS[i : i + 7]) + " ?\n1. key phrases:\n- " for i in range(len(WORDS))]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=base,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        additional_special_tokens=specials or [],
+    )
+    if chat_template:
+        fast.chat_template = chat_template
+    return fast
+
+
 # A ChatML template like Qwen's, written for these tests; media become the model's placeholder tokens.
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
@@ -117,21 +149,27 @@ CHAT_SPECIALS = [
 ]
 
 
-def _words_only(model, tokenizer) -> None:
+def _words_only(model, tokenizer, can_stop: bool = False) -> None:
     """A random model would mostly emit <unk> or special tokens, which decode to nothing: forbid them, so that
-    replies are words and every reply runs to max_new_tokens (the same work per prompt)."""
+    replies are words and every reply runs to max_new_tokens (the same work per prompt). `can_stop`: the end
+    of turn stays allowed (a grammar ends a reply with it)."""
+    end = "<|im_end|>" if can_stop else None
     model.generation_config.suppress_tokens = [
-        tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens
+        tokenizer.convert_tokens_to_ids(t) for t in tokenizer.all_special_tokens if t != end
     ]
     model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
     model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def qwen2_text_dir(folder: Path, extra_words: tuple[str, ...] = ()) -> Path:
-    """A tiny Qwen2 causal LM (the Qwen2.5-Instruct architecture) with a ChatML tokenizer."""
+def qwen2_text_dir(folder: Path, extra_words: tuple[str, ...] = (), bpe: bool = False) -> Path:
+    """A tiny Qwen2 causal LM (the Qwen2.5-Instruct architecture) with a ChatML tokenizer: word-level, or
+    with `bpe` a byte-level BPE one whose model may also end its reply (what structured generation needs)."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    tokenizer = word_tokenizer(CHAT_SPECIALS, CHATML, extra_words)
+    if bpe:
+        tokenizer = bpe_tokenizer(CHAT_SPECIALS, CHATML)
+    else:
+        tokenizer = word_tokenizer(CHAT_SPECIALS, CHATML, extra_words)
     config = Qwen2Config(
         vocab_size=len(tokenizer),
         hidden_size=32,
@@ -147,7 +185,7 @@ def qwen2_text_dir(folder: Path, extra_words: tuple[str, ...] = ()) -> Path:
     )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config)
-    _words_only(model, tokenizer)
+    _words_only(model, tokenizer, can_stop=bpe)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

@@ -50,9 +50,11 @@ class RegionMatcherBackbone:
         }
 
     def _load(self) -> None:
+        """The matchers, each rebuilt from its checkpoint's own hyper-parameters and checked against the
+        feature file and vocabulary given here."""
         if self._loaded:
             return
-        from visa.vsl.module import RegionMatcherModule
+        from visa.vsl.module import check_fits, load_matcher
         from visa.vsl.text import Vocabulary
 
         auto = "cuda" if torch.cuda.is_available() else "cpu"
@@ -62,7 +64,11 @@ class RegionMatcherBackbone:
         self.matchers = []
         for path in self.checkpoints:
             _fingerprint(path)
-            module = RegionMatcherModule.load_from_checkpoint(path, map_location=self.device).eval()
+            module = load_matcher(path, self.device)
+            check_fits(
+                module.matcher, f"checkpoint {path}", f"backbone.features {self.features_path}",
+                self.features.shape[1:], len(self.vocab),
+            )  # fmt: skip
             module.matcher.caption_chunk = self.caption_chunk
             self.matchers.append(module)
         self._loaded = True

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from visa.core.layout import QuestionLayout
+
 # The answerer's word for "cannot tell from the item" (the method's convention; the re-ranker's passage
 # leaves such answers out).
 UNCERTAIN = "Uncertain"
@@ -17,7 +19,8 @@ class Prompt:
 
     `seed` and `temperature`, when set, override the generator's own for this request (a question retry
     re-samples with a new seed); they are part of the cache key only when set, so ordinary requests keep
-    their keys."""
+    their keys. `layout`, when set, is the layout the reply must have (structured generation: the generator
+    constrains its model to it); it too is part of the cache key only when set."""
 
     text: str
     media: tuple[str, ...] = ()  # image paths, or a single video path
@@ -25,6 +28,7 @@ class Prompt:
     context: str | None = None  # a text stand-in for the media, for text-only ("Socratic") answerers
     seed: int | None = None
     temperature: float | None = None
+    layout: QuestionLayout | None = None
 
     def as_key(self) -> dict[str, Any]:
         key: dict[str, Any] = {
@@ -35,4 +39,6 @@ class Prompt:
         }
         if self.seed is not None or self.temperature is not None:
             key["sampling"] = {"seed": self.seed, "temperature": self.temperature}
+        if self.layout is not None:
+            key["layout"] = self.layout.as_key()
         return key

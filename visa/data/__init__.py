@@ -9,6 +9,7 @@ data needs another stops with one line before any model loads (`check_modalities
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -74,6 +75,15 @@ class Dataset:
     # Named parts of the gallery, each ranked on its own by the queries of that group; the metrics are
     # reported per group and averaged (FashionIQ's categories). None: one gallery for every query.
     groups: dict[str, list[int]] | None = field(default=None, repr=False)
+    # Candidates that come with the data (INQUIRE-Rerank: 100 per query): candidates[q] are gallery indices,
+    # and the retrieve step ranks only these (by the backbone's similarity) instead of searching the gallery.
+    candidates: list[tuple[int, ...]] | None = field(default=None, repr=False)
+    # Ranking metrics the dataset reports beside R@k (`mAP@k`, `nDCG@k`, `MRR`; visa.method.metrics), for
+    # queries with many relevant items.
+    metrics: tuple[str, ...] = ()
+    # The reference bank a normaliser uses with normalizer.bank=auto (visa.data.banks): "demo", "split:train"
+    # (Karpathy splits), or None (the user names one).
+    bank: str | None = None
 
 
 def needed_modalities(dataset: Dataset) -> dict[str, set[str]]:
@@ -95,6 +105,20 @@ def check_modalities(dataset: Dataset, backbone_class: type, backbone_name: str)
                 f"dataset {dataset.name} (it embeds {', '.join(sorted(can))}); choose a backbone "
                 "that does, e.g. backbone=visualized_bge, or backbone=demo for the offline demo"
             )
+
+
+RANKING_METRICS = re.compile(r"(mAP|nDCG)@([1-9][0-9]*)|MRR")
+
+
+def check_metrics(names: Iterable[str], key: str) -> tuple[str, ...]:
+    """The ranking metrics a dataset reports, each `mAP@k`, `nDCG@k` or `MRR` (checked at load time)."""
+    names = tuple(names)
+    for name in names:
+        if not isinstance(name, str) or RANKING_METRICS.fullmatch(name) is None:
+            raise VisaError(
+                f"{key}: {name!r} is not a ranking metric; use mAP@k, nDCG@k or MRR (e.g. mAP@50)"
+            )
+    return names
 
 
 def check_count(value: int | None, key: str) -> None:

@@ -37,4 +37,6 @@ class DemoDataset:
         entries = entries[: self.limit] if self.limit else entries
         gallery = [Item(e["id"], str(package_dir(e["package"]) / e["path"]), self.kind) for e in entries]
         captions = [(e["id"], e["captions"]) for e in entries]
-        return build_dataset(DEMOS[self.kind][1], gallery, captions, self.annotation)
+        dataset = build_dataset(DEMOS[self.kind][1], gallery, captions, self.annotation)
+        dataset.bank = "demo"  # normalizer.bank=auto: the generic captions of visa/data/banks/demo.txt
+        return dataset

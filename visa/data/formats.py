@@ -266,6 +266,7 @@ class AnnotatedDataset:
         # how each caption is rewritten before it becomes a query: none | lotlip (LoTLIP's long-text protocol)
         self.caption_rewrite = caption_rewrite
         self.skipped: list[str] = []
+        self.reader = format  # the annotation's reader, once entries() has told it from the file
 
     def _missing(self, what: str, path: Path, key: str) -> VisaError:
         root_note = "" if self.root.is_dir() else ", a folder that does not exist"
@@ -303,7 +304,18 @@ class AnnotatedDataset:
         if not annotation.is_file():
             raise self._missing("annotation file", annotation, "annotation")
         reader = detect_format(annotation) if self.format == "auto" else self.format
+        self.reader = reader
         return list(READERS[reader](annotation, self.split))
+
+    def texts(self) -> list[str]:
+        """The queries of this split as `load` makes them, without looking at any media (a normaliser's
+        reference bank: normalizer.bank=split:train)."""
+        rewrite = CAPTION_REWRITES.get(self.caption_rewrite, CAPTION_REWRITES["none"])
+        out: list[str] = []
+        for _, texts in self.entries():
+            texts = [rewrite(t) for t in texts][: self.max_captions or None]
+            out.extend([_join_paragraph(texts)] if self.paragraph else texts)
+        return out
 
     def load(self) -> Dataset:
         bad_items = BadItems(self.on_bad_item, self.name)
@@ -342,4 +354,6 @@ class AnnotatedDataset:
         source = str(self.root / self.annotation)
         dataset = build_dataset(self.name, gallery, captions, source)
         dataset.skipped = list(self.skipped)
+        if self.reader == "karpathy" and self.split != "train":  # the train captions: NNN's bank for COCO
+            dataset.bank = "split:train"
         return dataset

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from visa.core.errors import VisaError
 from visa.data import Dataset
-from visa.data.formats import AnnotatedDataset
+from visa.data.formats import CAPTION_REWRITES, AnnotatedDataset
 
 
 def _normalise(caption: str) -> str:
@@ -23,24 +24,15 @@ class AnnotatedPrecompDataset(AnnotatedDataset):
 
     def __init__(
         self,
-        name: str,
-        root: str,
-        annotation: str,
-        media_dir: str,
-        format: str,
+        *args: Any,
         features: str,
         captions: str,
         min_matching: int = 3,  # of an image's 5 SCAN captions, how many must be among its captions here
-        on_bad_item: str = "fail",
-        split: str = "test",
-        max_captions: int | None = None,
-        check_items: bool = True,
-        published: str = "",
+        **settings: Any,
     ):
         super().__init__(
-            name, root, annotation, media_dir, format, on_bad_item, split, max_captions,
-            check_items=check_items, published=published,
-        )  # fmt: skip
+            *args, **settings
+        )  # AnnotatedDataset's: name, root, annotation, media_dir, format, ...
         self.features, self.captions, self.min_matching = features, captions, min_matching
 
     def load(self) -> Dataset:
@@ -51,9 +43,11 @@ class AnnotatedPrecompDataset(AnnotatedDataset):
                     f"dataset {self.name}: {path} not found (SCAN's precomputed {Path(path).name})"
                 )
         rows = np.load(self.features, mmap_mode="r").shape[0]
+        rewrite = CAPTION_REWRITES.get(self.caption_rewrite, str)  # SCAN's captions as the queries are
         with open(self.captions, encoding="utf-8", errors="replace") as f:
-            scan = [_normalise(line) for line in f]
-        if len(dataset.gallery) != rows or len(scan) != 5 * rows:
+            scan = [_normalise(rewrite(line)) for line in f]
+        images = min(rows, self.max_items) if self.max_items else rows  # max_items: SCAN's first rows
+        if len(dataset.gallery) != images or len(scan) != 5 * rows:
             raise VisaError(
                 f"dataset {self.name}: {len(dataset.gallery)} images but {self.features} has {rows} rows and "
                 f"{self.captions} {len(scan)} captions; use the precomputed split of the same images"
@@ -63,8 +57,13 @@ class AnnotatedPrecompDataset(AnnotatedDataset):
             for i in query.relevant:
                 ours[i].add(_normalise(query.text))
         for i, item in enumerate(dataset.gallery):
-            matching = sum(c in ours[i] for c in scan[5 * i : 5 * i + 5])
-            if matching < self.min_matching:
+            if self.paragraph:  # one query per image: its captions joined
+                matching = sum(any(c in text for text in ours[i]) for c in scan[5 * i : 5 * i + 5])
+                needed = self.min_matching
+            else:  # max_captions may keep fewer than min_matching of an image's captions
+                matching = sum(c in ours[i] for c in scan[5 * i : 5 * i + 5])
+                needed = min(self.min_matching, len(ours[i]))
+            if matching < needed:
                 raise VisaError(
                     f"dataset {self.name}: image {i} ({Path(item.path).name}) does not line up with row {i} "
                     f"of {self.features}: {matching} of its 5 captions in {self.captions} match (e.g. "

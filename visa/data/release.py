@@ -3,10 +3,16 @@
 Files in `root` (see METHOD.md): `<name>_query.json`, `<name>_recap.json`, `sim_<name>.txt`, `sim_text.txt`,
 and optionally `<name>_question.json`. Rows of the matrices are queries in query-file order, columns are
 gallery items in recap-file order.
+
+Both json files hold entries `{"image_id" | "video_id": file, "captions": [text, ...]}`, and the reference
+reads `captions[0]` of each: the query of a query entry and the general description of a recap entry
+(`first_caption`, also used by `describer=release`). A query entry with more captions is still one query
+(one matrix row), read the same way; the log says how many such entries there were.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +22,8 @@ from visa.core.errors import VisaError
 from visa.data import Dataset, Item, Precomputed, build_dataset
 from visa.data.files import read_json
 
-_ID_KEYS = ("image_id", "video_id", "image", "video")
+ID_KEYS = ("image_id", "video_id", "image", "video")
+log = logging.getLogger("visa.release")
 
 
 def _read_json(path: Path) -> Any:
@@ -26,17 +33,20 @@ def _read_json(path: Path) -> Any:
 
 
 def _entry_id(entry: dict, path: Path) -> str:
-    for key in _ID_KEYS:
+    for key in ID_KEYS:
         if isinstance(entry, dict) and key in entry:
             return str(entry[key])
-    raise VisaError(f"{path}: entry without any of the keys {', '.join(_ID_KEYS)}: {str(entry)[:80]}")
+    raise VisaError(f"{path}: entry without any of the keys {', '.join(ID_KEYS)}: {str(entry)[:80]}")
 
 
-def _captions(entry: dict, path: Path) -> list[str]:
-    texts = entry.get("captions")
-    if not isinstance(texts, list):
-        raise VisaError(f"{path}: entry without a `captions` list: {str(entry)[:80]}")
-    return texts
+def first_caption(entry: object, where: str) -> str:
+    """The text the reference reads from a release entry: `captions[0]` (a query, or an item's general
+    description). `where` names the file and entry in the one-line error for an entry without it."""
+    texts = entry.get("captions") if isinstance(entry, dict) else None
+    if not isinstance(texts, list) or not texts or not isinstance(texts[0], str):
+        layout = '{"image_id" or "video_id": file, "captions": [text, ...]}'
+        raise VisaError(f"{where} is not {layout}: {str(entry)[:80]}")
+    return texts[0]
 
 
 def _locate_bad_value(path: Path) -> str:
@@ -99,10 +109,16 @@ class VisaRelease:
         recap_path = self.root / f"{self.name}_recap.json"
         queries, recaps = _read_json(query_path), _read_json(recap_path)
         gallery = [Item(_entry_id(e, recap_path), _entry_id(e, recap_path)) for e in recaps]
-        captions = [(_entry_id(e, query_path), _captions(e, query_path)) for e in queries]
+        captions = [
+            (_entry_id(e, query_path), first_caption(e, f"{query_path}: entry {n}"))
+            for n, e in enumerate(queries)
+        ]
+        several = sum(len(e["captions"]) > 1 for e in queries)
+        if several:
+            log.info("%s: %d entries hold several captions; each is read as its first", query_path, several)
         dataset = build_dataset(self.name, gallery, captions, str(query_path))
         shape = (len(dataset.queries), len(gallery))
-        descriptions = [" ".join(e.get("captions") or []) for e in recaps]
+        descriptions = [first_caption(e, f"{recap_path}: entry {n}") for n, e in enumerate(recaps)]
         questions = None
         question_path = self.root / f"{self.name}_question.json"
         if question_path.is_file():

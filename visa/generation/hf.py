@@ -1,9 +1,22 @@
 """Text LLMs and vision-language models through transformers in this process (chat template, left padding,
 batched; greedy or sampled; dtype and device from config). Weights load on first use, so a fully cached run
-loads no model."""
+loads no model.
+
+Two things keep the question LLM cheap:
+- structured generation: a prompt with a `layout` is generated under xgrammar's grammar mask
+  (`visa.generation.structured`), so its reply always has that layout;
+- shared-prefix reuse (`prefix_cache: true`): the tokens every prompt of a batch starts with (the question
+  prompt's instructions and worked examples) are run through the model once, and their key/value cache is
+  copied into every later batch that starts with them, the way a server's prefix cache works. Each row is laid
+  out as [prefix][padding][own tokens], with the padding masked, so positions and replies are those of the
+  prompt alone (the same replies at temperature 0; tests/test_prefix_reuse.py).
+"""
 
 from __future__ import annotations
 
+import copy
+import inspect
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +28,10 @@ from visa.core.loading import check_dtype, load_once, load_pretrained, torch_dty
 from visa.core.prompt import Prompt
 from visa.generation.chat import ChatSettings, MediaSettings
 from visa.generation.media import prompt_media
+from visa.generation.structured import GrammarCache, batch_layout
+
+# A prefix shorter than this many tokens is not worth a separate forward pass.
+MIN_PREFIX_TOKENS = 16
 
 
 def _pad_left(tokenizer):
@@ -60,13 +77,113 @@ def load_vision_model(model: str, dtype: str, device: str, trust_remote_code: bo
     return processor, _load_lm(AutoModelForImageTextToText, model, dtype, device, trust_remote_code)
 
 
-def _complete(gen: ChatSettings, lm, enc, tokenizer, prompts: list[Prompt]) -> list[str]:
-    """Generate after the (left-padded) prompts in `enc`; the new tokens decoded, per prompt.
+def _cache_kwarg(lm) -> str:
+    """The name `generate` and `forward` take a key/value cache under ("cache" from transformers 5.2x on)."""
+    return "cache" if "cache" in inspect.signature(lm.forward).parameters else "past_key_values"
+
+
+def _common_length(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class PrefixCache:
+    """Key/value caches of prompt prefixes (batch of one), the most recent `keep`, reused by every batch whose
+    prompts all start with one of them (cropped to the part they share)."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._owner: int | None = None
+        self.reused_tokens = 0  # prompt tokens not run again thanks to a cached prefix
+        self.computed_tokens = 0  # prefix tokens run through the model
+
+    def take(
+        self, lm, rows: list[list[int]], extra: dict | None = None, after: int = 0
+    ) -> tuple[int, Any] | None:
+        """(length, a private copy of the cache of rows' shared first `length` tokens), or None when they
+        share fewer than MIN_PREFIX_TOKENS, or not the first `after` tokens (a media prefix must hold all the
+        media tokens). Every row keeps at least one token of its own after the prefix. `extra`: more inputs of
+        the prefix's forward pass (a vision model's pixels; per-token ones are cut to the prefix)."""
+        if self._owner != id(lm):
+            self._entries.clear()
+            self._owner = id(lm)
+        shared = min(len(r) for r in rows) - 1
+        for row in rows[1:]:
+            shared = min(shared, _common_length(rows[0], row))
+        if shared < max(MIN_PREFIX_TOKENS, after):
+            return None
+        wanted = tuple(rows[0][:shared])
+        best, best_len = None, 0
+        for ids in self._entries:
+            common = _common_length(ids, wanted)
+            if common > best_len:
+                best, best_len = ids, common
+        if best is not None and best_len >= MIN_PREFIX_TOKENS and not extra:
+            self._entries.move_to_end(best)
+            cache = copy.deepcopy(self._entries[best])
+            if best_len < len(best):
+                cache.crop(best_len - len(best))  # transformers 5 crops by the tokens to remove
+            self.reused_tokens += best_len * len(rows)
+            return best_len, cache
+        prefix_ids = torch.tensor([list(wanted)], device=lm.device)
+        inputs = {
+            k: v[..., :shared] if k.endswith("token_type_ids") and v.shape[-1] == len(rows[0]) else v
+            for k, v in (extra or {}).items()
+        }
+        out = lm(input_ids=prefix_ids, attention_mask=torch.ones_like(prefix_ids), use_cache=True, **inputs)
+        cache = out["cache"] if "cache" in out else out["past_key_values"]
+        self.computed_tokens += shared
+        self.reused_tokens += shared * (len(rows) - 1)
+        if not extra:  # a media prefix belongs to one item: not kept for later batches
+            self._entries[wanted] = cache
+            while len(self._entries) > self.keep:
+                self._entries.popitem(last=False)
+            cache = copy.deepcopy(cache)
+        return shared, cache
+
+
+def _with_prefix(lm, rows: list[list[int]], length: int, cache, pad_id: int) -> dict[str, Any]:
+    """generate() inputs for rows that start with a cached prefix of `length` tokens: each row laid out as
+    [prefix][padding][own tokens], the padding masked (positions come from the mask, so every row's own
+    tokens sit right after the prefix, as in the prompt alone); the cache copied to every row."""
+    own = [r[length:] for r in rows]
+    width = max(len(o) for o in own)
+    ids, mask = [], []
+    for row, tail in zip(rows, own):
+        pad = width - len(tail)
+        ids.append(row[:length] + [pad_id] * pad + tail)
+        mask.append([1] * length + [0] * pad + [1] * len(tail))
+    cache.batch_repeat_interleave(len(rows))
+    return {
+        "input_ids": torch.tensor(ids, device=lm.device),
+        "attention_mask": torch.tensor(mask, device=lm.device),
+        _cache_kwarg(lm): cache,
+    }
+
+
+def _complete(
+    gen: ChatSettings,
+    lm,
+    enc,
+    tokenizer,
+    prompts: list[Prompt],
+    grammars: GrammarCache | None = None,
+) -> list[str]:
+    """Generate after the prompts in `enc` (left-padded, or laid out by `_with_prefix`); the new tokens
+    decoded, per prompt.
 
     Sampling is what the settings say, never the model's generation_config: top_k off, top_p only when
-    sampling; the repetition penalty is the model's own unless `repetition_penalty` is set."""
+    sampling; the repetition penalty is the model's own unless `repetition_penalty` is set. A batch whose
+    prompts carry a `layout` is generated under that layout's grammar."""
     temperature, seed = gen.sampling_of(prompts)
     sampling = temperature > 0
+    layout = batch_layout(prompts)
+    processors = [grammars.processor(layout, tokenizer, lm)] if layout is not None and grammars else None
     if sampling:
         torch.manual_seed(seed)
     penalty = {} if gen.repetition_penalty is None else {"repetition_penalty": gen.repetition_penalty}
@@ -79,6 +196,7 @@ def _complete(gen: ChatSettings, lm, enc, tokenizer, prompts: list[Prompt]) -> l
             top_p=gen.top_p if sampling else None,
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
+            logits_processor=processors,
             **penalty,
         )
     except torch.OutOfMemoryError as e:
@@ -102,6 +220,10 @@ class HFTextGenerator(ChatSettings):
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # auto: all visible GPUs (device_map), else CPU
     trust_remote_code: bool = False
+    # Reuse the key/value cache of the tokens every prompt of a batch starts with (same replies, less work)
+    prefix_cache: bool = True
+    prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
+    grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -109,6 +231,13 @@ class HFTextGenerator(ChatSettings):
 
     def identity(self) -> dict:
         return {**super().identity(), "gguf_file": self.gguf_file, "dtype": self.dtype}
+
+    def counters(self) -> dict[str, int]:
+        """Prompt tokens that a cached prefix spared the model, and prefix tokens it ran."""
+        return {
+            "prefix_tokens/reused": self.prefixes.reused_tokens,
+            "prefix_tokens/computed": self.prefixes.computed_tokens,
+        }
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt]) -> list[str]:
@@ -125,8 +254,15 @@ class HFTextGenerator(ChatSettings):
             tokenizer.apply_chat_template(self.messages(p), tokenize=False, add_generation_prompt=True)
             for p in prompts
         ]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-        return _complete(self, lm, enc, tokenizer, prompts)
+        enc = None
+        if self.prefix_cache:
+            rows = tokenizer(texts, add_special_tokens=False)["input_ids"]
+            found = self.prefixes.take(lm, rows)
+            if found is not None:
+                enc = _with_prefix(lm, rows, *found, tokenizer.pad_token_id)
+        if enc is None:
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+        return _complete(self, lm, enc, tokenizer, prompts, self.grammars)
 
 
 @dataclass(kw_only=True, eq=False)
@@ -142,7 +278,11 @@ class HFVisionGenerator(MediaSettings):
     dtype: str = "float32"  # float32 | float16 | bfloat16
     device: str = "auto"  # auto: all visible GPUs (device_map), else CPU
     trust_remote_code: bool = False
+    # Prompts about one item run from one prefix cache: the item's pixels are encoded once for all of them
+    prefix_cache: bool = True
     media_encoded: int = field(default=0, init=False)  # images and videos given to the vision encoder
+    prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
+    grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -152,23 +292,27 @@ class HFVisionGenerator(MediaSettings):
         # "gguf_file": None keeps the identities (and so the caches) of the former single generator class.
         return {**super().identity(), "gguf_file": None, "dtype": self.dtype}
 
-    @torch.no_grad()
-    def generate(self, prompts: list[Prompt]) -> list[str]:
-        processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
-        texts, images, videos = [], [], []
-        for p in prompts:
-            item_images: list[Any] = []
-            item_videos: list[Any] = []
-            if self.sees_media(p):
-                item_images, item_videos = prompt_media(p, self)
-            parts = [{"type": "image"} for _ in item_images] + [{"type": "video"} for _ in item_videos]
-            texts.append(
-                processor.apply_chat_template(
-                    self.messages(p, parts, typed=True), add_generation_prompt=True, tokenize=False
-                )
-            )
-            images += item_images
-            videos += item_videos
+    def counters(self) -> dict[str, int]:
+        """Images and videos encoded, prompt tokens a cached prefix spared the model, prefix tokens it ran."""
+        return {
+            "media_encoded": self.media_encoded,
+            "prefix_tokens/reused": self.prefixes.reused_tokens,
+            "prefix_tokens/computed": self.prefixes.computed_tokens,
+        }
+
+    def _chat(self, processor, p: Prompt) -> tuple[str, list, list]:
+        """(chat text, images, video frame lists) of one prompt."""
+        item_images: list[Any] = []
+        item_videos: list[Any] = []
+        if self.sees_media(p):
+            item_images, item_videos = prompt_media(p, self)
+        parts = [{"type": "image"} for _ in item_images] + [{"type": "video"} for _ in item_videos]
+        text = processor.apply_chat_template(
+            self.messages(p, parts, typed=True), add_generation_prompt=True, tokenize=False
+        )
+        return text, item_images, item_videos
+
+    def _encode(self, processor, lm, texts: list[str], images: list, videos: list):
         if videos and getattr(processor, "video_processor", None) is None:
             raise VisaError(
                 f"{self.model} has no video processor; pick a video-capable model (e.g. Qwen2-VL)"
@@ -180,5 +324,65 @@ class HFVisionGenerator(MediaSettings):
         enc = enc.to(lm.device)
         if "pixel_values" in enc and enc["pixel_values"].is_floating_point():
             enc["pixel_values"] = enc["pixel_values"].to(lm.dtype)
-        self.media_encoded += len(images) + len(videos)
-        return _complete(self, lm, enc, processor.tokenizer, prompts)
+        if "pixel_values_videos" in enc and enc["pixel_values_videos"].is_floating_point():
+            enc["pixel_values_videos"] = enc["pixel_values_videos"].to(lm.dtype)
+        return enc
+
+    def _with_shared_prefix(self, processor, lm, chats: list[tuple[str, list, list]], media: bool):
+        """generate() inputs for prompts that share their media (or have none) and start alike: the shared
+        part, the media included, runs once (its pixels encoded once); None when they share too little."""
+        enc = self._encode(processor, lm, [chats[0][0]], chats[0][1], chats[0][2])
+        rows = [enc["input_ids"][0].tolist()]
+        for text, _, _ in chats[1:]:  # every row's tokens, its media expanded as in the first row
+            rows.append(
+                self._encode(processor, lm, [text], chats[0][1], chats[0][2])["input_ids"][0].tolist()
+            )
+        media_ids = {getattr(lm.config, k, None) for k in ("image_token_id", "video_token_id")} - {None}
+        last_media = max((i for i, t in enumerate(rows[0]) if t in media_ids), default=-1)
+        extra = None
+        if media:
+            extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}
+        found = self.prefixes.take(lm, rows, extra, after=last_media + 1)
+        if found is None:
+            return None
+        if hasattr(getattr(lm, "model", None), "rope_deltas") and not media:
+            # M-RoPE models (Qwen2-VL) keep the position offset of the last prompt's media; text has none
+            lm.model.rope_deltas = torch.zeros(1, 1, dtype=torch.long, device=lm.device)
+        self.media_encoded += len(chats[0][1]) + len(chats[0][2]) if media else 0
+        return _with_prefix(lm, rows, *found, processor.tokenizer.pad_token_id)
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
+        chats = [self._chat(processor, p) for p in prompts]
+        replies: list[str | None] = [None] * len(prompts)
+        rest = list(range(len(prompts)))
+        if self.prefix_cache:
+            # prompts about one item (or without media) run together, from their shared prefix
+            groups: dict[tuple, list[int]] = {}
+            for i, p in enumerate(prompts):
+                groups.setdefault((p.media, p.media_kind) if self.sees_media(p) else (), []).append(i)
+            rest = []
+            for key, members in groups.items():
+                enc = None
+                if key == () or len(members) > 1:
+                    enc = self._with_shared_prefix(processor, lm, [chats[i] for i in members], key != ())
+                if enc is None:
+                    rest += members
+                    continue
+                group = _complete(
+                    self, lm, enc, processor.tokenizer, [prompts[i] for i in members], self.grammars
+                )
+                for i, reply in zip(members, group):
+                    replies[i] = reply
+        if rest:
+            rest.sort()
+            images = [im for i in rest for im in chats[i][1]]
+            videos = [v for i in rest for v in chats[i][2]]
+            enc = self._encode(processor, lm, [chats[i][0] for i in rest], images, videos)
+            self.media_encoded += len(images) + len(videos)
+            for i, reply in zip(
+                rest, _complete(self, lm, enc, processor.tokenizer, [prompts[i] for i in rest], self.grammars)
+            ):
+                replies[i] = reply
+        return replies  # type: ignore[return-value]

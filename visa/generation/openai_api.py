@@ -12,6 +12,12 @@ complete (`stream`). Images go as base64 `data:` URLs before the text, and the t
 instructions first and the question last, so that the server's prefix cache shares the image and the
 instructions between the questions about one item. Videos are sent as frames sampled at `video_fps`.
 
+Structured output: a prompt with a `layout` (the question LLM's, questions.constrained=true) is sent with the
+server's own structured output, `response_format` with the layout's JSON schema (sglang, vLLM and the OpenAI
+API take it; the reply is then `{"key_phrases": [...], "questions": [...]}`) or, with
+`structured_output: regex`, sglang's `regex` field (the reply is then the method's text layout). A server
+that ignores both (`transformers serve`) answers as it likes; the reply is parsed and re-asked as usual.
+
 Faults: refused connections, timeouts, dropped connections, HTTP 5xx and 429 are retried with exponential
 backoff and jitter, `max_retries` times; then the run stops with a message naming the URL. Other HTTP
 errors (a wrong model name, a bad request) stop the run at once. A malformed reply (a body that is not JSON,
@@ -46,6 +52,7 @@ log = logging.getLogger("visa.openai_api")
 
 _MAX_BACKOFF = 60.0  # seconds: the longest wait between two tries of one request
 _RETRY_STATUS = {429, 500, 502, 503, 504}
+STRUCTURED_OUTPUTS = ("json_schema", "regex")
 
 
 @runtime_checkable
@@ -76,6 +83,8 @@ class OpenAIChatGenerator(MediaSettings):
     max_retries: int = 5  # tries after the first, on refused/dropped connections, timeouts, 5xx, 429
     retry_backoff: float = 1.0  # seconds before the first retry; doubles per try (with jitter)
     server_backoff: float = 5.0  # several servers: a failing one gets no requests this long (doubling)
+    # how a prompt's reply layout is sent: json_schema (response_format; sglang, vLLM) or regex (sglang)
+    structured_output: str = "json_schema"
     malformed: int = field(default=0, init=False)  # replies that were not a chat completion (asked again)
     empty: int = field(default=0, init=False)  # completions whose text was empty or null (kept as "")
     retried: int = field(default=0, init=False)  # tries that failed and were repeated
@@ -102,6 +111,10 @@ class OpenAIChatGenerator(MediaSettings):
                     f"url={url!r} is not an http(s) URL; expected e.g. http://127.0.0.1:30000/v1 "
                     "or a list of such URLs"
                 )
+        if self.structured_output not in STRUCTURED_OUTPUTS:
+            raise VisaError(
+                f"structured_output={self.structured_output!r} is not one of {', '.join(STRUCTURED_OUTPUTS)}"
+            )
         if self.max_concurrency < 1 or self.max_retries < 0:
             raise VisaError(
                 f"max_concurrency={self.max_concurrency} must be >= 1 and max_retries={self.max_retries} >= 0"
@@ -111,6 +124,13 @@ class OpenAIChatGenerator(MediaSettings):
         elif self.url:
             self.url = [url.rstrip("/") for url in self.url]
         self._pool: ServerPool | None = None  # made on first use: launched servers have their URLs then
+
+    def identity(self) -> dict[str, Any]:
+        # only when not the default: the identities (and caches) of existing configs stay as they were
+        ident = super().identity()
+        if self.structured_output != "json_schema":
+            ident["structured_output"] = self.structured_output
+        return ident
 
     # -- server -----------------------------------------------------------------------------------------
     def endpoint(self) -> str:
@@ -167,6 +187,12 @@ class OpenAIChatGenerator(MediaSettings):
             body["seed"] = seed
         if self.repetition_penalty is not None:  # sglang's and vLLM's extension of the OpenAI API
             body["repetition_penalty"] = self.repetition_penalty
+        if prompt.layout is not None:
+            if self.structured_output == "regex":  # sglang's extension
+                body["regex"] = prompt.layout.regex()
+            else:
+                schema = {"name": "questions", "schema": prompt.layout.json_schema(), "strict": True}
+                body["response_format"] = {"type": "json_schema", "json_schema": schema}
         return body
 
     def _headers(self) -> dict[str, str]:

@@ -19,8 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
-
-_ID_KEYS = ("image_id", "video_id", "image", "video")
+from visa.data.release import ID_KEYS, first_caption
 
 
 def _lookup_keys(path: str) -> list[str]:
@@ -72,21 +71,14 @@ class ReleaseDescriber:
                 raise VisaError(f"describer.path={self.path}: expected a json list of recap entries")
             by_id = {}
             for n, entry in enumerate(entries):
-                key = next((k for k in _ID_KEYS if isinstance(entry, dict) and k in entry), None)
-                captions = entry.get("captions") if key else None
-                if (
-                    key is None
-                    or not isinstance(captions, list)
-                    or not captions
-                    or not isinstance(captions[0], str)
-                ):
-                    raise VisaError(
-                        f"describer.path={self.path}: entry {n} is not "
-                        '{"image_id" or "video_id": file, "captions": [description]}: ' + str(entry)[:80]
-                    )
+                where = f"describer.path={self.path}: entry {n}"
+                key = next((k for k in ID_KEYS if isinstance(entry, dict) and k in entry), None)
+                if key is None:
+                    first_caption(None, where)  # the one-line error of an entry without an id
+                description = first_caption(entry, where)  # the reference's re-ranker reads the first
                 item_id = str(entry[key]).replace("\\", "/")
-                by_id[item_id] = captions[0]  # the reference's re-ranker reads the first caption
-                by_id.setdefault(os.path.splitext(item_id)[0], captions[0])
+                by_id[item_id] = description
+                by_id.setdefault(os.path.splitext(item_id)[0], description)
             self._by_id = by_id
         return self._by_id
 

@@ -1,5 +1,6 @@
 """The evaluate step: R@k of the base and re-ranked orders, per gallery group and averaged when the dataset
-has groups (FashionIQ), Recall_subset@1/2/3 when queries carry subsets (CIRR)."""
+has groups (FashionIQ), Recall_subset@1/2/3 when queries carry subsets (CIRR), and the ranking metrics a
+dataset lists in `Dataset.metrics` (mAP@k, nDCG@k, MRR: INQUIRE)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Sequence
 import torch
 
 from visa.data import Dataset
-from visa.method.metrics import recall_at_k, recall_subset_at_k
+from visa.method.metrics import ranking_metrics, recall_at_k, recall_subset_at_k
 
 ORDERS = ("base", "visa")  # metric prefixes: the backbone's order, the re-ranked order
 
@@ -40,6 +41,9 @@ def evaluate(
             for k in recall_at:
                 values = [r[f"R@{k}"] for r in per_group.values()]
                 metrics[f"{prefix}/R@{k}"] = round(sum(values) / len(values), 4)
+        if dataset.metrics:  # over all queries (datasets with groups list none today)
+            for name, value in ranking_metrics(order, relevant, dataset.metrics).items():
+                metrics[f"{prefix}/{name}"] = value
         if subset_scores is not None:
             subsets = [q.subset for q in queries]
             for name, value in recall_subset_at_k(order, relevant, subsets, subset_scores, (1, 2, 3)).items():

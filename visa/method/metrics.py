@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Collection, Sequence
 
 import torch
+
+from visa.data import RANKING_METRICS
 
 
 def recall_at_k(
@@ -54,3 +57,64 @@ def recall_gains(metrics: dict[str, float]) -> dict[str, float]:
         for key, value in metrics.items()
         if key.startswith("visa/R@") and f"base/{key[5:]}" in metrics
     }
+
+
+# -- metrics for queries with many relevant items (INQUIRE) --------------------------------------------------
+# Each takes one query's ranked gallery indices (best first; the whole candidate list, or at least k of
+# them) and the set of its relevant items; the dataset's `metrics` name those a run reports.
+def average_precision_at_k(ranked: Sequence[int], relevant: Collection[int], k: int) -> float:
+    """INQUIRE's AP@k: sum over the first k ranks of precision@i at each relevant rank i, divided by
+    min(number of relevant items, k), so a relevant item that is missed from the first k counts against the
+    score (plain AP would divide by the relevant items found). 0 when the query has no relevant item."""
+    if not relevant or k < 1:
+        return 0.0
+    hits, total = 0, 0.0
+    for i, item in enumerate(ranked[:k], start=1):
+        if item in relevant:
+            hits += 1
+            total += hits / i
+    return total / min(len(relevant), k)
+
+
+def ndcg_at_k(ranked: Sequence[int], relevant: Collection[int], k: int) -> float:
+    """nDCG@k with binary relevance: sum of 1/log2(i+1) over the relevant items in ranks i <= k, divided by
+    the same sum for an ideal ranking of all the query's relevant items (at most k of them count). Relevant
+    items that are not in `ranked` count as ranked last, as INQUIRE's evaluation does. 0 with none."""
+    if not relevant or k < 1:
+        return 0.0
+    dcg = sum(1.0 / math.log2(i + 1) for i, item in enumerate(ranked[:k], start=1) if item in relevant)
+    ideal = sum(1.0 / math.log2(i + 1) for i in range(1, min(len(relevant), k) + 1))
+    return dcg / ideal
+
+
+def reciprocal_rank(ranked: Sequence[int], relevant: Collection[int]) -> float:
+    """1 / the rank of the first relevant item in `ranked` (1-based); 0 when none is ranked."""
+    for i, item in enumerate(ranked, start=1):
+        if item in relevant:
+            return 1.0 / i
+    return 0.0
+
+
+def ranking_metrics(
+    ranking: torch.Tensor, relevant: Sequence[Sequence[int]], names: Sequence[str]
+) -> dict[str, float]:
+    """The named metrics, averaged over queries: `mAP@k` (mean of INQUIRE's AP@k) and `nDCG@k` in percent,
+    `MRR` as a fraction (0..1), as INQUIRE reports them. `ranking`: [queries, n] gallery indices, best first;
+    it should hold each query's whole candidate list, or at least k columns."""
+    rows = ranking.tolist()
+    sets = [set(r) for r in relevant]
+    out: dict[str, float] = {}
+    for name in names:
+        match = RANKING_METRICS.fullmatch(name)
+        if match is None:
+            raise ValueError(f"unknown ranking metric {name!r}; expected mAP@k, nDCG@k or MRR")
+        if name == "MRR":
+            values = [reciprocal_rank(r, s) for r, s in zip(rows, sets)]
+            scale = 1.0
+        else:
+            k = int(match.group(2))
+            fn = average_precision_at_k if match.group(1) == "mAP" else ndcg_at_k
+            values = [fn(r, s, k) for r, s in zip(rows, sets)]
+            scale = 100.0
+        out[name] = round(scale * sum(values) / max(len(values), 1), 4)
+    return out

@@ -4,11 +4,13 @@ of a dual encoder) is a Protocol of its own, checked with `isinstance`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from visa.backbones import Backbone
+from visa.data.banks import Bank
 from visa.generation import Closable, Counting, Generator
 from visa.method.fusion import Fusion
+from visa.method.normalizers import NoNormalizer, Normalizer
 from visa.method.pairwise import PairwiseBackbone
 from visa.scorers import Scorer
 
@@ -23,6 +25,9 @@ class Components:
     describer: Generator
     scorer: Scorer
     fusion: Fusion
+    # the base similarity's normaliser and its reference bank (None: normalizer=none)
+    normalizer: Normalizer = field(default_factory=NoNormalizer)
+    bank: Bank | None = None
 
     def generators(self) -> dict[str, Generator]:
         return {

@@ -91,6 +91,27 @@ def blocks(n: int, size: int = QUERY_BLOCK) -> list[range]:
     return [range(start, min(n, start + size)) for start in range(0, n, size)]
 
 
+def question_metrics(
+    questions: list[prompts.Questions], tries: list[tuple[int, int]], settings: Settings
+) -> dict[str, Any]:
+    """How the question LLM did: queries that fell back to the generic questions (count and percent), the
+    re-asks, the questions left out as copies or repeats, the queries whose questions were topped up from
+    several tries, each try's asked/parsed, and whether the replies were constrained to the layout."""
+    fallback = sum(not q.parsed for q in questions)
+    out: dict[str, Any] = {
+        "questions/fallback": fallback,
+        "questions/fallback_share": round(100.0 * fallback / len(questions), 2) if questions else 0.0,
+        "questions/retries": sum(asked for asked, _ in tries[1:]),
+        "questions/dropped": sum(q.dropped for q in questions),
+        "questions/topped_up": sum(q.topped_up for q in questions),
+        "questions/constrained": settings.questions.constrained,
+    }
+    for attempt, (asked, ok) in enumerate(tries):
+        out[f"questions/try_{attempt}/asked"] = asked
+        out[f"questions/try_{attempt}/parsed"] = ok
+    return out
+
+
 def run_visa(
     dataset: Dataset,
     parts: Components,
@@ -102,7 +123,7 @@ def run_visa(
     `sink` as soon as its block of queries is scored, and the returned list is empty."""
     check_files(dataset)
     run = Run(dataset, settings, store)
-    retrieved = retrieve(run, parts.backbone)
+    retrieved = retrieve(run, parts.backbone, parts.normalizer, parts.bank)
     base_scores, candidates = retrieved.scores, retrieved.candidates
     k = min(settings.retrieval.top_k, candidates.shape[1])
     top = candidates[:, :k]
@@ -148,13 +169,10 @@ def run_visa(
         dataset, {"base": candidates, "visa": visa_order}, settings.recall_at, retrieved.subset_scores
     )
     run.timed("evaluate", t0)
-    metrics["questions/fallback"] = sum(not q.parsed for q in questions)
-    metrics["questions/retries"] = sum(asked for asked, _ in run.question_tries[1:])
-    for attempt, (asked, ok) in enumerate(run.question_tries):
-        metrics[f"questions/try_{attempt}/asked"] = asked
-        metrics[f"questions/try_{attempt}/parsed"] = ok
+    metrics.update(question_metrics(questions, run.question_tries, settings))
     metrics["answers/mode"] = settings.answers.mode
     metrics.update(run.report())
+    metrics.update(retrieved.metrics)  # a normaliser's bank calls
     return metrics, kept
 
 

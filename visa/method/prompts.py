@@ -10,17 +10,27 @@ description. The wording here is our own; docs/models.md lists what differs from
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from visa.core.layout import PHRASES_FIELD, QUESTIONS_FIELD, QuestionLayout
 from visa.core.prompt import UNCERTAIN, Prompt
 
 # Used when a question LLM's reply cannot be parsed; such a query's answers are left out at scoring time.
-FALLBACK_QUESTIONS = (
-    "What is the main subject of this image?",
-    "What actions are taking place in this image?",
-    "How do the objects in this image interact with each other?",
+_FALLBACK = (
+    "What is the main subject of this {kind}?",
+    "What actions are taking place in this {kind}?",
+    "How do the objects in this {kind} interact with each other?",
 )
+
+
+def fallback_questions(kind: str = "image") -> tuple[str, ...]:
+    """The generic questions of a query whose reply did not parse, naming the item's kind (image, video)."""
+    return tuple(q.format(kind="video" if kind == "video" else "image") for q in _FALLBACK)
+
+
+FALLBACK_QUESTIONS = fallback_questions("image")
 
 _DESCRIBE_PROMPT = (
     "Describe this {kind} in detail. Cover the main objects and people, their attributes (colour, size, "
@@ -35,7 +45,7 @@ def describe_prompt(kind: str = "image") -> str:
 
 DESCRIBE_PROMPT = describe_prompt("image")
 
-_QUESTION_PROMPT = """\
+_QUESTION_INSTRUCTIONS = """\
 We want to check whether {a_picture} matches a search query.
 First list the key phrases of the query: its objects, attributes, actions, places and interactions.
 Then write {n} short questions about those key phrases. Each question must be answerable by looking at \
@@ -47,6 +57,9 @@ key phrases:
 questions:
 1. <question>
 
+"""
+
+_QUESTION_EXAMPLE = """\
 Example query: "Two dogs run across a snowy field."
 key phrases:
 - two dogs
@@ -57,8 +70,12 @@ questions:
 2. Are the animals running?
 3. Is the ground covered with snow?
 
-Query: "{query}"
 """
+
+_QUESTION_PROMPT = _QUESTION_INSTRUCTIONS + _QUESTION_EXAMPLE + 'Query: "{query}"\n'
+# The paper's instructions without the worked example: with questions.constrained the layout comes from the
+# grammar, and a small model no longer copies the example's questions.
+_INSTRUCTIONS_PROMPT = _QUESTION_INSTRUCTIONS + 'Query: "{query}"\n'
 
 _ANSWER_PROMPT = """\
 Answer the question about this {kind} in English, in one complete sentence rather than just "yes", "no" \
@@ -78,6 +95,11 @@ class Questions:
     parsed: bool  # False: the generic fallback questions are used and the answers are ignored
     raw: str = field(default="", repr=False)
     tries: int = 1  # question LLM calls made for this query (1 + retries)
+    dropped: int = 0  # questions left out as copies of the prompt's examples or repeats
+    # an unparsed reply's distinct questions and key phrases (too few), for topping up from a later try
+    found: list[str] = field(default_factory=list, repr=False)
+    found_phrases: list[str] = field(default_factory=list, repr=False)
+    topped_up: bool = False  # its questions come from more than one try
 
 
 # A prompt that a very small model (the demo's SmolLM2-135M) can follow: short instructions, then worked
@@ -119,22 +141,30 @@ questions:
 Query: "{query}"
 """
 
-# questions.prompt: "paper" (the method's instructions with one example) or "fewshot" (for small models)
-QUESTION_PROMPTS = {"paper": _QUESTION_PROMPT, "fewshot": _FEWSHOT_QUESTION_PROMPT}
+# questions.prompt: "paper" (the method's instructions with one example), "instructions" (the same without
+# the example) or "fewshot" (worked examples, for small models sampled without constraint)
+QUESTION_PROMPTS = {
+    "paper": _QUESTION_PROMPT,
+    "instructions": _INSTRUCTIONS_PROMPT,
+    "fewshot": _FEWSHOT_QUESTION_PROMPT,
+}
 
 
 def _picture(kind: str) -> str:
     return "video" if kind == "video" else "picture"
 
 
-def question_prompt(query: str, n: int, kind: str = "image", template: str = "paper") -> Prompt:
+def question_prompt(
+    query: str, n: int, kind: str = "image", template: str = "paper", constrained: bool = False
+) -> Prompt:
     """The key-phrase and question request for `query`; `kind` is what the gallery holds; `template` one of
-    QUESTION_PROMPTS."""
+    QUESTION_PROMPTS. `constrained`: the reply must have the method's layout with exactly n questions
+    (`QuestionLayout`; the generator constrains its model to it)."""
     picture = _picture(kind)
     text = QUESTION_PROMPTS[template].format(
         n=n, query=query.replace('"', "'"), picture=picture, a_picture=f"a {picture}"
     )
-    return Prompt(text=text)
+    return Prompt(text=text, layout=QuestionLayout(n) if constrained else None)
 
 
 _PREFIX = re.compile(r"^\s*(?:[-*\u2022]\s*|\d+[.):]\s*|q(?:uestion)?\s*\d*\s*[:.)]\s*)+", re.IGNORECASE)
@@ -167,7 +197,7 @@ def _split(reply: str) -> tuple[str, str]:
 
 
 def _reference_parse(reply: str, n: int) -> tuple[list[str], list[str]] | None:
-    """(key phrases, questions) read the way the reference reads a reply, or None.
+    """(key phrases, up to n questions) read the way the reference reads a reply, or None.
 
     The reply's line breaks become spaces; the questions are the numbered entries ("1. ", "2. ", ...) of the
     text after the "questions:" label, the first n of them, each cut at its first "?" (which is put back);
@@ -181,8 +211,6 @@ def _reference_parse(reply: str, n: int) -> tuple[list[str], list[str]] | None:
     following = _QUESTIONS_LABEL.split(text[label.end() :], maxsplit=1)[0]
     entries = _NUMBER.split(following)[1 : n + 1]
     questions = [e.split("?")[0].strip() + "?" for e in entries]
-    if len(questions) < n or any(q == "?" or q in _EXAMPLE_QUESTIONS for q in questions):
-        return None
     # (replacing "\n" by " " keeps every position, so the blocks can be cut from the reply itself)
     phrases_label = _PHRASES_LABEL.search(text[: label.start()])
     start = phrases_label.end() if phrases_label else label.start()
@@ -192,33 +220,86 @@ def _reference_parse(reply: str, n: int) -> tuple[list[str], list[str]] | None:
     return phrases, questions
 
 
+def _json_parse(reply: str) -> tuple[list[str], list[str]] | None:
+    """(key phrases, questions) of a JSON reply (a server constrained to `QuestionLayout.json_schema`)."""
+    if not reply.lstrip().startswith("{"):
+        return None
+    try:
+        data = json.loads(reply)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    phrases, questions = data.get(PHRASES_FIELD), data.get(QUESTIONS_FIELD)
+    if not isinstance(phrases, list) or not isinstance(questions, list):
+        return None
+    return [str(p).strip() for p in phrases if str(p).strip()], [" ".join(str(q).split()) for q in questions]
+
+
 def _loose_parse(reply: str) -> tuple[list[str], list[str]]:
-    """(key phrases, distinct questions) from looser layouts: bullets, "Q1:", "1)", no labels at all."""
+    """(key phrases, questions) from looser layouts: bullets, "Q1:", "1)", no labels at all."""
     phrase_block, question_block = _split(reply)
     phrases = [p for p in _items(phrase_block) if p and not p.endswith("?") and len(p.split()) <= 8]
-    questions = [
-        q
-        for q in _items(question_block)
-        if q.endswith("?") and len(q.split()) >= 3 and q not in _EXAMPLE_QUESTIONS
-    ]
-    return phrases, list(dict.fromkeys(questions))  # drop repeats, keep order
+    questions = [q for q in _items(question_block) if q.endswith("?") and len(q.split()) >= 3]
+    return phrases, questions
 
 
-def parse_questions(reply: str, n: int) -> Questions:
-    """Key phrases and the first n questions of a reply; the generic fallback (parsed=False) if it has fewer.
+def _distinct(questions: list[str]) -> list[str]:
+    """The questions without copies of the prompts' worked examples, repeats (ignoring case and spacing) and
+    empty ones, in order."""
+    kept, seen = [], set()
+    for q in questions:
+        norm = " ".join(q.lower().split())
+        if q == "?" or not norm.rstrip("?").strip() or q in _EXAMPLE_QUESTIONS or norm in seen:
+            continue
+        seen.add(norm)
+        kept.append(q)
+    return kept
 
-    The reference's layout is read first (`_reference_parse`), then looser ones. A reply with Chinese
-    characters counts as unparsed (the reference re-samples it), and so do questions copied from the
-    prompt's worked example."""
+
+def parse_questions(reply: str, n: int, minimum: int | None = None, kind: str = "image") -> Questions:
+    """Key phrases and up to n questions of a reply; parsed when at least `minimum` (default n) remain.
+
+    A JSON reply (`{"key_phrases": [...], "questions": [...]}`, a server's structured output) is read as
+    it is; a text reply the reference's way first (`_reference_parse`), then in looser layouts. Questions
+    copied from a prompt's worked examples and repeated questions are left out (counted in `dropped`):
+    a reply left with fewer than `minimum` distinct questions counts as unparsed, and so does a reply with
+    Chinese characters (the reference re-samples it); an unparsed reply gets the generic fallback questions
+    of `kind`."""
+    minimum = n if minimum is None else minimum
+    fallback = Questions([], list(fallback_questions(kind)[:n]), parsed=False, raw=reply)
     if _HAN.search(reply):
-        return Questions(key_phrases=[], questions=list(FALLBACK_QUESTIONS[:n]), parsed=False, raw=reply)
-    found = _reference_parse(reply, n)
-    if found is None:
-        phrases, questions = _loose_parse(reply)
-        found = (phrases, questions[:n]) if len(questions) >= n else None
-    if found is None:
-        return Questions(key_phrases=[], questions=list(FALLBACK_QUESTIONS[:n]), parsed=False, raw=reply)
-    return Questions(key_phrases=found[0], questions=found[1], parsed=True, raw=reply)
+        return fallback
+    for found in (_json_parse(reply), _reference_parse(reply, n), _loose_parse(reply)):
+        if found is None:
+            continue
+        phrases, questions = found
+        distinct = _distinct(questions)
+        left_out = len(questions) - len(distinct)
+        if len(distinct) >= max(minimum, 1):
+            return Questions(phrases, distinct[:n], parsed=True, raw=reply, dropped=left_out)
+        if len(distinct) > len(fallback.found):  # the reading that kept the most questions
+            fallback.found, fallback.found_phrases, fallback.dropped = distinct, phrases, left_out
+        elif not fallback.found:
+            fallback.dropped = max(fallback.dropped, left_out)
+    return fallback
+
+
+def top_up(earlier: Questions, later: Questions, n: int, minimum: int | None = None) -> Questions:
+    """`later` (a retry's reply) completed with the distinct questions of `earlier` (the tries before it):
+    the questions of both, earlier ones first, copies of the examples and repeats left out; parsed when at
+    least `minimum` (default n) remain. A constrained reply always has the layout, so its good questions are
+    kept rather than thrown away with the repeat that made the reply too short."""
+    minimum = n if minimum is None else minimum
+    if later.parsed:
+        return later
+    before = earlier.questions if earlier.parsed else earlier.found
+    merged = _distinct([*before, *later.found])
+    dropped = earlier.dropped + later.dropped + len(before) + len(later.found) - len(merged)
+    phrases = (earlier.key_phrases if earlier.parsed else earlier.found_phrases) or later.found_phrases
+    if len(merged) >= max(minimum, 1):
+        return Questions(phrases, merged[:n], parsed=True, raw=later.raw, dropped=dropped, topped_up=True)
+    return replace(later, found=merged, found_phrases=phrases, dropped=dropped)
 
 
 def _phrase_list(key_phrases: list[str], default: str) -> str:

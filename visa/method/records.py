@@ -140,6 +140,7 @@ def result_records(
             "questions": qs.questions,
             "questions_parsed": qs.parsed,
             "question_tries": qs.tries,  # 1 + the retries this query's reply needed
+            "question_reply": qs.raw,  # the question LLM's reply as written (its last try)
             "base_top": [{"id": i, "score": by_id[i]["base"]} for i in top_ids],
             "visa_top": [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in visa_rows[row]],
         }

@@ -11,6 +11,11 @@ Two exact engines, chosen by `retrieval.index`:
   torch blocks on a CPU; an optional extra (`pip install visa-retrieval[faiss]`).
 
 Both return the same candidates (exact search); scores agree to float rounding.
+
+A normaliser's per-item bias (`visa.method.normalizers`) is added to each block's scores before its top-k
+is taken (`bias`, only for the queries that `bias_rows` marks, when given); FAISS gets it as one more
+dimension (1 on the query side, the bias on the item side). `rank_given_candidates` ranks the candidates
+that a dataset provides (INQUIRE-Rerank) instead of searching the gallery.
 """
 
 from __future__ import annotations
@@ -55,12 +60,16 @@ def topk_search(
     gallery_chunk_size: int = 16384,
     index: str = "torch",
     device: str = "cpu",
+    bias: torch.Tensor | None = None,
+    bias_rows: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores, indices) on the CPU, each [num_queries, min(k, num_gallery)], best first, by dot product.
+    """(scores, indices) on the CPU, each [num_queries, min(k, num_gallery)], best first, by dot product
+    plus `bias[item]` ([num_gallery]) when given, for the queries where `bias_rows` ([num_queries], bool)
+    is True (None: every query).
 
     torch: peak extra memory is one [chunk_size x gallery_chunk_size] block plus the running top-k.
     faiss: FAISS blocks the search itself; extra memory is a float32 copy of the inputs if they are not
-    float32 already, plus the [num_queries x k] result.
+    float32 already (with a bias: always, one column wider), plus the [num_queries x k] result.
     """
     check_index(index)
     if chunk_size < 1 or gallery_chunk_size < 1:
@@ -69,17 +78,31 @@ def topk_search(
             "must be at least 1"
         )
     k = min(k, gallery.shape[0])
+    if bias is not None and bias_rows is not None and not bool(bias_rows.any()):
+        bias = None  # the bias applies to no query
     if index == "faiss":
+        if bias is not None:
+            rows = torch.ones(queries.shape[0]) if bias_rows is None else bias_rows.float()
+            queries = torch.cat([queries.float(), rows[:, None]], dim=1)
+            gallery = torch.cat([gallery.float(), bias.float()[:, None]], dim=1)
         return _faiss_topk(queries, gallery, k)
     target = resolve_device(device)
+    if bias is not None:
+        bias = bias.float().to(target)
     all_scores, all_indices = [], []
     for q_start in range(0, queries.shape[0], chunk_size):
         q = queries[q_start : q_start + chunk_size].to(target)
+        gate: torch.Tensor | None = None
+        if bias_rows is not None:
+            gate = bias_rows[q_start : q_start + chunk_size].to(target)[:, None]
         best_scores = torch.full((q.shape[0], 0), float("-inf"), dtype=torch.float32, device=target)
         best_indices = torch.zeros((q.shape[0], 0), dtype=torch.long, device=target)
         for g_start in range(0, gallery.shape[0], gallery_chunk_size):
             block_items = gallery[g_start : g_start + gallery_chunk_size].to(target, non_blocking=True)
             block = (q @ block_items.T).float()
+            if bias is not None:
+                biased = block + bias[g_start : g_start + block.shape[1]]
+                block = biased if gate is None else torch.where(gate, biased, block)
             s, i = block.topk(min(k, block.shape[1]), dim=1)
             merged_scores = torch.cat([best_scores, s], dim=1)
             merged_indices = torch.cat([best_indices, i + g_start], dim=1)
@@ -111,13 +134,17 @@ def ranked_candidates(
     exclude: list[tuple[int, ...]] | None = None,
     groups: dict[str, list[int]] | None = None,
     query_groups: list[str | None] | None = None,
+    bias: torch.Tensor | None = None,
+    bias_rows: torch.Tensor | None = None,
     **search: Any,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`topk_search` for hybrid-modal datasets: (scores, gallery indices) [num_queries, depth'], best first.
 
     `exclude[q]`: gallery indices left out of query q's ranking (CIRR: its reference image). `groups`: named
     parts of the gallery; query q ranks only the part `query_groups[q]` (FashionIQ: its category). depth'
-    is `depth`, or less when a part (minus exclusions) is smaller. `search`: topk_search's keyword settings.
+    is `depth`, or less when a part (minus exclusions) is smaller. `bias`, `bias_rows`: a normaliser's
+    per-item bias [num_gallery] and the queries it applies to [num_queries] (see topk_search).
+    `search`: topk_search's other keyword settings.
     """
     n = queries.shape[0]
     exclude = exclude or [()] * n
@@ -133,6 +160,9 @@ def ranked_candidates(
         extra = max(len(exclude[q]) for q in query_rows)
         member_index = torch.as_tensor(members, dtype=torch.long)
         part_queries, part_gallery = queries[query_rows], gallery[member_index]
+        if bias is not None:
+            search["bias"] = bias[member_index]
+            search["bias_rows"] = bias_rows[query_rows] if bias_rows is not None else None
         scores, local = topk_search(part_queries, part_gallery, depth + extra, chunk_size, **search)
         indices = member_index[local]
         keep = min(depth, len(members) - extra)
@@ -149,4 +179,30 @@ def ranked_candidates(
     for query_rows, rows_s, rows_i in results:
         for q, row_s, row_i in zip(query_rows, rows_s, rows_i):
             out_s[q], out_i[q] = row_s[:width], row_i[:width]
+    return out_s, out_i
+
+
+@torch.no_grad()
+def rank_given_candidates(
+    queries: torch.Tensor,
+    gallery: torch.Tensor,
+    candidates: list[tuple[int, ...]],
+    bias: torch.Tensor | None = None,
+    bias_rows: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each query's own candidates (gallery indices that the dataset provides) ranked by dot product (+ the
+    bias, as in topk_search): (scores, gallery indices) [num_queries, width], best first, ties in the
+    candidates' order. width is the shortest candidate list (every list, when they are equally long)."""
+    if any(not c for c in candidates):
+        raise VisaError("a query has no candidates; every query of a dataset with candidates needs some")
+    width = min(len(c) for c in candidates)
+    out_s = torch.empty((len(candidates), width), dtype=torch.float32)
+    out_i = torch.empty((len(candidates), width), dtype=torch.long)
+    for q, members in enumerate(candidates):
+        index = torch.as_tensor(members, dtype=torch.long)
+        scores = (gallery[index] @ queries[q]).float()
+        if bias is not None and (bias_rows is None or bool(bias_rows[q])):
+            scores = scores + bias[index].float()
+        order = torch.sort(scores, descending=True, stable=True).indices[:width]
+        out_s[q], out_i[q] = scores[order], index[order]
     return out_s, out_i

@@ -36,7 +36,12 @@ class QuestionsSettings:
     max: int = 3  # questions generated per query (a sweep over num reuses them)
     retries: int = 2  # re-asks of a query whose reply does not parse, each with a new seed, then fallback
     retry_temperature: float = 0.2  # retries sample at this temperature (the reference re-samples at 0.2)
-    prompt: str = "paper"  # the question writer's prompt: paper | fewshot (for very small models)
+    # the question writer's prompt: paper | instructions (paper without its example) | fewshot (small models)
+    prompt: str = "paper"
+    # The reply is generated in the method's layout (structured generation: a grammar for transformers
+    # models, the server's JSON schema or regex), so it always parses; false: free sampling, parsed and
+    # re-asked when it does not parse (the reference's procedure, kept by the paper's experiment files).
+    constrained: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.num <= self.max:

@@ -88,21 +88,24 @@ class Run:
         return self.runner.report(MODEL_STAGES)
 
     # -- the backbone's stages ---------------------------------------------------------------------------
-    def encode_text(self, backbone: Backbone, texts: list[str]) -> list[Any]:
+    def encode_text(self, backbone: Backbone, texts: list[str], stage: str = "encode_text") -> list[Any]:
+        """`stage`: the name the calls are counted under (a normaliser's bank: encode_bank); same keys."""
         ident = backbone.identity()
         return self.stage(
-            "encode_text",
+            stage,
             [make_key("encode_text", ident, t) for t in texts],
             texts,
             batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
             ident,
         )
 
-    def encode_composed(self, backbone: Backbone, items: list[Item]) -> list[Any]:
+    def encode_composed(
+        self, backbone: Backbone, items: list[Item], stage: str = "encode_composed"
+    ) -> list[Any]:
         """Composed queries as the reference's media carrying the query's text."""
         ident = backbone.identity()
         return self.stage(
-            "encode_composed",
+            stage,
             [make_key("encode_composed", ident, item_fingerprint(it)) for it in items],
             items,
             batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
@@ -127,22 +130,28 @@ class Run:
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[prompts.Questions]:
-        """Questions for every query, generated once at questions.max; the first questions.num are used.
-        `query_texts`: each query as the LLM reads it (a composed query with its reference's description;
-        default: the query texts).
+        """Questions for every query, generated once at questions.max; the first questions.num distinct ones
+        are used. `query_texts`: each query as the LLM reads it (a composed query with its reference's
+        description; default: the query texts).
 
-        A reply that does not parse is asked again, up to questions.retries times, each retry sampled at
-        questions.retry_temperature with its own seed (the generator's seed + the retry's number), before
-        the query falls back to the generic questions. Every try is cached under its own key."""
+        With questions.constrained the reply is generated in the method's layout (the prompt carries a
+        `QuestionLayout`). A reply that does not parse (fewer than questions.num distinct questions once
+        copies of the prompt's examples and repeats are left out) is asked again, up to questions.retries
+        times, each retry sampled at questions.retry_temperature with its own seed (the generator's seed +
+        the retry's number), before the query falls back to the generic questions. Constrained, a retry tops
+        up the distinct questions of the tries before it (`prompts.top_up`); unconstrained, each try stands
+        alone (the reference's re-sampling). Every try is cached under its own key."""
         settings = self.settings.questions
         n = settings.max
         kind = self.dataset.gallery[0].kind if self.dataset.gallery else "image"
+        self.question_tries = []
         identity = question_llm.identity()
         query_texts = query_texts or [q.text for q in self.dataset.queries]
-        first = [prompts.question_prompt(t, n, kind, settings.prompt) for t in query_texts]
+        first = [
+            prompts.question_prompt(t, n, kind, settings.prompt, settings.constrained) for t in query_texts
+        ]
         parsed: list[prompts.Questions] = []
         pending = list(range(len(first)))
-        self.question_tries = []
         for attempt in range(settings.retries + 1):
             ps = [
                 first[i]
@@ -159,7 +168,9 @@ class Run:
                 for p, i in zip(ps, pending)
             ]
             replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity)
-            tried = [prompts.parse_questions(r, n) for r in replies]
+            tried = [prompts.parse_questions(r, n, settings.num, kind) for r in replies]
+            if attempt > 0 and settings.constrained:
+                tried = [prompts.top_up(parsed[i], q, n, settings.num) for i, q in zip(pending, tried)]
             if attempt == 0:
                 parsed = tried
             for i, q in zip(pending, tried):

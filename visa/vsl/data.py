@@ -147,7 +147,7 @@ class PrecompDataModule(L.LightningDataModule):
         self.name = name
         if not self.folder.is_dir():
             raise VisaError(
-                f"data folder {self.folder} not found; data.root must hold {name}/ (SCAN's layout)"
+                f"data folder {self.folder} not found; datamodule.root must hold {name}/ (SCAN's layout)"
             )
         self.vocab_path = Path(vocab_path) if vocab_path else Path(root) / "vocab" / f"{name}_vocab.json"
         self.vocab = Vocabulary.load(self.vocab_path)
@@ -175,7 +175,7 @@ class PrecompDataModule(L.LightningDataModule):
                 self.train_semantics = image_semantics(caption_tfidf(train.captions))
             self.split(self.val_split, self.val_images)
 
-    def _loader(self, data: Dataset, batch_size: int, shuffle: bool, collate: Collate) -> DataLoader:
+    def _loader(self, data: PrecompSplit, batch_size: int, shuffle: bool, collate: Collate) -> DataLoader:
         return DataLoader(
             data,
             batch_size=batch_size,

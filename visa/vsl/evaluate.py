@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from visa.vsl.data import CAPTIONS_PER_IMAGE
+from visa.vsl.data import CAPTIONS_PER_IMAGE, PrecompSplit
 
 SimilarityFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 PROTOCOLS = ("1k", "5fold1k", "5k")
@@ -31,10 +32,20 @@ class Encoded:
         return Encoded(self.images[start:stop], self.captions[c0:c1], self.lengths[c0:c1])
 
 
+class Encoder(Protocol):
+    """What evaluation needs of a matcher (`RegionMatcher`, `RegionMatcherModule`)."""
+
+    def encode_images(self, regions: torch.Tensor) -> torch.Tensor: ...
+
+    def encode_texts(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor: ...
+
+
 @torch.no_grad()
-def encode_split(model, loader: DataLoader, device: torch.device | str = "cpu") -> Encoded:
+def encode_split(model: Encoder, loader: DataLoader, device: torch.device | str = "cpu") -> Encoded:
     """Every image once (from the first of its captions) and every caption, in split order."""
     data = loader.dataset
+    if not isinstance(data, PrecompSplit):
+        raise TypeError(f"encode_split reads a PrecompSplit, not {type(data).__name__}")
     images: torch.Tensor | None = None
     captions: torch.Tensor | None = None
     max_len = max(len(t) for t in data.tokens)
@@ -42,13 +53,15 @@ def encode_split(model, loader: DataLoader, device: torch.device | str = "cpu") 
     for batch in loader:
         img = model.encode_images(batch.images.to(device)).cpu()
         cap = model.encode_texts(batch.captions.to(device), batch.lengths.to(device)).cpu()
-        if images is None:
+        if images is None or captions is None:
             images = torch.zeros(data.num_images, *img.shape[1:])
             captions = torch.zeros(len(data), max_len, cap.shape[-1])
         first = batch.caption_ids % CAPTIONS_PER_IMAGE == 0
         images[batch.image_ids[first]] = img[first]
         captions[batch.caption_ids, : cap.shape[1]] = cap
         lengths[batch.caption_ids] = batch.lengths
+    if images is None or captions is None:
+        raise ValueError(f"split {data.split} is empty")
     return Encoded(images, captions, lengths)
 
 

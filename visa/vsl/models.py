@@ -141,7 +141,10 @@ class AttentionFiltration(nn.Module):
             self.bn(real.detach().view(-1, 1))  # only to update the running statistics
             normed = (gate - real.mean()) / torch.sqrt(real.var(unbiased=False) + self.bn.eps)
         else:
-            normed = (gate - self.bn.running_mean) / torch.sqrt(self.bn.running_var + self.bn.eps)
+            mean, var = self.bn.running_mean, self.bn.running_var
+            if mean is None or var is None:  # BatchNorm1d(1) tracks them unless told not to
+                raise RuntimeError("AttentionFiltration's batch norm has no running statistics")
+            normed = (gate - mean) / torch.sqrt(var + self.bn.eps)
         weights = l1norm(torch.sigmoid(normed * self.bn.weight + self.bn.bias) * mask, dim=-1)
         return l2norm((weights.unsqueeze(1) @ nodes).squeeze(1))
 
@@ -170,6 +173,7 @@ class RegionMatcher(nn.Module):
         if module not in ("SGR", "SAF"):
             raise ValueError(f"module={module!r}: expected SGR or SAF")
         self.module_name, self.smooth, self.caption_chunk = module, smooth, caption_chunk
+        self.vocab_size, self.img_dim, self.num_regions = vocab_size, img_dim, num_regions  # what it takes
         self.image_encoder = ImageEncoder(img_dim, embed_size, img_norm)
         self.text_encoder = TextEncoder(vocab_size, word_dim, embed_size, num_layers, bi_gru, txt_norm)
         self.image_pool = SelfAttentionPool(embed_size, num_regions)
