@@ -112,11 +112,6 @@ SAVED = (
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="regressed when the scale and normalizers branches were merged (2026-12-03): the SQLite WAL file "
-    "is left after a stop and a second Ctrl-C kills the run; to fix next, see the closing note",
-    strict=False,
-)
 @pytest.mark.parametrize(
     "sig, layout", [(signal.SIGTERM, "sqlite"), (signal.SIGUSR2, "shared")], ids=["SIGTERM", "SIGUSR2"]
 )
@@ -155,11 +150,6 @@ def test_a_stop_signal_prints_what_was_saved_and_the_run_resumes(tmp_path, sig, 
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="regressed when the scale and normalizers branches were merged (2026-12-03): the SQLite WAL file "
-    "is left after a stop and a second Ctrl-C kills the run; to fix next, see the closing note",
-    strict=False,
-)
 def test_ctrl_c_again_during_clean_up_is_ignored(tmp_path):
     """Ctrl-C pressed many times: the first stops the run, the others (some during its clean-up: closing the
     cache, cancelling the requests in flight) change nothing: one line, status 130, no traceback, the cache
