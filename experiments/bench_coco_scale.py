@@ -39,6 +39,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,12 +84,20 @@ def cpu():
     usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process (the HTTP client's too)
     return usage.ru_utime + usage.ru_stime
 
+import cProfile, os
+profile = cProfile.Profile() if os.environ.get("VISA_BENCH_PROFILE") else None
 t0, cpu0 = time.perf_counter(), cpu()
 code = 0
 try:
+    if profile:
+        profile.enable()
     runpy.run_module("visa.run", run_name="__main__")
 except SystemExit as e:
     code = e.code or 0
+finally:
+    if profile:
+        profile.disable()
+        profile.dump_stats(os.environ["VISA_BENCH_PROFILE"])
 wall, cpu_seconds = time.perf_counter() - t0, cpu() - cpu0
 json.dump({"code": code, "wall": wall, "cpu": cpu_seconds, "startup": t0 - t_start,
            "model_seconds": model_seconds, "calls": calls, "rss_start": rss_start,
@@ -195,8 +204,10 @@ def overrides(annotation: Path, clip: Path, scorer: Path, url: str, top_k: int, 
     ]
 
 
-def run_once(args: list[str], cache: Path, run_dir: Path, out: Path) -> dict:
+def run_once(args: list[str], cache: Path, run_dir: Path, out: Path, profile: Path | None = None) -> dict:
     env = {**os.environ, "VISA_CACHE": str(cache), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    if profile:
+        env["VISA_BENCH_PROFILE"] = str(profile)
     cmd = [sys.executable, "-c", DRIVER, str(out), *args, f"hydra.run.dir={run_dir}"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode or not out.exists():
@@ -213,7 +224,7 @@ def cached_rows(cache: Path, stage: str) -> int:
     if not path.exists():
         return 0
     try:
-        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as db:
             return db.execute("SELECT COUNT(*) FROM results WHERE stage=?", (stage,)).fetchone()[0]
     except sqlite3.OperationalError:
         return 0
@@ -229,12 +240,33 @@ def killed_midway(args: list[str], cache: Path, run_dir: Path, answers: int) -> 
             time.sleep(0.5)
         if proc.poll() is not None:
             sys.exit(f"error: the run ended before it was killed:\n{proc.stderr.read().decode()[-3000:]}")
+        time.sleep(random.Random(0).uniform(0, 0.5))  # not just after a write: anywhere in the flush interval
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
     return cached_rows(cache, "answer")
+
+
+def store_rate(rows: int, batch: int = 256) -> float:
+    """Microseconds per result written by the SQLite store in the stage runner's batches, alone (random
+    SHA-256 keys, short JSON values like the answers'): the floor of a cold run's cost per call."""
+    import hashlib
+    import tempfile
+
+    from visa.cache import SQLiteStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(tmp)
+        items = {hashlib.sha256(str(i).encode()).hexdigest(): f"Reply to: question {i}" for i in range(rows)}
+        keys = list(items)
+        t0 = time.perf_counter()
+        for start in range(0, rows, batch):
+            store.put_many("answer", {k: items[k] for k in keys[start : start + batch]}, model="m")
+        seconds = time.perf_counter() - t0
+        store.close()
+    return 1e6 * seconds / rows
 
 
 def summary(result: dict) -> dict:
@@ -259,6 +291,11 @@ def summary(result: dict) -> dict:
         "cpu_ms_per_call": round(1000 * (result["cpu"] - local_model) / max(1, model_calls), 4),
         "peak_rss_mb": round(result["peak_rss"] / 2**20),
         "growth_mb": round((result["peak_rss"] - result["rss_start"]) / 2**20),
+        "per_stage_framework_ms_per_call": {
+            stage: round(1000 * (m[f"time/{stage}"] - result["model_seconds"].get(stage, 0.0)) / calls, 4)
+            for stage in ("describe", "ask", "answer", "score")
+            if (calls := m[f"calls/{stage}/computed"] + m[f"calls/{stage}/cached"])
+        },
         "stage_model_s": {k: round(v, 2) for k, v in result["model_seconds"].items()},
         "stage_s": {k[5:]: v for k, v in m.items() if k.startswith("time/")},
     }
@@ -275,7 +312,11 @@ def measure(a: argparse.Namespace, queries: int, url: str, clip: Path, scorer: P
     out: dict = {"queries": queries, "items": a.items, "top_k": a.top_k, "questions": a.questions}
     print(f"[{tag}] cold run, load {load()}", flush=True)
     cold = run_once(
-        [*args, f"results_file={a.results_file}"], cache, runs / "cold", work / f"{tag}-cold.json"
+        [*args, f"results_file={a.results_file}"],
+        cache,
+        runs / "cold",
+        work / f"{tag}-cold.json",
+        a.profile if queries == a.queries else None,
     )
     out["cold"] = summary(cold)
     print(f"[{tag}] cached rerun, load {load()}", flush=True)
@@ -300,7 +341,6 @@ def measure(a: argparse.Namespace, queries: int, url: str, clip: Path, scorer: P
             "answers_computed_again": resumed["metrics"]["calls/answer/computed"],
             "answers_total": answers,
         }
-        out["resumed"]["lost_at_kill"] = saved + out["resumed"]["answers_computed_again"] - answers
     return out
 
 
@@ -315,12 +355,24 @@ def main() -> None:
     parser.add_argument("--results-file", default="results.jsonl", help="the cold run's results_file")
     parser.add_argument("--work", default="/tmp/visa-bench-coco", help="data, models, caches, run folders")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    parser.add_argument(
+        "--profile", type=Path, default=None, help="cProfile the cold run's main thread into this file"
+    )
+    parser.add_argument(
+        "--store", type=int, default=0, help="only time the SQLite store writing this many results"
+    )
     a = parser.parse_args()
+    if a.store:
+        print(f"load {load()}; SQLite store: {store_rate(a.store):.1f} us per result ({a.store:,} results)")
+        return
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     clip, scorer = make_models(work)
     server = subprocess.Popen(
-        [sys.executable, "-c", SERVER, str(REPO / "tests")], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", SERVER, str(REPO / "tests")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,  # a killed client's reset connections, reported by http.server
+        text=True,
     )
     try:
         url = server.stdout.readline().strip()

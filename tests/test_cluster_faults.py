@@ -210,7 +210,7 @@ def test_a_full_disk_under_the_cache_stops_with_one_line_and_keeps_what_was_save
             r"or point cache_dir at another folder",
             stderr_lines(full.stderr)[-1],
         ), full.stderr
-        with sqlite3.connect(cache / "visa-cache.sqlite") as db:
+        with closing(sqlite3.connect(cache / "visa-cache.sqlite")) as db:
             kept = db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
         assert kept > 0  # it failed part-way: something was saved before
         metrics = resume(overrides, cache, tmp_path / "run2")
