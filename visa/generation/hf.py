@@ -15,9 +15,14 @@ Two things keep the question LLM cheap:
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import logging
+import os
+import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +34,8 @@ from visa.core.prompt import Prompt
 from visa.generation.chat import ChatSettings, MediaSettings
 from visa.generation.media import prompt_media
 from visa.generation.structured import GrammarCache, batch_layout
+
+log = logging.getLogger(__name__)
 
 # A prefix shorter than this many tokens is not worth a separate forward pass.
 MIN_PREFIX_TOKENS = 16
@@ -56,14 +63,75 @@ def _load_lm(loader, model: str, dtype: str, device: str, trust_remote_code: boo
     return (lm if placement else lm.to(resolve_device(device))).eval()
 
 
+def converted_models_dir() -> Path:
+    """Where GGUF files read once are kept as transformers folders: $VISA_MODEL_CACHE, else the user's
+    cache folder (e.g. ~/.cache/visa/models). Apart from the results cache, so an empty results cache
+    (a new VISA_CACHE) does not convert again."""
+    if os.environ.get("VISA_MODEL_CACHE"):
+        return Path(os.environ["VISA_MODEL_CACHE"]).expanduser()
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("visa")) / "models"
+
+
+def _converted_folder(model: str, gguf_file: str) -> Path | None:
+    """The folder a local GGUF file is (or will be) kept in, named by the file and what identifies its
+    content (size, modification time) and the reader (transformers' version); None for a hub id."""
+    import transformers
+
+    path = Path(model).expanduser() / gguf_file
+    if not path.is_file():
+        return None
+    stat = path.stat()
+    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return converted_models_dir() / f"{path.stem}-{digest}"
+
+
+def _keep_converted(folder: Path, tokenizer, lm) -> None:
+    """Save a model read from GGUF as a transformers folder (written aside, then renamed, so a reader never
+    sees half a folder). A folder that cannot be written only costs the next run the conversion again."""
+    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
+    try:
+        from safetensors.torch import save_model
+
+        tokenizer.save_pretrained(partial)
+        # transformers will not save a model it read from GGUF (`save_pretrained` refuses quantised models),
+        # but the values are de-quantised already: the plain config, generation settings and weights suffice
+        config = copy.deepcopy(lm.config)
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        config.save_pretrained(partial)
+        lm.generation_config.save_pretrained(partial)
+        save_model(lm, str(partial / "model.safetensors"), metadata={"format": "pt"})  # tied weights once
+        partial.rename(folder)
+    except OSError as e:
+        if (folder / "config.json").is_file():  # another process kept it first
+            return
+        log.warning(
+            "could not keep the converted model in %s (%s); the next run converts it again", folder, e
+        )
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # left over when another process renamed first
+
+
 @load_once(maxsize=4)
 def load_text_model(model: str, gguf_file: str | None, dtype: str, device: str, trust_remote_code: bool):
-    """(tokenizer, causal LM) of a text chat model, loaded once per process."""
+    """(tokenizer, causal LM) of a text chat model, loaded once per process.
+
+    A local GGUF file is read by transformers (de-quantised to float32, its tokenizer rebuilt from the file's
+    vocabulary: about 30 s for SmolLM2-135M on 2 cores, most of it parsing the file) once, then kept as a
+    transformers folder under `converted_models_dir()` and loaded from there (about a second)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    folder = _converted_folder(model, gguf_file) if gguf_file else None
+    if folder is not None and (folder / "config.json").is_file():
+        model, gguf_file = str(folder), None
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     tokenizer = load_pretrained(AutoTokenizer, model, trust_remote_code=trust_remote_code, **kwargs)
     lm = _load_lm(AutoModelForCausalLM, model, dtype, device, trust_remote_code, **kwargs)
+    if gguf_file and folder is not None and dtype == "float32":  # the file's values, unrounded
+        _keep_converted(folder, tokenizer, lm)
     return _pad_left(tokenizer), lm
 
 
