@@ -12,6 +12,7 @@ similarity reaches `min_similarity`.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 
 import torch
 
@@ -48,6 +49,9 @@ def questions_of(prompt: Prompt) -> tuple[list[str], bool]:
     raise VisaError("answer_mllm=demo: the prompt asks no question it can find ('Question: ...' or '1. ...')")
 
 
+_KEPT_EMBEDDINGS = 100_000  # sentences (384 floats each: about 150 MB at most)
+
+
 class EvidenceAnswerer:
     uses_context = True  # reads Prompt.context, the item's description, instead of the pixels
 
@@ -55,6 +59,25 @@ class EvidenceAnswerer:
         if not -1.0 <= min_similarity <= 1.0:
             raise VisaError(f"answer_mllm.min_similarity={min_similarity} must be a cosine, in [-1, 1]")
         self.min_similarity, self.batch_size, self.device = min_similarity, batch_size, device
+        # Sentence embeddings already computed: the same clauses (one description, many questions about its
+        # item) and the same questions (one query, many candidates) recur across a stage's calls.
+        self._embeddings: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def _embed(self, texts: list[str]) -> torch.Tensor:
+        """The embeddings of `texts` (rows in order); each distinct text not seen before is embedded once,
+        in batches of texts of similar length (little padding)."""
+        new = sorted({t for t in texts if t not in self._embeddings}, key=len)
+        for start in range(0, len(new), 256):
+            chunk = new[start : start + 256]
+            for text, row in zip(chunk, embed_sentences(chunk, minilm_path(), self.device)):
+                self._embeddings[text] = row
+        rows = []
+        for t in texts:
+            self._embeddings.move_to_end(t)
+            rows.append(self._embeddings[t])
+        while len(self._embeddings) > _KEPT_EMBEDDINGS:
+            self._embeddings.popitem(last=False)
+        return torch.stack(rows)
 
     def identity(self) -> dict:
         return {
@@ -70,7 +93,7 @@ class EvidenceAnswerer:
                 raise VisaError("answer_mllm=demo answers from item descriptions; this prompt has none")
             asked.append((questions_of(p), clauses(p.context)))
         texts = [q for (qs, _), _ in asked for q in qs] + [c for _, cs in asked for c in cs]
-        embedded = embed_sentences(texts, minilm_path(), self.device) if texts else torch.empty(0, 0)
+        embedded = self._embed(texts) if texts else torch.empty(0, 0)
         n_questions = sum(len(qs) for (qs, _), _ in asked)
         question_emb, clause_emb = embedded[:n_questions], embedded[n_questions:]
         replies, qi, ci = [], 0, 0
