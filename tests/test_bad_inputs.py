@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import REPO, requires
+from helpers.runs import run_in_one_process
 from PIL import Image
 
 from visa.data.folder import FolderDataset
@@ -284,24 +285,6 @@ CASES: dict[str, tuple[Callable[[Path], list[str]], str]] = {
 }
 
 
-# Runs `python -m visa.run ARGS` once per argument list inside one fresh Python process (the imports, most of
-# a start-up on a busy machine, are paid once), capturing each run's exit status and output apart.
-DRIVER = """
-import contextlib, io, json, runpy, sys
-out = []
-for argv in json.loads(sys.argv[1]):
-    sys.argv = ["visa.run", *argv]
-    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            runpy.run_module("visa.run", run_name="__main__")
-        except SystemExit as e:
-            code = e.code
-    out.append({"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
-print(json.dumps(out))
-"""
-
-
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory) -> dict[str, dict]:
     root = tmp_path_factory.mktemp("bad-inputs")
@@ -313,16 +296,7 @@ def outcomes(tmp_path_factory) -> dict[str, dict]:
     # and one good run, whose outputs test_release_results_are_strict_json reads
     argvs.append([*release(root / "good"), "progress=false", f"hydra.run.dir={root / 'good-run'}"])
     env = {**os.environ, "VISA_CACHE": str(root / "cache"), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run(
-        [sys.executable, "-c", DRIVER, json.dumps(argvs)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = json.loads(proc.stdout.splitlines()[-1])
+    results, _ = run_in_one_process(argvs, REPO, env, timeout=600)
     cases = {name: {**r, "run_dir": root / f"run{n}"} for n, (name, r) in enumerate(zip(CASES, results))}
     return {**cases, "good release": {**results[-1], "run_dir": root / "good-run"}}
 

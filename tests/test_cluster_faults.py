@@ -6,7 +6,6 @@ and loses nothing that was saved; docs/bad_inputs.md says what the user sees."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import resource
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SMALL_DEMO, read_run
 from helpers.fake_openai_server import FakeOpenAIServer
+from helpers.runs import run_in_one_process
 
 from visa.cache.shared import scan
 
@@ -239,25 +239,6 @@ def test_a_full_disk_under_the_run_folder_keeps_the_results_in_the_cache(tmp_pat
     assert sum(v for k, v in metrics.items() if k.startswith("calls/") and k.endswith("/computed")) == 0
 
 
-# Runs `python -m visa.run ARGS` once per argument list in one process (the demo's models load once), each
-# run's output captured apart, with a garbage collection after each so that an asyncio task whose error was
-# never looked at reports itself ("Task exception was never retrieved") inside the run that made it.
-DRIVER = """
-import contextlib, gc, io, json, runpy, sys
-out = []
-for argv in json.loads(sys.argv[1]):
-    sys.argv = ["visa.run", *argv]
-    stdout, stderr, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
-        try:
-            runpy.run_module("visa.run", run_name="__main__")
-        except SystemExit as e:
-            code = e.code
-        gc.collect()
-    out.append({"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
-print(json.dumps(out))
-"""
-
 # answer_mllm.model -> how the server answers that model's answer requests
 SERVER_FAULTS = {
     "garbage-model": lambda n: "garbage",  # a proxy's HTML page instead of JSON
@@ -304,17 +285,8 @@ def server_runs(tmp_path_factory):
             [*server_demo(server.url, f"{name}-model"), *extra, f"hydra.run.dir={root / name}"]
             for name, extra in cases.items()
         ]
-        proc = subprocess.run(
-            [sys.executable, "-c", DRIVER, json.dumps(argvs)],
-            cwd=REPO,
-            env=env_for(root / "cache"),
-            capture_output=True,
-            text=True,
-            timeout=900,
-        )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    results = dict(zip(cases, json.loads(proc.stdout.splitlines()[-1])))
-    return root, results, proc.stderr
+        outputs, stderr = run_in_one_process(argvs, REPO, env_for(root / "cache"), timeout=900)
+    return root, dict(zip(cases, outputs)), stderr
 
 
 def one_error_line(got: dict, expected: str) -> None:

@@ -72,7 +72,6 @@ def word_tokenizer(
     `extra_words` join the vocabulary as they are: the split never produces those holding punctuation, but a
     model can emit them and they decode as written."""
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     base = ["<pad>", "<unk>", "<s>", "</s>"]
     words = sorted(set(WORDS) | set(".,?!:\"'-0123456789") | set(extra_words))
@@ -85,6 +84,13 @@ def word_tokenizer(
             pre_tokenizers.Digits(individual_digits=True),
         ]
     )
+    return _as_transformers(tok, specials, chat_template)
+
+
+def _as_transformers(tok, specials: list[str] | None, chat_template: str | None):
+    """A `tokenizers` tokenizer as transformers' fast tokenizer, with the tiny models' special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
@@ -103,7 +109,6 @@ def bpe_tokenizer(specials: list[str] | None = None, chat_template: str | None =
     string can be written with it, spaces and punctuation included, which a grammar-constrained model needs
     (the word-level tokenizer above cannot write a space)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
 
     base = ["<pad>", "<unk>", "<s>", "</s>", *(specials or [])]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -117,17 +122,7 @@ def bpe_tokenizer(specials: list[str] | None = None, chat_template: str | None =
         show_progress=False,
     )
     tok.train_from_iterator(corpus, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        additional_special_tokens=specials or [],
-    )
-    if chat_template:
-        fast.chat_template = chat_template
-    return fast
+    return _as_transformers(tok, specials, chat_template)
 
 
 # A ChatML template like Qwen's, written for these tests; media become the model's placeholder tokens.
