@@ -21,7 +21,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visa.config import parse_overrides
+from visa.config import PART_GROUPS
+from visa.core.overrides import parse_overrides
 from visa.core.errors import VisaError
 from visa.method.metrics import recall_gains
 
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 # Settings that explain a run, read from its config when they are not overridden (always shown).
 KEY_SETTINGS = ("fusion.alpha", "questions.num", "questions.max", "retrieval.top_k", "answers.mode")
 # Parts whose choice (the yaml name, from Hydra's runtime.choices) is shown.
-KEY_PARTS = ("experiment", "dataset", "backbone", "question_llm", "answer_mllm", "describer", "scorer")
+KEY_PARTS = ("experiment", *(group.name for group in PART_GROUPS if group.compared))
 
 
 def _natural_key(path: Path) -> list:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-from visa.config import is_secret_key, parse_overrides
+from visa.core.overrides import is_secret_key, parse_overrides
 from visa.core.errors import VisaError
 from visa.data import Dataset, Item
 from visa.method.metrics import recall_gains
