@@ -148,8 +148,8 @@ def test_the_ask_stage_constrains_by_default_and_counts(tmp_path):
 
 
 def test_the_summary_says_how_the_questions_did():
-    from visa.method.pipeline import question_metrics
     from visa.method.prompts import Questions
+    from visa.method.rerankers.visa import question_metrics
     from visa.run import format_questions
 
     questions = [Questions(["a"], ["Is it?"], True), Questions([], ["x"], False, tries=3, dropped=2)]

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from visa.config import PART_GROUPS
-from visa.core.overrides import parse_overrides
 from visa.core.errors import VisaError
-from visa.method.metrics import recall_gains
+from visa.core.overrides import parse_overrides
+from visa.method.metrics import BASE, RERANKED, recall_gains
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -170,7 +170,8 @@ def swept_params(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def recall_ks(rows: list[dict[str, Any]]) -> list[int]:
-    ks = {int(k[len("visa/R@") :]) for r in rows for k in r["metrics"] if k.startswith("visa/R@")}
+    prefix = f"{RERANKED}/R@"
+    ks = {int(k[len(prefix) :]) for r in rows for k in r["metrics"] if k.startswith(prefix)}
     return sorted(ks)
 
 
@@ -191,7 +192,7 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     others: list[str] = []
     for row in rows:
         others += [k for k in row["params"] if k not in swept and k not in others]
-    metric_cols = [f"{p}/R@{k}" for p in ("base", "visa", "gain") for k in recall_ks(rows)]
+    metric_cols = [f"{p}/R@{k}" for p in (BASE, RERANKED, "gain") for k in recall_ks(rows)]
     cost_cols = ["calls/computed", "calls/cached", "time/total"]
     return ["run", "group", *swept, *others, *metric_cols, *cost_cols, *(f"time/{s}" for s in stages(rows))]
 
@@ -250,7 +251,7 @@ def plot_recall_vs_alpha(rows: list[dict[str, Any]], path: Path) -> Figure | Non
             members = sorted(members, key=lambda r: r["params"]["fusion.alpha"])
             xs = [r["params"]["fusion.alpha"] for r in members]
             line = ax.plot(
-                xs, [r["metrics"].get(f"visa/R@{k}", math.nan) for r in members], "o-", label=label
+                xs, [r["metrics"].get(f"{RERANKED}/R@{k}", math.nan) for r in members], "o-", label=label
             )
             ax.plot(
                 xs,
@@ -406,7 +407,7 @@ def write_ledger(rows: list[dict[str, Any]], path: Path, command: str) -> None:
     for r in rows:
         m = r["metrics"]
         cells = [r["run"], *(_fmt(r["params"].get(k)) for k in shown)]
-        cells += [" / ".join(_fmt(m.get(f"{p}/R@{k}")) for k in ks) for p in ("base", "visa")]
+        cells += [" / ".join(_fmt(m.get(f"{p}/R@{k}")) for k in ks) for p in (BASE, RERANKED)]
         cells += [_fmt(m.get("calls/computed")), _fmt(m.get("time/total"))]
         # a cell is text, never markup: Markdown renderers take raw HTML (<img>, <details>) and pipes
         lines.append("| " + " | ".join(html.escape(c, quote=False).replace("|", "\\|") for c in cells) + " |")

@@ -28,6 +28,7 @@ from visa.tracking import Logger
 
 T = TypeVar("T")
 
+
 class SecretInConfig(VisaError):
     """A secret-looking key in a config file (the command line refuses them before Hydra, `visa.entry`)."""
 

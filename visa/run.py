@@ -17,11 +17,20 @@ from visa import entry
 from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
 from visa.cli import run_command
 from visa.config import (
+    ANSWER_MLLM,
+    BACKBONE,
+    DATASET,
+    DESCRIBER,
+    FUSION,
     GROUPS,
+    LOGGER,
+    NORMALIZER,
+    QUESTION_LLM,
+    SCORER,
     SecretInConfig,
     _import_target,
+    build,
     check_part,
-    instantiate_part,
     register,
     settings_from,
 )
@@ -30,9 +39,11 @@ from visa.core.loading import quiet_loaders
 from visa.data import Dataset, Query, check_modalities
 from visa.data.banks import Bank, read_bank
 from visa.method.keys import visual_keys
+from visa.method.metrics import BASE, RERANKED
 from visa.method.parts import Components
 from visa.method.pipeline import evaluate_precomputed, run_visa
 from visa.method.records import ResultsFile, ResultsFileError, ResultsReader
+from visa.method.rerankers.visa import VisaReranker
 
 log = logging.getLogger("visa")
 register()
@@ -40,10 +51,10 @@ register()
 
 def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
     header = f"{'':<12}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
-    subset = [k for k in (1, 2, 3) if f"base/R_subset@{k}" in metrics]  # CIRR's Recall_subset
+    subset = [k for k in (1, 2, 3) if f"{BASE}/R_subset@{k}" in metrics]  # CIRR's Recall_subset
     header += "".join(f"{'Rs@' + str(k):>8}" for k in subset)
     rows = [header]
-    for label, prefix in (("backbone", "base"), ("+ VISA", "visa")):
+    for label, prefix in (("backbone", BASE), ("+ VISA", RERANKED)):
         cells = [metrics[f"{prefix}/R@{k}"] for k in ks] + [metrics[f"{prefix}/R_subset@{k}"] for k in subset]
         rows.append(f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells))
     return "\n".join(rows)
@@ -134,7 +145,7 @@ def load_bank(cfg: DictConfig, normalizer: Any, dataset: Dataset) -> Bank | None
                 "captions file or a shipped bank (demo) instead"
             )
         node = {**OmegaConf.to_container(cfg.dataset, resolve=True), "split": split}  # type: ignore[dict-item]
-        loader = instantiate_part(OmegaConf.create({"dataset": node}), "dataset")
+        loader = build(OmegaConf.create({"dataset": node}), DATASET)
         texts = getattr(loader, "texts", None)  # the captions alone, without reading the split's media
         return [Query(t, ()) for t in texts()] if callable(texts) else loader.load().queries
 
@@ -166,19 +177,21 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     settings = settings_from(cfg)
     if not settings.progress:
         quiet_loaders()
-    fusion = instantiate_part(cfg, "fusion")
-    dataset = instantiate_part(cfg, "dataset").load()
+    fusion = build(cfg, FUSION)
+    dataset = build(cfg, DATASET).load()
     log.info("dataset %s: %d queries over %d items", dataset.name, len(dataset.queries), len(dataset.gallery))
     if dataset.precomputed is None and cfg.backbone.get("num_nodes", 1) > 1:
-        if not encode_gallery_on_nodes(cfg, dataset, instantiate_part(cfg, "backbone")):
+        if not encode_gallery_on_nodes(cfg, dataset, build(cfg, BACKBONE)):
             return {}  # a helper process of the multi-node gallery encoding: its share is written
-    normalizer = instantiate_part(cfg, "normalizer")
+    normalizer = build(cfg, NORMALIZER)
     bank = load_bank(cfg, normalizer, dataset)
     normalizer_metrics: dict[str, Any] = {"normalizer": _choice(cfg, "normalizer")}
     if bank is not None:
         normalizer_metrics.update({"normalizer/bank": bank.spec, "normalizer/bank_size": len(bank.queries)})
-    logger = instantiate_part(cfg, "logger")
-    logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    logger = build(cfg, LOGGER)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(config, dict)
+    logger.start(config, run_dir)
     results_file = ResultsFile(run_dir / settings.results_file)
     cache_path: Path | None = None
     try:
@@ -194,11 +207,13 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             backbone_class = _import_target(cfg.backbone._target_, "backbone")
             check_modalities(dataset, backbone_class, _choice(cfg, "backbone"))
             parts = Components(
-                backbone=instantiate_part(cfg, "backbone"),
-                question_llm=instantiate_part(cfg, "question_llm"),
-                answer_mllm=instantiate_part(cfg, "answer_mllm"),
-                describer=instantiate_part(cfg, "describer"),
-                scorer=instantiate_part(cfg, "scorer"),
+                backbone=build(cfg, BACKBONE),
+                reranker=VisaReranker(
+                    question_llm=build(cfg, QUESTION_LLM),
+                    answer_mllm=build(cfg, ANSWER_MLLM),
+                    describer=build(cfg, DESCRIBER),
+                    scorer=build(cfg, SCORER),
+                ),
                 fusion=fusion,
                 normalizer=normalizer,
                 bank=bank,

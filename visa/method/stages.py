@@ -6,7 +6,7 @@ each stage here and reads the rest from the shared cache."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -238,6 +238,3 @@ class Run:
         fix = f"check the scorer's weights and dtype ({str(ident)[:160]})"
         check_finite(np.array(scores, dtype=np.float32), "the scorer's score", [q for q, _ in pairs], fix)
         return scores
-
-
-StageFunction = Callable[[str, list[str], list[Any], Stream, Any], list[Any]]
