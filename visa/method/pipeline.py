@@ -16,7 +16,7 @@ import torch
 
 from visa.cache import Store
 from visa.data import Dataset
-from visa.method import prompts
+from visa.method import replies
 from visa.method.evaluate import evaluate
 from visa.method.fusion import Fusion, rerank
 from visa.method.keys import item_fingerprint
@@ -137,7 +137,7 @@ def evaluate_precomputed(
     run.timed("evaluate", t0)
     metrics.update(run.runner.report(model_stages=()))
     questions = pre.questions or [[] for _ in dataset.queries]
-    scored = Scored(text_scores, [question_fields(prompts.Questions([], qs, True)) for qs in questions])
+    scored = Scored(text_scores, [question_fields(replies.Questions([], qs, True)) for qs in questions])
     queries = range(len(dataset.queries))
     results = result_records(dataset, queries, candidates, base_scores, visa_order, fused, scored)
     return metrics, results

@@ -14,8 +14,8 @@ import torch
 from visa.core.abilities import Closable, Counting
 from visa.data import Dataset, Item, Query
 from visa.generation import Generator
-from visa.method import prompts
-from visa.method.passages import composed_query_text, item_passage_text
+from visa.method import replies
+from visa.method.passages import build_passage, composed_query_text, item_passage_text
 from visa.method.rerankers import Scored
 from visa.method.settings import Settings
 from visa.method.stages import Run
@@ -25,7 +25,7 @@ from visa.scorers import Scorer
 def build_passages(
     dataset: Dataset,
     top: torch.Tensor,
-    questions: list[prompts.Questions],
+    questions: list[replies.Questions],
     answers: list[list[list[str]]],
     descriptions: dict[str, str],
     separator: str,
@@ -34,7 +34,7 @@ def build_passages(
     rows of `top`, `questions` and `answers` are the same queries (all of them, or a block)."""
     return [
         [
-            prompts.build_passage(
+            build_passage(
                 answers[qi][r],
                 item_passage_text(dataset.gallery[gi], descriptions[dataset.gallery[gi].id]),
                 questions[qi].parsed,
@@ -68,7 +68,7 @@ def describe_candidates(run: Run, describer: Generator, top: torch.Tensor) -> di
 
 
 def question_metrics(
-    questions: list[prompts.Questions], tries: list[tuple[int, int]], settings: Settings
+    questions: list[replies.Questions], tries: list[tuple[int, int]], settings: Settings
 ) -> dict[str, Any]:
     """How the question LLM did: queries that fell back to the generic questions (count and percent), the
     re-asks, the questions left out as copies or repeats, the queries whose questions were topped up from
@@ -88,7 +88,7 @@ def question_metrics(
     return out
 
 
-def question_fields(questions: prompts.Questions) -> dict[str, Any]:
+def question_fields(questions: replies.Questions) -> dict[str, Any]:
     """A query's questions as its results.jsonl record shows them."""
     return {
         "key_phrases": questions.key_phrases,
@@ -108,7 +108,7 @@ class VisaReranker:
         self.settings = Settings()
         self.descriptions: dict[str, str] = {}
         self.query_texts: dict[int, str] = {}  # by query index: the query as the text stages read it
-        self.questions: dict[int, prompts.Questions] = {}
+        self.questions: dict[int, replies.Questions] = {}
         self.question_tries: list[tuple[int, int]] = []
 
     def generators(self) -> dict[str, Generator]:
