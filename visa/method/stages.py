@@ -20,8 +20,9 @@ from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
 from visa.data import Dataset, Item
 from visa.generation import Generator, StreamingGenerator
-from visa.method import prompts, replies
+from visa.method import prompts
 from visa.method.keys import item_fingerprint, visual_keys, with_reference
+from visa.method.replies import Questions, parse_all_answers, parse_questions, top_up
 from visa.method.settings import Settings
 from visa.method.shard import SHARED_STAGES, wait_for_others
 from visa.scorers import Scorer
@@ -129,7 +130,7 @@ class Run:
         texts = self.stage("describe", keys, ps, generator_stream(describer), ident)
         return {i.id: t for i, t in zip(items, texts)}
 
-    def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[replies.Questions]:
+    def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[Questions]:
         """Questions for every query, generated once at questions.max; the first questions.num distinct ones
         are used. `query_texts`: each query as the LLM reads it (a composed query with its reference's
         description; default: the query texts).
@@ -139,7 +140,7 @@ class Run:
         copies of the prompt's examples and repeats are left out) is asked again, up to questions.retries
         times, each retry sampled at questions.retry_temperature with its own seed (the generator's seed +
         the retry's number), before the query falls back to the generic questions. Constrained, a retry tops
-        up the distinct questions of the tries before it (`replies.top_up`); unconstrained, each try stands
+        up the distinct questions of the tries before it (`top_up`); unconstrained, each try stands
         alone (the reference's re-sampling). Every try is cached under its own key."""
         settings = self.settings.questions
         n = settings.max
@@ -150,7 +151,7 @@ class Run:
         first = [
             prompts.question_prompt(t, n, kind, settings.prompt, settings.constrained) for t in query_texts
         ]
-        parsed: list[replies.Questions] = []
+        parsed: list[Questions] = []
         pending = list(range(len(first)))
         for attempt in range(settings.retries + 1):
             ps = [
@@ -168,9 +169,9 @@ class Run:
                 for p, i in zip(ps, pending)
             ]
             replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity)
-            tried = [replies.parse_questions(r, n, settings.num, kind) for r in replies]
+            tried = [parse_questions(r, n, settings.num, kind) for r in replies]
             if attempt > 0 and settings.constrained:
-                tried = [replies.top_up(parsed[i], q, n, settings.num) for i, q in zip(pending, tried)]
+                tried = [top_up(parsed[i], q, n, settings.num) for i, q in zip(pending, tried)]
             if attempt == 0:
                 parsed = tried
             for i, q in zip(pending, tried):
@@ -187,7 +188,7 @@ class Run:
     def answer(
         self,
         answer_mllm: Generator,
-        questions: list[replies.Questions],
+        questions: list[Questions],
         candidates: torch.Tensor,
         descriptions: dict[str, str],
     ) -> list[list[list[str]]]:
@@ -220,7 +221,7 @@ class Run:
         answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
         for (qi, rank), text in zip(slots, texts):
             if mode == "per_candidate":
-                answers[qi][rank].extend(replies.parse_all_answers(text, len(questions[qi].questions)))
+                answers[qi][rank].extend(parse_all_answers(text, len(questions[qi].questions)))
             else:
                 answers[qi][rank].append(text)
         return answers
