@@ -130,14 +130,14 @@ def evaluate_precomputed(
     k = min(settings.retrieval.top_k, depth)
     text_scores = torch.from_numpy(pre.text_scores).gather(1, candidates[:, :k])
     fused = fusion(base_scores[:, :k], text_scores)
-    visa_order = rerank(candidates, fused)
+    order = rerank(candidates, fused)
     run.timed("fuse", t0)
     t0 = time.perf_counter()
-    metrics: dict[str, Any] = evaluate(dataset, {BASE: candidates, RERANKED: visa_order}, settings.recall_at)
+    metrics: dict[str, Any] = evaluate(dataset, {BASE: candidates, RERANKED: order}, settings.recall_at)
     run.timed("evaluate", t0)
     metrics.update(run.runner.report(model_stages=()))
     questions = pre.questions or [[] for _ in dataset.queries]
     scored = Scored(text_scores, [question_fields(replies.Questions([], qs, True)) for qs in questions])
     queries = range(len(dataset.queries))
-    results = result_records(dataset, queries, candidates, base_scores, visa_order, fused, scored)
+    results = result_records(dataset, queries, candidates, base_scores, order, fused, scored)
     return metrics, results
