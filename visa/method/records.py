@@ -1,7 +1,8 @@
-"""results.jsonl: one record per query with its base and re-ranked top-K, its questions and, when the
-model stages ran, each candidate's answers and passage. Records are written as they are made
-(`ResultsFile`), a block of queries at a time, so a run never holds every query's answers at once; a name
-ending in `.gz` (`results_file=results.jsonl.gz`) writes it gzip-compressed. `read_results` reads either."""
+"""results.jsonl: one record per query with its base and re-ranked top-K and the fields its re-ranker adds
+(VISA: the query's questions and, when the model stages ran, each candidate's answers and passage). Records
+are written as they are made (`ResultsFile`), a block of queries at a time, so a run never holds every
+query's answers at once; a name ending in `.gz` (`results_file=results.jsonl.gz`) writes it gzip-compressed.
+`read_results` reads either."""
 
 from __future__ import annotations
 
