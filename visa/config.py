@@ -84,11 +84,11 @@ class VisaConfig(Settings):
 
 
 def _part_groups() -> tuple[Group[Any], ...]:
-    groups = tuple(f.metadata["group"] for f in fields(VisaConfig) if "group" in f.metadata)
-    for f, group in zip((f for f in fields(VisaConfig) if "group" in f.metadata), groups):
-        if f.name != group.name:  # a programming error: the field and its group must agree
-            raise AssertionError(f"VisaConfig.{f.name} is declared with {group!r}")
-    return groups
+    declared = [(f.name, f.metadata["group"]) for f in fields(VisaConfig) if "group" in f.metadata]
+    for name, group in declared:
+        if name != group.name:  # a programming error: the field and its group must agree
+            raise AssertionError(f"VisaConfig.{name} is declared with {group!r}")
+    return tuple(group for _, group in declared)
 
 
 PART_GROUPS = _part_groups()
