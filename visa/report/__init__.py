@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from visa.core.errors import VisaError
+from visa.report.page import esc
 from visa.report.plots import PLOTS
 from visa.report.queries import PER_PAGE, Gallery, Thumbnails, _slug, write_pair_pages, write_run_pages
 from visa.report.runs import labels, load_runs, swept_params
@@ -25,10 +26,14 @@ def build(
     rows = load_runs(sources)
     out.mkdir(parents=True, exist_ok=True)
     write_csv(rows, out / "runs.csv")
-    plots = []
+    plots, notes = [], []
     for name, title, plot, caption in PLOTS:
         if plot(rows, out / name) is not None:
             plots.append((name, title, caption(rows) if caption else ""))
+        elif caption is not None:  # say why a plot that explains itself is missing
+            notes.append(
+                f'<p class="muted" id="no-{esc(name.split(".")[0])}">{esc(title)}: {esc(caption(rows))}</p>'
+            )
     names = labels(rows)
     pages: dict[int, str] = {}
     extra = ""
@@ -52,7 +57,7 @@ def build(
                 f"A against B</a>: A ranks the ground truth higher in {result['A-better']} queries, B in "
                 f"{result['B-better']}, the same in {result['same']}.</p>"
             )
-    write_html(rows, plots, out / "index.html", query_pages=pages, extra=extra)
+    write_html(rows, plots, out / "index.html", query_pages=pages, extra="".join(notes) + extra)
     return rows
 
 

@@ -34,6 +34,20 @@ def plain(text: str) -> str:
     return " " + text if text.startswith("_") else text
 
 
+LABEL_CHARS = 28  # a point's label longer than this: the points are named by run folder instead
+
+
+def wrap(text: str, width: int = 40) -> str:
+    """A run's label on lines of about `width` characters, broken between settings (` · `)."""
+    lines: list[str] = []
+    for part in text.split(" · "):
+        if lines and len(lines[-1]) + 3 + len(part) <= width:
+            lines[-1] += " · " + part
+        else:
+            lines.append(part)
+    return "\n".join(lines)
+
+
 def _label(params: dict[str, Any], keys: Sequence[str]) -> str:
     return plain(", ".join(f"{k}={show(params.get(k))}" for k in keys) or "runs")
 
@@ -106,6 +120,59 @@ def pareto_caption(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _place_labels(ax: Any, pts: list[tuple[float, float]], texts: list[str], size: float = 7.5) -> None:
+    """Label points without letting labels cover each other: points closer than a marker are labelled
+    together (`a; b; +3`), and each label takes the first spot around its point that is free."""
+    ax.get_xlim(), ax.get_ylim()  # settle the limits (autoscaling is lazy) before reading positions
+    screen = [tuple(ax.transData.transform(p)) for p in pts]
+    clusters: list[list[int]] = []
+    for i, (x, y) in enumerate(screen):
+        for cluster in clusters:
+            cx, cy = screen[cluster[0]]
+            if abs(cx - x) < 9 and abs(cy - y) < 9:
+                cluster.append(i)
+                break
+        else:
+            clusters.append([i])
+    height = size * 100 / 72 + 2  # pixels at the figure's 100 dpi
+    taken = [(x - 5, y - 5, x + 5, y + 5) for x, y in screen]  # the markers themselves
+    left, bottom, right, top = ax.bbox.extents
+    for cluster in sorted(clusters, key=lambda c: screen[c[0]]):
+        names = [texts[i] for i in cluster]
+        text = "; ".join(names[:3]) + (f"; +{len(names) - 3}" if len(names) > 3 else "")
+        width = 0.58 * height * len(text)
+        x, y = screen[cluster[0]]
+        rises = [3.0]
+        for n in range(1, 6):  # further and further up and down, joined to the point by a thin line
+            rises += [-3 - n * height, 3 + n * height]
+        spots = [(dx, dy) for dy in rises for dx in (6, -6 - width)]
+
+        def overlap(spot: tuple[float, float]) -> float:
+            x0, y0 = x + spot[0], y + spot[1]
+            box = (x0, y0, x0 + width, y0 + height)
+            outside = (box[0] < left) + (box[2] > right) + (box[1] < bottom) + (box[3] > top)
+            covered = sum(
+                max(0.0, min(box[2], t[2]) - max(box[0], t[0]))
+                * max(0.0, min(box[3], t[3]) - max(box[1], t[1]))
+                for t in taken
+            )
+            return outside * 1e9 + covered
+
+        chosen = min(spots, key=lambda spot: (overlap(spot) > 0, overlap(spot)))  # the first free one
+        dx, dy = chosen
+        taken.append((x + dx, y + dy, x + dx + width, y + dy + height))
+        ax.annotate(
+            plain(text),
+            pts[cluster[0]],
+            xytext=(dx * 72 / 100, dy * 72 / 100),
+            textcoords="offset points",
+            fontsize=size,
+            color="#222222",
+            va="bottom",
+            arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.6} if abs(dy) > height else None,
+        )
+
+
 def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Figure | None:
     """Quality (the primary re-ranked metric) against cost per query, one point per run labelled by the
     settings that differ, the Pareto front drawn, the backbone's quality as a reference line."""
@@ -155,29 +222,25 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Figure | None:
     ax.scatter(
         fx, fy, s=70, color="#d9480f", edgecolors="black", linewidths=0.6, zorder=4, label="run on the front"
     )
-    # One label per position: runs that land on the same point share it (their labels joined)
-    at: dict[tuple[float, float], list[str]] = {}
-    for (row, name), p in zip(who, pts, strict=True):
-        short = " · ".join(show(row["params"].get(k)) for k in keys) if keys else name
-        at.setdefault(p, []).append(short)
-    for n, (p, shorts) in enumerate(sorted(at.items())):
-        text = "; ".join(shorts) if len(shorts) <= 3 else f"{'; '.join(shorts[:3])}; +{len(shorts) - 3}"
-        ax.annotate(
-            plain(text),
-            p,
-            xytext=(6, 6 if n % 2 == 0 else -12),
-            textcoords="offset points",
-            fontsize=7.5,
-            color="#333333",
-        )
+    xs = [p[0] for p in pts]
+    if min(xs) > 0 and max(xs) / min(xs) > 30:  # a cold run next to cached reruns: orders of magnitude apart
+        ax.set_xscale("log")
+    ax.margins(x=0.12, y=0.12)
+    ax.autoscale_view()
     ax.set_xlabel(axis)
     ax.set_ylabel(f"re-ranked {metric} (%)")
-    key_text = " · ".join(keys) if keys else "run"
-    ax.set_title(f"{metric} against cost — points labelled {plain(key_text)}", fontsize=10)
+    shorts = [" · ".join(show(row["params"].get(k)) for k in keys) if keys else name for row, name in who]
+    if keys and max(len(t) for t in shorts) > LABEL_CHARS:  # many settings: name points by their folder
+        shorts = [row["run"] for row, _ in who]
+        named = "points named by run folder (grey in the table)"
+    else:
+        named = "points labelled " + (" · ".join(keys) if keys else "by run")
+    ax.set_title(f"{metric} against cost\n" + plain(wrap(named, 95)), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.margins(x=0.12, y=0.12)
     ax.legend(fontsize=8, loc="best", framealpha=0.9)
     fig.tight_layout()
+    # labels last: placing them needs the points where the final layout puts them
+    _place_labels(ax, pts, shorts)
     fig.savefig(path, dpi=100)
     return fig
 
@@ -200,6 +263,8 @@ def plot_recall_vs_alpha(rows: list[dict[str, Any]], path: Path) -> Figure | Non
     lines: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         lines.setdefault(_label(row["params"], line_keys), []).append(row)
+    if all(len(members) < 2 for members in lines.values()):
+        return None  # no setting was swept along alpha with the rest fixed: no line to draw
     fig = _figure((4.0 * len(ks), 3.9))
     axes = fig.subplots(1, len(ks), squeeze=False)
     for ax, k in zip(axes[0], ks, strict=True):
@@ -246,23 +311,26 @@ def plot_recall_vs_alpha(rows: list[dict[str, Any]], path: Path) -> Figure | Non
 
 def plot_gain(rows: list[dict[str, Any]], path: Path) -> Figure | None:
     """The re-ranker's gain over the backbone (R@K points) per run, one bar per K, runs named by what
-    differs."""
+    differs (bars across, so that long names stay readable)."""
     ks = recall_ks(rows)
     if not ks:
         return None
-    names = [plain(n) for n in labels(rows)]
-    fig = _figure((max(6.0, 0.45 * len(rows) * max(1, len(ks)) + 1.5), 4.2))
+    names = [plain(wrap(n)) for n in labels(rows)]
+    lines = sum(n.count("\n") + 1 for n in names)
+    fig = _figure((8.0, max(2.8, 0.16 * lines + 0.12 * len(rows) * len(ks) + 1.4)))
     ax = fig.subplots()
-    width = 0.8 / len(ks)
+    height = 0.8 / len(ks)
     for i, k in enumerate(ks):
-        xs = [j + i * width for j in range(len(rows))]
-        ax.bar(xs, [r["metrics"].get(f"gain/R@{k}", math.nan) for r in rows], width, label=f"R@{k}")
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
-    ax.set_xticklabels(names, rotation=50, ha="right", fontsize=7)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_ylabel("re-ranked - backbone (points)")
+        ys = [j + i * height for j in range(len(rows))]
+        ax.barh(ys, [r["metrics"].get(f"gain/R@{k}", math.nan) for r in rows], height, label=f"R@{k}")
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(rows))])
+    ax.set_yticklabels(names, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", linewidth=0.8)
+    ax.set_xlabel("re-ranked - backbone (points)")
     ax.set_title("Gain over the backbone")
-    ax.legend(fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=8, loc="best", framealpha=0.9)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     return fig
@@ -274,8 +342,9 @@ def plot_stage_time(rows: list[dict[str, Any]], path: Path) -> Figure | None:
     names = stages(rows)
     if not names:
         return None
-    run_names = [plain(n) for n in labels(rows)]
-    fig = _figure((8.0, max(2.6, 0.28 * len(rows) + 1.4)))
+    run_names = [plain(wrap(n)) for n in labels(rows)]
+    lines = sum(n.count("\n") + 1 for n in run_names)
+    fig = _figure((8.0, max(2.6, 0.16 * lines + 0.12 * len(rows) + 1.4)))
     ax = fig.subplots()
     left = [0.0] * len(rows)
     for name in names:

@@ -140,7 +140,8 @@ def _rank_key(rank: int | None, depth: int) -> int:
 
 
 def _rank_text(rank: int | None, depth: int) -> str:
-    return str(rank) if rank is not None else f">{depth}"
+    """A rank as shown: `3`, or `&gt;10` (escaped, ready for the page) when not in the top-K."""
+    return str(rank) if rank is not None else f"&gt;{depth}"
 
 
 def query_summary(record: dict[str, Any]) -> dict[str, Any]:
@@ -370,19 +371,18 @@ ul.moves { columns: 2; }
 QUERY_SCRIPT = r"""
 const sections = Array.from(document.querySelectorAll("section.q"));
 const list = document.getElementById("queries");
-let filter = "all", order = "index";
+let filter = "all", order = "pos";  // pos: the order the pages were written in
 function apply() {
   let shown = 0;
   sections.forEach((s) => { const on = filter === "all" || s.dataset.status === filter; s.hidden = !on; shown += on; });
-  const key = (s) => order === "index" ? +s.dataset.index : order === "up" ? -s.dataset.change : +s.dataset.change;
-  sections.slice().sort((a, b) => key(a) - key(b) || a.dataset.index - b.dataset.index)
+  const key = (s) => order === "pos" ? +s.dataset.pos : order === "up" ? -s.dataset.change : +s.dataset.change;
+  sections.slice().sort((a, b) => key(a) - key(b) || a.dataset.pos - b.dataset.pos)
     .forEach((s) => list.appendChild(s));
   document.querySelectorAll("[data-filter]").forEach((b) => b.classList.toggle("on", b.dataset.filter === filter));
   document.querySelectorAll("[data-order]").forEach((b) => b.classList.toggle("on", b.dataset.order === order));
   document.body.dataset.shown = shown;
-  document.body.dataset.visibleOrder = sections.filter((s) => !s.hidden).map((s) => s.dataset.index)
-    .sort((a, b) => Array.prototype.indexOf.call(list.children, document.getElementById("q" + a))
-                  - Array.prototype.indexOf.call(list.children, document.getElementById("q" + b))).join(",");
+  document.body.dataset.visibleOrder = Array.from(list.children).filter((s) => !s.hidden)
+    .map((s) => s.dataset.index).join(",");
 }
 document.querySelectorAll("[data-filter]").forEach((b) => b.addEventListener("click", () => { filter = b.dataset.filter; apply(); }));
 document.querySelectorAll("[data-order]").forEach((b) => b.addEventListener("click", () => { order = b.dataset.order; apply(); }));
@@ -409,6 +409,14 @@ window.addEventListener("load", () => {
   d.imagesLoaded = ok + "/" + images.length;
   d.pageWidth = document.documentElement.scrollWidth;
   d.viewWidth = window.innerWidth;
+  // where each list shows the ground truth, as drawn (0: not shown): for checks of what a person sees
+  sections.forEach((s) => {
+    s.dataset.shownRanks = Array.from(s.querySelectorAll(".strip")).map((st) => {
+      const figs = Array.from(st.querySelectorAll("figure"));
+      const at = figs.findIndex((f) => f.classList.contains("gt") && f.getBoundingClientRect().width > 0);
+      return at + 1;
+    }).join(",");
+  });
   const target = location.hash.match(/^#q\d+$/) && document.querySelector(location.hash);
   if (target) target.scrollIntoView();
 });
@@ -453,6 +461,7 @@ def _write_pages(
     for summary, section in stream():
         pos = position[summary["index"]]
         with open(parts / f"{pos // per_page}.jsonl", "a", encoding="utf-8") as f:
+            section = section.replace("<section ", f'<section data-pos="{pos}" ', 1)
             f.write(json.dumps([pos, section]) + "\n")
     for n in range(pages):
         with open(parts / f"{n}.jsonl", encoding="utf-8") as f:
@@ -518,7 +527,7 @@ def _index_page(
     for heading, chosen in moves:
         if chosen:
             items = "".join(
-                f'<li><a href="{_page_name(s["page"])}#q{s["index"]}">#{s["index"]}</a> {esc(s["text"])}</li>'
+                f'<li><a href="{_page_name(s["page"])}#q{s["index"]}">#{s["index"]}</a> {s["text"]}</li>'
                 for s in chosen
             )
             lists += f"<h2>{esc(heading)}</h2><ul class='moves'>{items}</ul>"
@@ -533,7 +542,7 @@ def _index_page(
 
 
 RUN_FILTERS = [("helped", "helped"), ("hurt", "hurt"), ("unchanged", "unchanged")]
-RUN_ORDERS = [("index", "query order"), ("up", "most helped first"), ("down", "most hurt first")]
+RUN_ORDERS = [("pos", "query order"), ("up", "most helped first"), ("down", "most hurt first")]
 
 
 def write_run_pages(
@@ -586,7 +595,7 @@ def write_run_pages(
             s = chosen[record["index"]]
             s["text"] = (
                 f"ground truth {_rank_text(s['before'], s['depth'])} → "
-                f"{_rank_text(s['after'], s['depth'])}: {record.get('query', '')}"
+                f"{_rank_text(s['after'], s['depth'])}: {esc(record.get('query', ''))}"
             )
     _index_page(
         folder, title, subtitle, summaries, RUN_FILTERS, back, [("Helped most", helped), ("Hurt most", hurt)]
@@ -595,7 +604,7 @@ def write_run_pages(
 
 
 PAIR_FILTERS = [("A-better", "A better"), ("B-better", "B better"), ("same", "same rank")]
-PAIR_ORDERS = [("index", "query order"), ("up", "A better first"), ("down", "B better first")]
+PAIR_ORDERS = [("pos", "disagreements first"), ("up", "A better first"), ("down", "B better first")]
 
 
 def _pairs(a: Path, b: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:

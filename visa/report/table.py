@@ -29,9 +29,15 @@ RUN_COST = (("calls/computed", "computed"), ("calls/cached", "cached"), ("time/t
 QUESTIONS = (("questions/fallback_share", "fallback %"),)
 
 
+NAME_ORDER = {"R": 0, "R_subset": 1, "mAP": 2, "nDCG": 3, "MRR": 4}
+
+
 def _name_key(name: str) -> tuple:
-    """R@1 < R@5 < R@10; mAP@50 < nDCG@50 < MRR."""
-    return tuple(int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name))
+    """R@1 < R@5 < R@10; mAP@50 < nDCG@50 < MRR; any other name after them, by its text."""
+    match = re.fullmatch(r"([A-Za-z_]+)(?:@(\d+))?", name)
+    if match is None:
+        return (len(NAME_ORDER), name, 0)
+    return (NAME_ORDER.get(match.group(1), len(NAME_ORDER)), match.group(1), int(match.group(2) or 0))
 
 
 def metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str, str]]]]:
@@ -41,12 +47,8 @@ def metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str
     families: list[tuple[str, list[tuple[str, str]]]] = []
     for title, pattern in FAMILIES:
         for prefix, order in ORDERS:
-            names = sorted(
-                {k[len(prefix) + 1 :] for k in keys if k.startswith(prefix + "/")}
-                & {k.split("/", 1)[1] for k in keys if "/" in k and pattern.fullmatch(k.split("/", 1)[1])},
-                key=_name_key,
-            )
-            names = [n for n in names if pattern.fullmatch(n)]
+            names = {k.split("/", 1)[1] for k in keys if k.startswith(prefix + "/")}
+            names = sorted((n for n in names if pattern.fullmatch(n)), key=_name_key)
             if names:
                 families.append((f"{title} · {order}", [(f"{prefix}/{n}", n) for n in names]))
     # Per gallery part (FashionIQ's categories): the re-ranked recall of each
@@ -68,6 +70,30 @@ def metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str
     return families
 
 
+def split_constant(
+    rows: list[dict[str, Any]], families: list[tuple[str, list[tuple[str, str]]]]
+) -> tuple[list[tuple[str, list[tuple[str, str]]]], list[tuple[str, list[tuple[str, Any]]]]]:
+    """(families of the columns whose value differs between runs, families of the ones every run has with
+    one value): the latter are shown once above the table, like the settings every run shares (a fusion
+    sweep's backbone recall, say), which leaves the width to what tells runs apart. One run: all columns."""
+    if len(rows) < 2:
+        return families, []
+    varying, constant = [], []
+    for title, cols in families:
+        keep, same = [], []
+        for key, header in cols:
+            values = [r["metrics"].get(key) for r in rows]
+            if values[0] is not None and all(v == values[0] for v in values):
+                same.append((header, values[0]))
+            else:
+                keep.append((key, header))
+        if keep:
+            varying.append((title, keep))
+        if same:
+            constant.append((title, same))
+    return varying, constant
+
+
 def _lower_is_better(key: str) -> bool:
     return key.startswith(("cost/", "calls/computed", "time/", "questions/fallback"))
 
@@ -81,7 +107,7 @@ def columns(rows: list[dict[str, Any]]) -> list[str]:
     for row in rows:
         others += [k for k in row["params"] if k not in swept and k not in others]
     shown = [k for _, cols in metric_columns(rows) for k, _ in cols]
-    rest = sorted({k for r in rows for k in r["metrics"]} - set(shown), key=_name_key)
+    rest = sorted({k for r in rows for k in r["metrics"]} - set(shown))
     return ["run", "group", *swept, *others, "label", "results/digest", *shown, *rest]
 
 
@@ -110,23 +136,26 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 TABLE_STYLE = """
 .common { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; cursor: pointer; margin: 4px 0; }
 .common.open { white-space: normal; }
-.tablewrap { overflow-x: auto; max-width: 100%; }
+.top { display: flex; flex-wrap: wrap; gap: 16px; align-items: flex-start; }
+.tablewrap { overflow-x: auto; max-width: 100%; min-width: 0; }
+.top figure { flex: 1 1 540px; max-width: 820px; }
 table.runs { border-collapse: collapse; font-size: 12px; font-variant-numeric: tabular-nums; }
-table.runs th, table.runs td { border-bottom: 1px solid var(--line); padding: 3px 5px; text-align: right; }
-table.runs thead th { background: #f1f4f7; position: sticky; top: 0; font-weight: 600; white-space: nowrap; }
+table.runs th, table.runs td { border-bottom: 1px solid var(--line); padding: 3px 4px; text-align: right; }
+table.runs thead th { background: #f1f4f7; font-weight: 600; }
 table.runs tr.family th { background: #e4eaf0; text-align: center; border-left: 2px solid #fff;
-                          font-weight: 600; color: #33404d; }
+                          font-weight: 600; color: #33404d; white-space: normal; }
 table.runs th.first, table.runs td.first { border-left: 2px solid var(--line); }
 table.runs th[data-key] { cursor: pointer; user-select: none; }
 table.runs th[aria-sort="ascending"]::after { content: " \\25B2"; font-size: 9px; }
 table.runs th[aria-sort="descending"]::after { content: " \\25BC"; font-size: 9px; }
-table.runs td.run, table.runs th.run { text-align: left; min-width: 150px; max-width: 340px; }
+table.runs td.run, table.runs th.run { text-align: left; min-width: 150px; max-width: 300px; }
 table.runs tbody tr:hover { background: #f6f9fc; }
 td.run .kv { white-space: nowrap; } td.run .kv b { font-weight: 600; }
 td.run .dir { color: var(--muted); font-size: 11px; margin-left: 4px; }
 td.run .flag { color: var(--bad); font-weight: bold; cursor: help; }
 td.best { font-weight: 700; }
 td.pos { color: var(--good); } td.neg { color: var(--bad); }
+table.runs thead th.run { white-space: normal; }
 th.run .sorters button { font-size: 11px; padding: 0 6px; margin: 1px 2px 1px 0; font-weight: normal; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
 figure { margin: 0; max-width: 100%; } figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
@@ -221,8 +250,15 @@ def _cells(rows: list[dict[str, Any]], key: str, first: bool) -> list[str]:
         if gain and isinstance(v, (int, float)) and v != 0:
             classes.append("pos" if v > 0 else "neg")
         cls = f' class="{" ".join(classes)}"' if classes else ""
-        out.append(f'<td data-v="{_sort_value(v)}"{cls}>{esc(number(v, signed=gain))}</td>')
+        text = f"{v:+.1f}" if gain and isinstance(v, float) else number(v, signed=gain)
+        out.append(f'<td data-v="{_sort_value(v)}"{cls}>{esc(text)}</td>')
     return out
+
+
+def _breakable(header: str) -> str:
+    """A column header that may wrap before `@` and after a space (`nDCG` over `@50`) when the page is
+    narrow, and stays on one line when it is not."""
+    return "<wbr>@".join(esc(p) for p in header.split("@"))
 
 
 def _header_key(text: str) -> str:
@@ -245,7 +281,7 @@ def write_html(
     swept = swept_params(rows)
     common = common_params(rows)
     names = labels(rows)
-    families = metric_columns(rows)
+    families, constant = split_constant(rows, metric_columns(rows))
     conflicts = digest_conflicts(rows)
     flagged = {i: members for members in conflicts for i in members}
 
@@ -270,7 +306,7 @@ def write_html(
             cls = ' class="first"' if n == 0 else ""
             col_heads.append(
                 f'<th{cls} data-key="{esc(key)}" data-col="{col}" data-first="{first}" title="{esc(key)}">'
-                f"{esc(header)}</th>"
+                f"{_breakable(header)}</th>"
             )
             col += 1
 
@@ -302,6 +338,15 @@ def write_html(
         body.append("<tr>" + "".join(cells) + "</tr>")
 
     common_text = " · ".join(f"{k}={show(v)}" for k, v in common.items())
+    same_metrics = " · ".join(
+        f"{title} " + ", ".join(f"{h} {number(v, signed=title.endswith('gain'))}" for h, v in values)
+        for title, values in constant
+    )
+    same_line = (
+        f'<p class="common" title="{esc(same_metrics)}"><b>Same result in every run:</b> {esc(same_metrics)}</p>'
+        if same_metrics
+        else ""
+    )
     sources = sorted({r["group"] for r in rows if r["group"]})
     where = f" from {esc(', '.join(sources))}" if sources else ""
     banner = ""
@@ -311,27 +356,31 @@ def write_html(
             '<p class="banner bad" id="digests">Same settings, different rankings (results/digest differs): '
             f"{esc(groups)}. A model that is not deterministic, a cache or code that changed between them.</p>"
         )
-    figures = "\n".join(
+    figures = [
         f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption><b>{esc(t)}</b>. {esc(c)}</figcaption></figure>'
         for f, t, c in plots
-    )
+    ]
+    # the first plot (quality against cost) beside the table when both fit, below it when not
+    beside = figures.pop(0) if figures else ""
     body_html = f"""<h1>{esc(title)}</h1>
 <p id="summary" class="muted">{len(rows)} runs{where}. Differ: <b>{esc(", ".join(swept) or "nothing")}</b>.
 Click a column to sort. Data: <a href="runs.csv">runs.csv</a>.</p>
 <p class="common" title="{esc(common_text)}"><b>Same in every run:</b> {esc(common_text or "nothing")}</p>
+{same_line}
 {banner}
 <p id="status"></p>
-<div class="tablewrap"><table class="runs" id="runs"><thead>
+<div class="top"><div class="tablewrap"><table class="runs" id="runs"><thead>
 <tr class="family">{fam_row}</tr>
-<tr class="cols">{"".join(col_heads)}</tr>
+<tr>{"".join(col_heads)}</tr>
 </thead>
 <tbody>
 {chr(10).join(body)}
 </tbody></table></div>
+{beside}</div>
 {extra}
-<h2>Plots</h2>
+{"<h2>More plots</h2>" if figures else ""}
 <div class="plots">
-{figures}
+{chr(10).join(figures)}
 </div>"""
     path.write_text(document(title, body_html, TABLE_STYLE, TABLE_SCRIPT), encoding="utf-8")
 
