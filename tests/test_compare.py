@@ -459,7 +459,7 @@ def test_user_text_is_shown_as_text_never_as_markup(tmp_path):
     assert "\\| _hidden" in text  # a pipe in a cell is escaped, not a column break
 
 
-# -- in a real browser -----------------------------------------------------------------------------------------
+# -- in a real browser --------------------------------------------------------------------------------------
 @needs_chromium
 def test_demo_sweep_page_fits_1400px_names_runs_and_sorts(tmp_path):
     """The demo's 15-run sweep as a person opens it in a 1400 px window: no sideways scrolling, every run

@@ -53,7 +53,8 @@ def build(
                 (rows[0], rows[1]), pair, folder, thumbs, gallery, "../../index.html", per_page
             )
             extra = (
-                f'<h2>The two runs side by side</h2><p><a id="pair" href="queries/A-vs-B/index.html">every query, '
+                "<h2>The two runs side by side</h2>"
+                f'<p><a id="pair" href="queries/A-vs-B/index.html">every query, '
                 f"A against B</a>: A ranks the ground truth higher in {result['A-better']} queries, B in "
                 f"{result['B-better']}, the same in {result['same']}.</p>"
             )

@@ -15,7 +15,8 @@ body { font: 13px/1.4 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; 
 h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 22px 0 8px; }
 a { color: var(--accent); }
 .muted { color: var(--muted); }
-.banner { border: 1px solid #e0b252; background: #fff6e0; padding: 6px 10px; border-radius: 4px; margin: 8px 0; }
+.banner { border: 1px solid #e0b252; background: #fff6e0; padding: 6px 10px; border-radius: 4px;
+          margin: 8px 0; }
 .banner.bad { border-color: #e57373; background: #fdecea; }
 .good { color: var(--good); } .bad { color: var(--bad); }
 button { font: inherit; border: 1px solid var(--line); background: #f5f7f9; border-radius: 12px;

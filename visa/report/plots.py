@@ -105,19 +105,31 @@ def pareto_caption(rows: list[dict[str, Any]]) -> str:
     if metric is None:
         return "No run has a re-ranked quality metric."
     if cost is None:
-        return f"No run has a cost: no cost/per_query/* keys, nor time/total and data/queries."
+        return "No run has a cost: no cost/per_query/* keys, nor time/total and data/queries."
     name = cost[0]
     note = (
         ""
         if name.startswith("cost/")
         else (
-            " The runs have no cost/per_query/* keys (written by newer runs): wall time per query stands in, and "
+            " The runs have no cost/per_query/* keys (written by newer runs): wall time per query stands in, "
+            "and "
             "cached model calls make it small."
         )
     )
     return (
         f"Re-ranked {metric} against {name}, one point per run; the line joins the runs no other beats.{note}"
     )
+
+
+def _overlap(box: tuple, frame: tuple, taken: list[tuple]) -> float:
+    """How badly a label's box (x0, y0, x1, y1) sits: outside the axes' frame first, then the area it
+    shares with the boxes already taken."""
+    outside = (box[0] < frame[0]) + (box[2] > frame[2]) + (box[1] < frame[1]) + (box[3] > frame[3])
+    covered = sum(
+        max(0.0, min(box[2], t[2]) - max(box[0], t[0])) * max(0.0, min(box[3], t[3]) - max(box[1], t[1]))
+        for t in taken
+    )
+    return outside * 1e9 + covered
 
 
 def _place_labels(ax: Any, pts: list[tuple[float, float]], texts: list[str], size: float = 7.5) -> None:
@@ -146,19 +158,11 @@ def _place_labels(ax: Any, pts: list[tuple[float, float]], texts: list[str], siz
         for n in range(1, 6):  # further and further up and down, joined to the point by a thin line
             rises += [-3 - n * height, 3 + n * height]
         spots = [(dx, dy) for dy in rises for dx in (6, -6 - width)]
-
-        def overlap(spot: tuple[float, float]) -> float:
-            x0, y0 = x + spot[0], y + spot[1]
-            box = (x0, y0, x0 + width, y0 + height)
-            outside = (box[0] < left) + (box[2] > right) + (box[1] < bottom) + (box[3] > top)
-            covered = sum(
-                max(0.0, min(box[2], t[2]) - max(box[0], t[0]))
-                * max(0.0, min(box[3], t[3]) - max(box[1], t[1]))
-                for t in taken
-            )
-            return outside * 1e9 + covered
-
-        chosen = min(spots, key=lambda spot: (overlap(spot) > 0, overlap(spot)))  # the first free one
+        scores = [
+            _overlap((x + dx, y + dy, x + dx + width, y + dy + height), (left, bottom, right, top), taken)
+            for dx, dy in spots
+        ]
+        chosen = spots[min(range(len(spots)), key=lambda i: (scores[i] > 0, scores[i]))]  # the first free one
         dx, dy = chosen
         taken.append((x + dx, y + dy, x + dx + width, y + dy + height))
         ax.annotate(

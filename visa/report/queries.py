@@ -77,7 +77,8 @@ class Thumbnails:
         self._done: dict[str, str | None] = {}
 
     def name(self, item: Item | None) -> str | None:
-        """The thumbnail's file name in `folder` (written now if new), or None: text items, unreadable media."""
+        """The thumbnail's file name in `folder` (written now if new); None for text items and unreadable
+        media."""
         if item is None or item.kind == "text" or not item.path:
             return None
         key = f"{item.kind}:{item.path}"
@@ -180,7 +181,10 @@ class _Renderer:
         classes = "c gt" if gt else "c"
         data = f' data-d="{esc(detail)}" tabindex="0"' if detail else ""
         tip = f"{item_id}{' (ground truth)' if gt else ''}{' · ' + title if title else ''}"
-        return f'<figure class="{classes}"{data} title="{esc(tip)}">{inner}<figcaption>{caption}</figcaption></figure>'
+        return (
+            f'<figure class="{classes}"{data} title="{esc(tip)}">{inner}'
+            f"<figcaption>{caption}</figcaption></figure>"
+        )
 
     def strip(
         self, label: str, top: list[dict[str, Any]], truth: set[str], scores: str, detail: str, note: str = ""
@@ -219,7 +223,8 @@ class _Renderer:
                 f'<div class="cand" id="{esc(detail)}-{esc(entry["id"])}" hidden>'
                 f"<p><b>{esc(entry['id'])}</b> <span class=muted>{esc(scores)}</span></p>{item_text}"
                 f"<p><b>passage the re-ranker scored:</b> {esc(cand.get('passage', '–'))}</p>"
-                f"{'<ol>' + pairs + extra + '</ol>' if pairs or extra else '<p class=muted>no answers</p>'}</div>"
+                + (f"<ol>{pairs}{extra}</ol>" if pairs or extra else "<p class=muted>no answers</p>")
+                + "</div>"
             )
         return "".join(panels)
 
@@ -339,7 +344,8 @@ QUERY_STYLE = """
             z-index: 2; }
 .controls button { margin: 2px 3px 2px 0; }
 section.q { border-bottom: 1px solid var(--line); padding: 10px 0; }
-.qhead { font-size: 14px; margin-bottom: 4px; } .qn { color: var(--muted); font-variant-numeric: tabular-nums; }
+.qhead { font-size: 14px; margin-bottom: 4px; }
+.qn { color: var(--muted); font-variant-numeric: tabular-nums; }
 .qtext { font-weight: 600; }
 .questions { color: var(--muted); font-size: 12px; margin-bottom: 4px; }
 .badge { font-size: 11px; border-radius: 10px; padding: 1px 8px; margin-left: 6px; white-space: nowrap;
@@ -348,7 +354,8 @@ section.q { border-bottom: 1px solid var(--line); padding: 10px 0; }
 .badge.hurt, .badge.B-better { background: #fbe0e0; color: var(--bad); }
 .qbody { display: flex; gap: 14px; align-items: flex-start; }
 .truth { display: flex; flex-direction: column; gap: 4px; flex: none; }
-.lists { display: grid; grid-template-columns: max-content 1fr; gap: 4px 10px; align-items: center; min-width: 0; }
+.lists { display: grid; grid-template-columns: max-content 1fr; gap: 4px 10px; align-items: center;
+         min-width: 0; }
 .rowlabel { font-size: 12px; font-weight: 600; color: #33404d; max-width: 200px; }
 .rowlabel .muted { font-weight: normal; display: block; font-size: 11px; }
 .strip { display: flex; flex-wrap: wrap; gap: 4px; }
@@ -360,7 +367,8 @@ figure.c img, figure.c .ph { width: 88px; height: 66px; object-fit: cover; displ
 figure.c .ph { font-size: 9px; overflow: hidden; padding: 2px; color: #333; text-align: left; }
 figure.c.gt { border-color: var(--good); background: #e7f6ea; }
 figure.c.open { outline: 2px solid var(--accent); }
-.cand { background: #f6f8fa; border: 1px solid var(--line); border-radius: 4px; padding: 6px 10px; margin: 6px 0;
+.cand { background: #f6f8fa; border: 1px solid var(--line); border-radius: 4px; padding: 6px 10px;
+        margin: 6px 0;
         font-size: 12px; } .cand p { margin: 2px 0; } .cand ol { margin: 4px 0; padding-left: 22px; }
 .cand .q { color: var(--muted); }
 table.pages { border-collapse: collapse; } table.pages td, table.pages th { padding: 2px 10px;
@@ -374,18 +382,30 @@ const list = document.getElementById("queries");
 let filter = "all", order = "pos";  // pos: the order the pages were written in
 function apply() {
   let shown = 0;
-  sections.forEach((s) => { const on = filter === "all" || s.dataset.status === filter; s.hidden = !on; shown += on; });
-  const key = (s) => order === "pos" ? +s.dataset.pos : order === "up" ? -s.dataset.change : +s.dataset.change;
+  sections.forEach((s) => {
+    const on = filter === "all" || s.dataset.status === filter;
+    s.hidden = !on;
+    shown += on;
+  });
+  const key = (s) => (order === "pos" ? +s.dataset.pos
+                      : order === "up" ? -s.dataset.change : +s.dataset.change);
   sections.slice().sort((a, b) => key(a) - key(b) || a.dataset.pos - b.dataset.pos)
     .forEach((s) => list.appendChild(s));
-  document.querySelectorAll("[data-filter]").forEach((b) => b.classList.toggle("on", b.dataset.filter === filter));
-  document.querySelectorAll("[data-order]").forEach((b) => b.classList.toggle("on", b.dataset.order === order));
+  const mark = (b, on) => b.classList.toggle("on", on);
+  document.querySelectorAll("[data-filter]").forEach((b) => mark(b, b.dataset.filter === filter));
+  document.querySelectorAll("[data-order]").forEach((b) => mark(b, b.dataset.order === order));
   document.body.dataset.shown = shown;
   document.body.dataset.visibleOrder = Array.from(list.children).filter((s) => !s.hidden)
     .map((s) => s.dataset.index).join(",");
 }
-document.querySelectorAll("[data-filter]").forEach((b) => b.addEventListener("click", () => { filter = b.dataset.filter; apply(); }));
-document.querySelectorAll("[data-order]").forEach((b) => b.addEventListener("click", () => { order = b.dataset.order; apply(); }));
+document.querySelectorAll("[data-filter]").forEach((b) => b.addEventListener("click", () => {
+  filter = b.dataset.filter;
+  apply();
+}));
+document.querySelectorAll("[data-order]").forEach((b) => b.addEventListener("click", () => {
+  order = b.dataset.order;
+  apply();
+}));
 // a click on a candidate shows its passage and answers under the query (a second click hides them)
 list.addEventListener("click", (e) => {
   const fig = e.target.closest("figure[data-d]");
@@ -514,7 +534,8 @@ def _index_page(
         on = [s for s in summaries if s["page"] == n]
         idx = sorted(s["index"] for s in on)
         cells = "".join(
-            f'<td><a href="{_page_name(n)}#filter={esc(key)}">{sum(1 for s in on if s["status"] == key)}</a></td>'
+            f'<td><a href="{_page_name(n)}#filter={esc(key)}">'
+            f"{sum(1 for s in on if s['status'] == key)}</a></td>"
             for key, _ in filters
         )
         rows.append(
@@ -535,7 +556,8 @@ def _index_page(
         f"<h1>{esc(title)}</h1><p class='muted'>{subtitle}</p>"
         f'<div class="nav"><a href="{esc(back)}">comparison</a></div>'
         f"<p id='counts'>{len(summaries)} queries: {totals}.</p>"
-        f"<table class='pages'><thead><tr><th>page</th>{heads}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"<table class='pages'><thead><tr><th>page</th>{heads}</tr></thead>"
+        f"<tbody>{''.join(rows)}</tbody></table>"
         f"{lists}"
     )
     (folder / "index.html").write_text(document(title, body, QUERY_STYLE, ""), encoding="utf-8")

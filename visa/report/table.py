@@ -98,7 +98,7 @@ def _lower_is_better(key: str) -> bool:
     return key.startswith(("cost/", "calls/computed", "time/", "questions/fallback"))
 
 
-# -- runs.csv --------------------------------------------------------------------------------------------------
+# -- runs.csv -----------------------------------------------------------------------------------------------
 def columns(rows: list[dict[str, Any]]) -> list[str]:
     """runs.csv's columns: run, group, the settings that differ, the others, the label and digest, the
     table's metrics, then every other metric (per stage calls, times and costs)."""
@@ -158,7 +158,8 @@ td.pos { color: var(--good); } td.neg { color: var(--bad); }
 table.runs thead th.run { white-space: normal; }
 th.run .sorters button { font-size: 11px; padding: 0 6px; margin: 1px 2px 1px 0; font-weight: normal; }
 .plots { display: flex; flex-wrap: wrap; gap: 12px; }
-figure { margin: 0; max-width: 100%; } figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
+figure { margin: 0; max-width: 100%; }
+figure img { max-width: 100%; height: auto; border: 1px solid var(--line); }
 figcaption { color: var(--muted); max-width: 900px; }
 """
 
@@ -193,7 +194,9 @@ table.querySelectorAll("[data-key]").forEach((th) => th.addEventListener("click"
   const state = th.getAttribute("aria-sort");
   sortBy(th, state ? state === "ascending" : th.dataset.first === "desc");
 }));
-document.querySelectorAll(".common").forEach((p) => p.addEventListener("click", () => p.classList.toggle("open")));
+document.querySelectorAll(".common").forEach((p) => p.addEventListener("click", () => {
+  p.classList.toggle("open");
+}));
 // #sort=KEY or #sort=KEY:desc opens the page sorted (a link that keeps a view; the tests use it too)
 function sortFromHash() {
   const m = /sort=([^&]+)/.exec(decodeURIComponent(location.hash));
@@ -220,7 +223,10 @@ window.addEventListener("load", () => {
   d.labelsVisible = seen.length + "/" + labels.length;
   d.order = Array.from(tbody.rows).map((r) => r.cells[0].dataset.run).join(",");
   const status = document.getElementById("status");
-  if (ok !== images.length) { status.textContent = "missing plots: " + (images.length - ok); status.className = "banner bad"; }
+  if (ok !== images.length) {
+    status.textContent = "missing plots: " + (images.length - ok);
+    status.className = "banner bad";
+  }
 });
 """
 
@@ -343,7 +349,8 @@ def write_html(
         for title, values in constant
     )
     same_line = (
-        f'<p class="common" title="{esc(same_metrics)}"><b>Same result in every run:</b> {esc(same_metrics)}</p>'
+        f'<p class="common" title="{esc(same_metrics)}"><b>Same result in every run:</b> '
+        f"{esc(same_metrics)}</p>"
         if same_metrics
         else ""
     )
@@ -354,10 +361,12 @@ def write_html(
         groups = "; ".join(", ".join(rows[i]["run"] for i in members) for members in conflicts)
         banner = (
             '<p class="banner bad" id="digests">Same settings, different rankings (results/digest differs): '
-            f"{esc(groups)}. A model that is not deterministic, a cache or code that changed between them.</p>"
+            f"{esc(groups)}. A model that is not deterministic, or a cache or code that changed between "
+            "them.</p>"
         )
     figures = [
-        f'<figure><img src="{esc(f)}" alt="{esc(t)}"><figcaption><b>{esc(t)}</b>. {esc(c)}</figcaption></figure>'
+        f'<figure><img src="{esc(f)}" alt="{esc(t)}">'
+        f"<figcaption><b>{esc(t)}</b>. {esc(c)}</figcaption></figure>"
         for f, t, c in plots
     ]
     # the first plot (quality against cost) beside the table when both fit, below it when not
