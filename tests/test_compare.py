@@ -407,6 +407,21 @@ def test_query_pages_without_the_dataset_name_items(tmp_path):
     assert not (out / "thumbs").exists()
 
 
+def test_video_thumbnails_are_a_strip_of_frames_written_once(tmp_path):
+    from helpers.videos import make_video
+
+    from visa.data import Item
+
+    clip = make_video(tmp_path / "clip.mp4", size=(64, 48))
+    thumbs = query_pages.Thumbnails(tmp_path / "thumbs", size=40)
+    name = thumbs.name(Item("clip", str(clip), "video"))
+    with Image.open(tmp_path / "thumbs" / name) as img:
+        assert img.width > 2 * img.height and img.height <= 40  # three frames side by side, small
+    assert thumbs.name(Item("clip", str(clip), "video")) == name  # once
+    assert thumbs.name(Item("t", "", "text", "a caption")) is None
+    assert thumbs.name(Item("gone", str(tmp_path / "gone.jpg"))) is None  # unreadable: a box with the id
+
+
 def test_two_runs_side_by_side_disagreements_first(tmp_path):
     a = [record(i, f"query {i}", COFFEE, [COFFEE, ROCKET], [COFFEE, ROCKET], "rerank_top") for i in range(4)]
     b = [dict(r) for r in a]
