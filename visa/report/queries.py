@@ -366,7 +366,6 @@ figure.c[data-d] { cursor: pointer; }
 figure.c img, figure.c .ph { width: 88px; height: 66px; object-fit: cover; display: block; margin: 0 auto;
                               border-radius: 2px; background: #e9edf1; }
 figure.c img.video { object-fit: contain; background: #111; }  /* a strip of frames, shown whole */
-figure.c img.video { object-fit: contain; background: #111; }  /* a strip of frames, whole */
 figure.c .ph { font-size: 9px; overflow: hidden; padding: 2px; color: #333; text-align: left; }
 figure.c.gt { border-color: var(--good); background: #e7f6ea; }
 figure.c.open { outline: 2px solid var(--accent); }
