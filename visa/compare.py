@@ -25,6 +25,7 @@ from visa.report import build
 from visa.report.plots import (
     PLOTS,
     cost_axis,
+    pareto_caption,
     pareto_front,
     plain,
     plot_gain,
@@ -67,6 +68,7 @@ __all__ = [
     "load_wandb_group",
     "main",
     "metric_columns",
+    "pareto_caption",
     "pareto_front",
     "plain",
     "plot_gain",

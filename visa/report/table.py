@@ -100,15 +100,15 @@ def _lower_is_better(key: str) -> bool:
 
 # -- runs.csv -----------------------------------------------------------------------------------------------
 def columns(rows: list[dict[str, Any]]) -> list[str]:
-    """runs.csv's columns: run, group, the settings that differ, the others, the label and digest, the
-    table's metrics, then every other metric (per stage calls, times and costs)."""
+    """The columns of `flat` rows: run, group, the settings that differ, the others, the digest, the
+    table's metrics, then every other metric (per stage calls, times and costs). runs.csv adds `label`."""
     swept = swept_params(rows)
     others: list[str] = []
     for row in rows:
         others += [k for k in row["params"] if k not in swept and k not in others]
     shown = [k for _, cols in metric_columns(rows) for k, _ in cols]
     rest = sorted({k for r in rows for k in r["metrics"]} - set(shown))
-    return ["run", "group", *swept, *others, "label", "results/digest", *shown, *rest]
+    return ["run", "group", *swept, *others, "results/digest", *shown, *rest]
 
 
 def flat(row: dict[str, Any]) -> dict[str, Any]:
@@ -123,7 +123,7 @@ def flat(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    cols = columns(rows)
+    cols = [*columns(rows), "label"]
     names = labels(rows)
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
