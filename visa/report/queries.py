@@ -374,7 +374,8 @@ figure.c.open { outline: 2px solid var(--accent); }
         font-size: 12px; } .cand p { margin: 2px 0; } .cand ol { margin: 4px 0; padding-left: 22px; }
 .cand .q { color: var(--muted); }
 table.pages { border-collapse: collapse; } table.pages td, table.pages th { padding: 2px 10px;
-  border-bottom: 1px solid var(--line); text-align: right; } table.pages td:first-child { text-align: left; }
+  border-bottom: 1px solid var(--line); text-align: right; }
+table.pages td:first-child, table.pages th:first-child { text-align: left; }
 ul.moves { columns: 2; }
 """
 
@@ -424,6 +425,8 @@ const hash = new URLSearchParams(location.hash.slice(1));
 if (hash.get("filter")) filter = hash.get("filter");
 if (hash.get("order")) order = hash.get("order");
 apply();
+const opened = hash.get("open") && document.querySelector(`figure[data-d="${CSS.escape(hash.get("open"))}"]`);
+if (opened) opened.click();  // #open=<candidate>: a link to one candidate's passage and answers
 window.addEventListener("load", () => {
   const images = Array.from(document.querySelectorAll("section.q img"));
   const ok = images.filter((img) => img.complete && img.naturalWidth > 0).length;
