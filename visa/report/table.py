@@ -276,7 +276,7 @@ def write_html(
     rows: list[dict[str, Any]],
     plots: list[tuple[str, str, str]],
     path: Path,
-    title: str = "VISA runs",
+    title: str | None = None,
     query_pages: dict[int, str] | None = None,
     extra: str = "",
 ) -> None:
@@ -284,6 +284,9 @@ def write_html(
     every metric family any run wrote (sortable), then the plots ((file, title, caption) each).
     `query_pages` maps a row's position to its per-query pages (a link in its cell)."""
     query_pages = query_pages or {}
+    groups = {Path(r["group"]).name for r in rows if r["group"]}
+    if title is None:  # the sweep's folder names the page: several sweeps open side by side stay apart
+        title = f"Runs of {groups.pop()}" if len(groups) == 1 else "VISA runs"
     swept = swept_params(rows)
     common = common_params(rows)
     names = labels(rows)
