@@ -408,6 +408,16 @@ def test_query_pages_without_the_dataset_name_items(tmp_path):
     assert not (out / "thumbs").exists()
 
 
+def test_a_run_with_an_empty_results_file_leaves_the_others_pages(tmp_path):
+    root = tmp_path / "runs"
+    fake_run(root / "a", 0.5, 1, ["fusion.alpha=0.5"], {"base/R@1": 1.0, "visa/R@1": 2.0}, RECORDS[:1])
+    fake_run(root / "b", 1.0, 1, ["fusion.alpha=1"], {"base/R@1": 1.0, "visa/R@1": 2.0}, [])
+    out = tmp_path / "out"
+    compare.compare([root], out)
+    page = (out / "index.html").read_text()
+    assert "Queries of b: its results file has no records" in page and page.count("queries&nbsp;›") == 1
+
+
 def test_video_thumbnails_are_a_strip_of_frames_written_once(tmp_path):
     from helpers.videos import make_video
 

@@ -12,7 +12,14 @@ from typing import Any
 from visa.core.errors import VisaError
 from visa.report.page import esc
 from visa.report.plots import PLOTS
-from visa.report.queries import PER_PAGE, Gallery, Thumbnails, _slug, write_pair_pages, write_run_pages
+from visa.report.queries import (
+    PER_PAGE,
+    Gallery,
+    Thumbnails,
+    run_folder_name,
+    write_pair_pages,
+    write_run_pages,
+)
 from visa.report.runs import labels, load_runs, swept_params
 from visa.report.table import write_csv, write_html
 
@@ -42,8 +49,14 @@ def build(
         counts = {}
         for i, (row, name) in enumerate(zip(rows, names, strict=True)):
             if row.get("results"):
-                folder = out / "queries" / _slug(row["run"])
-                counts[i] = write_run_pages(row, name, folder, thumbs, gallery, "../../index.html", per_page)
+                folder = out / "queries" / run_folder_name(row["run"])
+                try:
+                    counts[i] = write_run_pages(
+                        row, name, folder, thumbs, gallery, "../../index.html", per_page
+                    )
+                except VisaError as e:  # one run's bad results file leaves the others' pages
+                    notes.append(f'<p class="banner">Queries of {esc(row["run"])}: {esc(e)}</p>')
+                    continue
                 pages[i] = f"queries/{folder.name}/index.html"
         if len(rows) == 2 and len(counts) == 2:
             keys = swept_params(rows)
@@ -62,4 +75,4 @@ def build(
     return rows
 
 
-__all__ = ["VisaError", "build"]
+__all__ = ["build"]

@@ -448,7 +448,7 @@ window.addEventListener("load", () => {
 """
 
 
-def _slug(text: str) -> str:
+def run_folder_name(text: str) -> str:
     """A folder name for a run: its readable part plus a short hash, so two runs never share a folder."""
     readable = re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:60] or "run"
     return f"{readable}-{hashlib.sha1(text.encode()).hexdigest()[:6]}"
@@ -475,7 +475,7 @@ def _write_pages(
     comes, so no more than one record is held at a time. Returns the summaries, each with its `page`."""
     summaries = list(summarize())
     if not summaries:
-        raise VisaError(f"{folder.name}: the results file has no records")
+        raise VisaError("its results file has no records")
     position = {summaries[i]["index"]: p for p, i in enumerate(order(summaries))}
     for s in summaries:
         s["page"] = position[s["index"]] // per_page
