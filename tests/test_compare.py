@@ -161,7 +161,7 @@ def test_rows_params_and_swept(tmp_path):
 def test_groups_come_from_the_config():
     from visa.config import GROUPS
 
-    assert compare.PART_GROUPS == ("experiment", *GROUPS)
+    assert compare.SETTING_GROUPS == ("experiment", *GROUPS)
 
 
 def _metric_run(root: Path, name: str, overrides: list[str], metrics: dict) -> None:

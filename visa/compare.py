@@ -37,7 +37,7 @@ from visa.report.plots import (
 from visa.report.queries import PER_PAGE, query_summary, write_pair_pages, write_run_pages
 from visa.report.runs import (
     KEY_SETTINGS,
-    PART_GROUPS,
+    SETTING_GROUPS,
     common_params,
     digest_conflicts,
     find_run_dirs,
@@ -53,7 +53,7 @@ from visa.report.table import columns, flat, metric_columns, write_csv, write_ht
 
 __all__ = [
     "KEY_SETTINGS",
-    "PART_GROUPS",
+    "SETTING_GROUPS",
     "PLOTS",
     "columns",
     "common_params",

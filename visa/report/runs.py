@@ -19,7 +19,7 @@ from visa.method.metrics import recall_gains
 KEY_SETTINGS = ("fusion.alpha", "questions.num", "questions.max", "retrieval.top_k", "answers.mode")
 # Config groups whose choice (the yaml name, from Hydra's runtime.choices) is a setting: the config's own
 # list of groups, plus `experiment` (a preset over them).
-PART_GROUPS = ("experiment", *GROUPS)
+SETTING_GROUPS = ("experiment", *GROUPS)
 # Metric prefixes of the re-ranked order: `visa/` in runs written before the `reranker` group, `rerank/`
 # after; both are read, and `rerank/` is what the tables and plots show.
 RERANKED = ("rerank", "visa")
@@ -126,7 +126,7 @@ def load_run(run_dir: Path, root: Path | None = None) -> dict[str, Any]:
     overrides = parse_overrides(_load_yaml(hydra_dir / "overrides.yaml") or [])
     params: dict[str, Any] = {}
     choices = hydra.get("runtime", {}).get("choices", {})
-    for part in PART_GROUPS:
+    for part in SETTING_GROUPS:
         if choices.get(part) is not None:
             params[part] = choices[part]
     for key in KEY_SETTINGS:
