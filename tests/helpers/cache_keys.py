@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "cache_keys.json"
-SETTING_GROUPS = {
+PART_GROUPS = {
     "backbone": "encode_text",
     "question_llm": "ask",
     "answer_mllm": "answer",
@@ -64,7 +64,7 @@ def _keys() -> dict[str, str]:
 
     def add(name: str, cfg, group: str) -> None:
         part = instantiate(cfg[group], _convert_="all")
-        stage = SETTING_GROUPS[group]
+        stage = PART_GROUPS[group]
         inputs = fixed[stage]
         if stage == "ask":
             settings = cfg.questions
@@ -73,7 +73,7 @@ def _keys() -> dict[str, str]:
             ).as_key()
         keys[name] = make_key(stage, part.identity(), inputs)
 
-    for group in SETTING_GROUPS:
+    for group in PART_GROUPS:
         for path in sorted((REPO / "conf" / group).glob("*.yaml")):
             name = f"{group}/{path.stem}"
             if name in NEEDS_USER_INPUT:
@@ -84,7 +84,7 @@ def _keys() -> dict[str, str]:
                 keys[name] = f"not built: {type(e).__name__}"
     for path in sorted((REPO / "conf" / "experiment").glob("*.yaml")):
         cfg = _compose([f"experiment={path.stem}"])
-        for group in SETTING_GROUPS:
+        for group in PART_GROUPS:
             if f"{group}/{cfg[group].get('_target_', '')}" in NEEDS_USER_INPUT:
                 continue
             try:
