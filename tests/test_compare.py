@@ -577,7 +577,7 @@ def test_query_pages_in_the_browser(tmp_path):
     hurt = body_state(dump_dom(page.as_uri() + "#filter=hurt", tmp_path / "profile"))
     assert hurt["shown"] == "1" and hurt["visible-order"] == "1"
     # a click on a candidate (here through the page's own link form) opens its passage and answers
-    dom = dump_dom(page.as_uri() + f"#open=d0r-{ASTRONAUT}", tmp_path / "profile")
-    tag = re.search(rf'<div class="cand" id="d0r-{ASTRONAUT}"([^>]*)>(.*?)</div>', dom)
+    dom = dump_dom(page.as_uri() + f"#open=d0-{ASTRONAUT}", tmp_path / "profile")
+    tag = re.search(rf'<div class="cand" id="d0-{ASTRONAUT}"([^>]*)>(.*?)</div>', dom)
     assert tag and "hidden" not in tag.group(1) and "A photo of skimage-astronaut." in tag.group(2)
     screenshot(page.as_uri(), tmp_path / "query_page_1400.png", tmp_path / "profile")

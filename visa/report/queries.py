@@ -204,12 +204,17 @@ class _Renderer:
             f'<div class="strip">{"".join(figures) or "<span class=muted>(empty)</span>"}</div>'
         )
 
-    def details(self, record: dict[str, Any], detail: str, top: list[dict[str, Any]]) -> str:
-        """The hidden panels a click on a candidate opens: its scores, passage and answers."""
+    def details(self, record: dict[str, Any], detail: str, *tops: list[dict[str, Any]]) -> str:
+        """The hidden panels a click on a candidate opens: its scores, passage and answers; one per
+        candidate, whichever of `tops` (the backbone's, the re-ranked) it is in."""
         questions = record.get("questions") or []
         candidates = {c["id"]: c for c in record.get("candidates") or []}
+        merged: dict[str, dict[str, Any]] = {}
+        for top in tops:
+            for entry in top:
+                merged.setdefault(entry["id"], {}).update(entry)
         panels = []
-        for entry in top:
+        for entry in merged.values():
             cand = candidates.get(entry["id"], {})
             scores = " · ".join(f"{k} {entry[k]}" for k in ("score", "base", "text", "fused") if k in entry)
             answers = cand.get("answers") or []
@@ -268,11 +273,10 @@ def run_section(record: dict[str, Any], renderer: _Renderer) -> tuple[dict[str, 
         + '<div class="qbody">'
         + renderer.truth(record)
         + '<div class="lists">'
-        + renderer.strip("backbone", record.get("base_top") or [], truth, "score", d + "b")
-        + renderer.strip("re-ranked", reranked, truth, "fused", d + "r", " (fused score)")
+        + renderer.strip("backbone", record.get("base_top") or [], truth, "score", d)
+        + renderer.strip("re-ranked", reranked, truth, "fused", d, " (fused score)")
         + "</div></div>"
-        + renderer.details(record, d + "b", record.get("base_top") or [])
-        + renderer.details(record, d + "r", reranked)
+        + renderer.details(record, d, record.get("base_top") or [], reranked)
     )
     html_ = (
         f'<section class="q" id="q{record["index"]}" data-status="{s["status"]}" '
@@ -314,11 +318,12 @@ def pair_section(
         f"B {_rank_text(s['b'], s['depth'])} · backbone {_rank_text(s_base['before'], s_base['depth'])}"
         f"{' · lists differ' if s['differ'] else ''}</span>"
     )
-    strips = renderer.strip("backbone", a.get("base_top") or [], truth, "score", d + "b")
+    # each run's candidates open its own panels (their passages and answers may differ)
+    strips = renderer.strip("backbone", a.get("base_top") or [], truth, "score", d + "a")
     if [e["id"] for e in b.get("base_top") or []] != [e["id"] for e in a.get("base_top") or []]:
-        strips += renderer.strip("backbone (B)", b.get("base_top") or [], truth, "score", d + "c")
+        strips += renderer.strip("backbone (B)", b.get("base_top") or [], truth, "score", d + "b")
     strips += renderer.strip(f"A: {names[0]}", reranked_top(a), truth, "fused", d + "a")
-    strips += renderer.strip(f"B: {names[1]}", reranked_top(b), truth, "fused", d + "z")
+    strips += renderer.strip(f"B: {names[1]}", reranked_top(b), truth, "fused", d + "b")
     body = (
         renderer.header(a, badge)
         + '<div class="qbody">'
@@ -326,10 +331,8 @@ def pair_section(
         + '<div class="lists">'
         + strips
         + "</div></div>"
-        + renderer.details(a, d + "b", a.get("base_top") or [])
-        + renderer.details(b, d + "c", b.get("base_top") or [])
-        + renderer.details(a, d + "a", reranked_top(a))
-        + renderer.details(b, d + "z", reranked_top(b))
+        + renderer.details(a, d + "a", a.get("base_top") or [], reranked_top(a))
+        + renderer.details(b, d + "b", b.get("base_top") or [], reranked_top(b))
     )
     html_ = (
         f'<section class="q" id="q{a["index"]}" data-status="{s["status"]}" data-change="{s["change"]}" '
