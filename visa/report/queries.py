@@ -14,6 +14,7 @@ import json
 import re
 import shutil
 from collections.abc import Callable, Iterator
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -638,10 +639,11 @@ PAIR_ORDERS = [("pos", "disagreements first"), ("up", "A better first"), ("down"
 
 
 def _pairs(a: Path, b: Path) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
-    for ra, rb in zip(read_results(a), read_results(b), strict=False):
-        if ra["index"] != rb["index"] or ra.get("query") != rb.get("query"):
+    """The two runs' records of each query, side by side; the two files must hold the same queries."""
+    for line, (ra, rb) in enumerate(zip_longest(read_results(a), read_results(b)), 1):
+        if ra is None or rb is None or ra["index"] != rb["index"] or ra.get("query") != rb.get("query"):
             raise VisaError(
-                f"{a} and {b} do not hold the same queries (query {ra['index']} vs {rb['index']}); "
+                f"{a} and {b} do not hold the same queries (line {line} differs); "
                 "compare two runs of the same dataset"
             )
         yield ra, rb
