@@ -60,7 +60,7 @@ def build(
                 pages[i] = f"queries/{folder.name}/index.html"
         if len(rows) == 2 and len(counts) == 2:
             keys = swept_params(rows)
-            pair = tuple(names) if keys and names[0] != names[1] else (rows[0]["run"], rows[1]["run"])
+            pair = (names[0], names[1]) if keys and names[0] != names[1] else (rows[0]["run"], rows[1]["run"])
             folder = out / "queries" / "A-vs-B"
             result = write_pair_pages(
                 (rows[0], rows[1]), pair, folder, thumbs, gallery, "../../index.html", per_page

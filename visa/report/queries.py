@@ -41,10 +41,10 @@ class Gallery:
         config = Path(run_dir) / ".hydra" / "config.yaml"
         if not config.is_file():
             return {}, f"{config} is missing: the run's dataset is unknown"
-        from omegaconf import OmegaConf
+        from omegaconf import DictConfig, OmegaConf
 
         cfg = OmegaConf.load(config)
-        if "dataset" not in cfg:
+        if not isinstance(cfg, DictConfig) or "dataset" not in cfg:
             return {}, f"{config} has no dataset"
         key = OmegaConf.to_yaml(cfg.dataset) + str(cfg.get("data_dir", ""))
         if key not in self._loaded:

@@ -47,8 +47,8 @@ def metric_columns(rows: list[dict[str, Any]]) -> list[tuple[str, list[tuple[str
     families: list[tuple[str, list[tuple[str, str]]]] = []
     for title, pattern in FAMILIES:
         for prefix, order in ORDERS:
-            names = {k.split("/", 1)[1] for k in keys if k.startswith(prefix + "/")}
-            names = sorted((n for n in names if pattern.fullmatch(n)), key=_name_key)
+            found = {k.split("/", 1)[1] for k in keys if k.startswith(prefix + "/")}
+            names = sorted((n for n in found if pattern.fullmatch(n)), key=_name_key)
             if names:
                 families.append((f"{title} · {order}", [(f"{prefix}/{n}", n) for n in names]))
     # Per gallery part (FashionIQ's categories): the re-ranked recall of each
@@ -361,11 +361,11 @@ def write_html(
     where = f" from {esc(', '.join(sources))}" if sources else ""
     banner = ""
     if conflicts:
-        groups = "; ".join(", ".join(rows[i]["run"] for i in members) for members in conflicts)
+        flagged_runs = "; ".join(", ".join(rows[i]["run"] for i in members) for members in conflicts)
         banner = (
             '<p class="banner bad" id="digests">Same settings, different rankings (results/digest differs): '
-            f"{esc(groups)}. A model that is not deterministic, or a cache or code that changed between "
-            "them.</p>"
+            f"{esc(flagged_runs)}. A model that is not deterministic, or a cache or code that changed "
+            "between them.</p>"
         )
     figures = [
         f'<figure><img src="{esc(f)}" alt="{esc(t)}">'
