@@ -278,6 +278,12 @@ def test_pareto_front_and_the_cost_it_uses(tmp_path):
     assert "1 · 2" in " ".join(texts) and "0 · 1" in " ".join(texts)  # every run labelled by its values
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
     assert "Pareto front" in legend and "backbone alone (50.0)" in legend
+    # runs on two datasets: a front each, in its own colour
+    for n, row in enumerate(rows):
+        row["params"]["dataset"] = "coco" if n < 3 else "flickr30k"
+    figure = compare.plot_pareto(rows, tmp_path / "two.png")
+    legend = [t.get_text() for t in figure.axes[0].get_legend().get_texts()]
+    assert "Pareto front (dataset=coco)" in legend and "Pareto front (dataset=flickr30k)" in legend
 
 
 def test_runs_with_equal_settings_but_different_rankings_are_flagged(tmp_path):

@@ -179,7 +179,8 @@ def _place_labels(ax: Any, pts: list[tuple[float, float]], texts: list[str], siz
 
 def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Figure | None:
     """Quality (the primary re-ranked metric) against cost per query, one point per run labelled by the
-    settings that differ, the Pareto front drawn, the backbone's quality as a reference line."""
+    settings that differ, the Pareto front drawn (one per dataset when the runs span several), the
+    backbone's quality as a reference line."""
     metric, cost = primary_metric(rows), cost_axis(rows)
     if metric is None or cost is None:
         return None
@@ -194,7 +195,6 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Figure | None:
             who.append((row, name))
     if not pts:
         return None
-    front = pareto_front(pts)
     fig = _figure((8.0, 5.0))
     ax = fig.subplots()
     bases = sorted({r["metrics"][f"base/{metric}"] for r, _ in who if f"base/{metric}" in r["metrics"]})
@@ -208,24 +208,46 @@ def plot_pareto(rows: list[dict[str, Any]], path: Path) -> Figure | None:
                 label=f"backbone {metric} = {base:.1f}" if len(bases) > 1 else f"backbone alone ({base:.1f})",
                 zorder=1,
             )
-    others = [i for i in range(len(pts)) if i not in front]
-    ax.scatter(
-        [pts[i][0] for i in others],
-        [pts[i][1] for i in others],
-        s=46,
-        facecolors="white",
-        edgecolors="#4a6785",
-        linewidths=1.4,
-        label="run",
-        zorder=3,
-    )
-    fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
-    ax.plot(
-        fx, fy, "-", color="#d9480f", linewidth=1.6, drawstyle="steps-post", zorder=2, label="Pareto front"
-    )
-    ax.scatter(
-        fx, fy, s=70, color="#d9480f", edgecolors="black", linewidths=0.6, zorder=4, label="run on the front"
-    )
+    # Runs on different datasets are not on one scale of quality: each dataset its own colour and front
+    by_data: dict[str, list[int]] = {}
+    for i, (row, _) in enumerate(who):
+        by_data.setdefault(show(row["params"].get("dataset")) if "dataset" in keys else "", []).append(i)
+    colours = ("#d9480f", "#1c7ed6", "#2b8a3e", "#862e9c", "#e67700", "#495057")
+    for n, (data, members) in enumerate(by_data.items()):
+        colour, suffix = colours[n % len(colours)], f" (dataset={data})" if data else ""
+        front = [members[i] for i in pareto_front([pts[i] for i in members])]
+        others = [i for i in members if i not in front]
+        ax.scatter(
+            [pts[i][0] for i in others],
+            [pts[i][1] for i in others],
+            s=46,
+            facecolors="white",
+            edgecolors=colour if data else "#4a6785",
+            linewidths=1.4,
+            label="run" + suffix,
+            zorder=3,
+        )
+        fx, fy = [pts[i][0] for i in front], [pts[i][1] for i in front]
+        ax.plot(
+            fx,
+            fy,
+            "-",
+            color=colour,
+            linewidth=1.6,
+            drawstyle="steps-post",
+            zorder=2,
+            label="Pareto front" + suffix,
+        )
+        ax.scatter(
+            fx,
+            fy,
+            s=70,
+            color=colour,
+            edgecolors="black",
+            linewidths=0.6,
+            zorder=4,
+            label="run on the front" + suffix,
+        )
     xs = [p[0] for p in pts]
     if min(xs) > 0 and max(xs) / min(xs) > 30:  # a cold run next to cached reruns: orders of magnitude apart
         ax.set_xscale("log")
