@@ -256,9 +256,9 @@ class _Renderer:
         return f'<div class="truth">{"".join(pictures)}</div>'
 
 
-def _badge(before: int | None, after: int | None, depth: int, status: str, what: str = "") -> str:
+def _badge(before: int | None, after: int | None, depth: int, status: str) -> str:
     return (
-        f'<span class="badge {status}">{esc(what)}ground truth {_rank_text(before, depth)} → '
+        f'<span class="badge {status}">ground truth {_rank_text(before, depth)} → '
         f"{_rank_text(after, depth)} · {status}</span>"
     )
 
