@@ -35,11 +35,10 @@ class SecretInConfig(VisaError):
 
 class Group(Generic[T]):
     """A group of parts: `conf/<name>/*.yaml`, each naming in `_target_` a class that satisfies one of
-    `protocols` (the type that `build` returns, checked by mypy and again when a part is built). `compared`:
-    the comparison of runs shows which yaml of the group a run chose (`visa.compare`)."""
+    `protocols` (the type that `build` returns, checked by mypy and again when a part is built)."""
 
-    def __init__(self, name: str, *protocols: Any, compared: bool = True):
-        self.name, self.protocols, self.compared = name, protocols, compared
+    def __init__(self, name: str, *protocols: Any):
+        self.name, self.protocols = name, protocols
 
     def field(self) -> Any:
         """The group's entry in `VisaConfig`: a part chosen by the defaults list or `<name>=...`."""
@@ -55,18 +54,18 @@ QUESTION_LLM: Group[Generator] = Group("question_llm", Generator)
 ANSWER_MLLM: Group[Generator] = Group("answer_mllm", Generator)
 DESCRIBER: Group[Generator] = Group("describer", Generator)
 SCORER: Group[Scorer] = Group("scorer", Scorer)
-FUSION: Group[Fusion] = Group("fusion", Fusion, compared=False)
+FUSION: Group[Fusion] = Group("fusion", Fusion)
 # the base similarity's normaliser (none, nnn, qb_norm, dn); metrics.json names the choice itself
-NORMALIZER: Group[Normalizer] = Group("normalizer", Normalizer, compared=False)
-LOGGER: Group[Logger] = Group("logger", Logger, compared=False)
+NORMALIZER: Group[Normalizer] = Group("normalizer", Normalizer)
+LOGGER: Group[Logger] = Group("logger", Logger)
 
 
 @dataclass
 class VisaConfig(Settings):
     """The schema of `conf/config.yaml`: the parts (each checked against its class by `check_part`) and the
     run's settings, whose defaults and checks live in `visa.method.settings.Settings` alone. The groups
-    declared here are the only list of them: the checks of a run, the parts it builds and the comparison's
-    columns read them from here (`PART_GROUPS`); `conf/config.yaml` chooses each one's default."""
+    declared here are the only list of them: the checks of a run, the parts it builds and the report's
+    settings read them from here (`PART_GROUPS`, `GROUPS`); `conf/config.yaml` chooses each one's default."""
 
     dataset: Any = DATASET.field()
     backbone: Any = BACKBONE.field()

@@ -17,7 +17,7 @@ import torch
 from visa.cache import Store
 from visa.data import Dataset
 from visa.method import replies
-from visa.method.evaluate import evaluate
+from visa.method.evaluate import evaluate, ranking_digest
 from visa.method.fusion import Fusion, rerank
 from visa.method.keys import item_fingerprint
 from visa.method.metrics import BASE, RERANKED
@@ -107,6 +107,7 @@ def run_visa(
     metrics: dict[str, Any] = evaluate(
         dataset, {BASE: candidates, RERANKED: order}, settings.recall_at, retrieved.subset_scores
     )
+    metrics["results/digest"] = ranking_digest(dataset, order)
     run.timed("evaluate", t0)
     metrics.update(reranker.metrics())
     metrics.update(run.report())
@@ -134,6 +135,7 @@ def evaluate_precomputed(
     run.timed("fuse", t0)
     t0 = time.perf_counter()
     metrics: dict[str, Any] = evaluate(dataset, {BASE: candidates, RERANKED: order}, settings.recall_at)
+    metrics["results/digest"] = ranking_digest(dataset, order)
     run.timed("evaluate", t0)
     metrics.update(run.runner.report(model_stages=()))
     questions = pre.questions or [[] for _ in dataset.queries]

@@ -73,6 +73,8 @@ def question_metrics(
     """How the question LLM did: queries that fell back to the generic questions (count and percent), the
     re-asks, the questions left out as copies or repeats, the queries whose questions were topped up from
     several tries, each try's asked/parsed, and whether the replies were constrained to the layout."""
+    if not tries:  # questions.num=0: nothing was asked
+        return {}
     fallback = sum(not q.parsed for q in questions)
     out: dict[str, Any] = {
         "questions/fallback": fallback,
