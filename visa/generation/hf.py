@@ -19,6 +19,7 @@ import copy
 import inspect
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +34,12 @@ from visa.generation.hf_loading import load_text_model, load_vision_model
 from visa.generation.media import prompt_media
 from visa.generation.sampling import PerPromptSampler, row_seed
 from visa.generation.structured import GrammarCache, batch_layout
+from visa.generation.yes_no import (
+    first_step_logprobs,
+    probs_from_logprobs,
+    scoring_identity,
+    yes_ratios,
+)
 
 # A prefix shorter than this many tokens is not worth a separate forward pass.
 MIN_PREFIX_TOKENS = 16
@@ -217,14 +224,17 @@ class HFTextGenerator(ChatSettings):
         folder = converted_folder(self.model, self.gguf_file) if self.gguf_file else None
         return f"{self.model} kept as {folder}" if folder is not None else f"{self.model} loaded"
 
-    @torch.no_grad()
-    def generate(self, prompts: list[Prompt]) -> list[str]:
+    def _refuse_media(self, prompts: list[Prompt]) -> None:
         for p in prompts:
             if self.sees_media(p):
                 raise VisaError(
                     f"{self.model} is a text-only model and cannot see {p.media_kind}s; "
                     "use a vision-language model or set uses_context: true to answer from descriptions"
                 )
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        self._refuse_media(prompts)
         tokenizer, lm = load_text_model(
             self.model, self.gguf_file, self.dtype, self.device, self.trust_remote_code
         )
@@ -241,6 +251,32 @@ class HFTextGenerator(ChatSettings):
         if enc is None:
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
         return _complete(self, lm, enc, tokenizer, prompts, self.grammars)
+
+    # -- P(Yes) (`visa.generation.YesNoScorer`) ------------------------------------------------------------
+    def yes_no_identity(self, yes: str, no: str) -> dict:
+        return scoring_identity(self.identity(), yes, no)
+
+    @torch.no_grad()
+    def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
+        """Each word's probability as the first token of the reply, `batch_size` prompts a forward pass
+        (left-padded; a context reader reads each item's description, as `generate` does)."""
+        self._refuse_media(prompts)
+        tokenizer, lm = load_text_model(
+            self.model, self.gguf_file, self.dtype, self.device, self.trust_remote_code
+        )
+        out: list[list[float]] = []
+        for start in range(0, len(prompts), self.batch_size):
+            texts = [
+                tokenizer.apply_chat_template(self.messages(p), tokenize=False, add_generation_prompt=True)
+                for p in prompts[start : start + self.batch_size]
+            ]
+            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+            logprobs = first_step_logprobs(lm, enc, tokenizer.pad_token_id)
+            out += probs_from_logprobs(logprobs, tokenizer, words, self.model)
+        return out
+
+    def yes_no(self, prompts: list[Prompt], yes: str = "Yes", no: str = "No") -> list[float]:
+        return yes_ratios(self.first_token_probs(prompts, (yes, no)))
 
 
 @dataclass(kw_only=True, eq=False)
@@ -364,3 +400,26 @@ class HFVisionGenerator(MediaSettings):
             ):
                 replies[i] = reply
         return replies  # type: ignore[return-value]
+
+    # -- P(Yes) (`visa.generation.YesNoScorer`) ------------------------------------------------------------
+    def yes_no_identity(self, yes: str, no: str) -> dict:
+        return scoring_identity(self.identity(), yes, no)
+
+    @torch.no_grad()
+    def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
+        """Each word's probability as the first token of the reply, one prompt a forward pass (its media
+        encoded with it, as `generate` sends them). Alone, because a vision encoder's matrix products over
+        several items' patches round differently from one item's (a 1e-7 difference, tests/test_yes_no.py):
+        a score must not depend on its batch-mates (one config, one result). A served model batches."""
+        processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
+        out: list[list[float]] = []
+        for prompt in prompts:
+            text, images, videos = self._chat(processor, prompt)
+            enc = self._encode(processor, lm, [text], images, videos)
+            self.media_encoded += len(images) + len(videos)
+            logprobs = first_step_logprobs(lm, enc, processor.tokenizer.pad_token_id)
+            out += probs_from_logprobs(logprobs, processor.tokenizer, words, self.model)
+        return out
+
+    def yes_no(self, prompts: list[Prompt], yes: str = "Yes", no: str = "No") -> list[float]:
+        return yes_ratios(self.first_token_probs(prompts, (yes, no)))
