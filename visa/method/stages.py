@@ -19,7 +19,7 @@ from visa.cache.runner import Stream
 from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
 from visa.data import Dataset, Item
-from visa.generation import Generator, StreamingGenerator
+from visa.generation import Generator, StreamingGenerator, YesNoScorer
 from visa.method import prompts
 from visa.method.keys import item_fingerprint, visual_keys, with_reference
 from visa.method.replies import (
@@ -33,7 +33,16 @@ from visa.method.settings import Settings
 from visa.method.shard import SHARED_STAGES, wait_for_others
 from visa.scorers import Scorer
 
-MODEL_STAGES = ("encode_text", "encode_visual", "encode_composed", "describe", "ask", "answer", "score")
+MODEL_STAGES = (
+    "encode_text",
+    "encode_visual",
+    "encode_composed",
+    "describe",
+    "ask",
+    "answer",
+    "score",
+    "judge",
+)
 
 
 def generator_stream(model: Generator) -> Stream:
@@ -235,6 +244,19 @@ class Run:
             else:
                 answers[qi][rank].append(text)
         return answers
+
+    def judge(
+        self, judge: YesNoScorer, prompts: list[Prompt], fingerprints: list[str], yes: str, no: str
+    ) -> list[float]:
+        """P(yes) / (P(yes) + P(no)) of each prompt's first reply token; `fingerprints`: each prompt's item
+        (its content, so a changed file is judged again)."""
+        ident = judge.yes_no_identity(yes, no)
+        keys = [make_key("judge", ident, [p.as_key(), fp]) for p, fp in zip(prompts, fingerprints)]
+        stream = batched(lambda batch: judge.yes_no(batch, yes, no), judge.batch_size)
+        scores = self.stage("judge", keys, prompts, stream, ident)
+        fix = f"check the judge's weights and dtype ({str(ident)[:160]})"
+        check_finite(np.array(scores, dtype=np.float32), "the judge's P(Yes)", [p.text for p in prompts], fix)
+        return scores
 
     def score(
         self, scorer: Scorer, pairs: list[tuple[str, str]], pair_queries: list | None = None
