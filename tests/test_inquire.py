@@ -248,7 +248,7 @@ def test_pipeline_reranks_the_given_candidates(session_cache, tmp_path):
     dataset = InquireRerankDataset(root=str(root)).load()
     for record, candidates in zip(results, dataset.candidates):  # every candidate, and only those
         ids = {dataset.gallery[g].id for g in candidates}
-        assert {c["id"] for c in record["base_top"]} == ids == {c["id"] for c in record["visa_top"]}
+        assert {c["id"] for c in record["base_top"]} == ids == {c["id"] for c in record["rerank_top"]}
         scores = [c["score"] for c in record["base_top"]]
         assert scores == sorted(scores, reverse=True)
     assert metrics["normalizer"] == "none"

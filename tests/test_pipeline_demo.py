@@ -29,8 +29,8 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     assert all(r["question_reply"].startswith("key phrases:\n") for r in results)  # the layout, always
     assert "queries fell back to generic questions" in first.stdout  # the summary line (logged)
     for r in results:
-        assert len(r["base_top"]) == len(r["visa_top"]) == len(r["candidates"]) == 2
-        assert {c["id"] for c in r["base_top"]} == {c["id"] for c in r["visa_top"]}  # only the order changes
+        assert len(r["base_top"]) == len(r["rerank_top"]) == len(r["candidates"]) == 2
+        assert {c["id"] for c in r["base_top"]} == {c["id"] for c in r["rerank_top"]}  # only the order changes
         assert len(r["questions"]) == 1
         for cand in r["candidates"]:
             # Answers exist only for parsed questions (fallback answers are left out of the passage).
@@ -49,7 +49,7 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     assert {k: v for k, v in metrics2.items() if "/R@" in k} == {
         k: v for k, v in metrics.items() if "/R@" in k
     }
-    assert [r["visa_top"] for r in results2] == [r["visa_top"] for r in results]
+    assert [r["rerank_top"] for r in results2] == [r["rerank_top"] for r in results]
 
 
 def test_sweep_over_questions_num_reuses_questions_and_answers(session_cache, tmp_path):

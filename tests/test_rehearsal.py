@@ -86,4 +86,4 @@ def test_cell_runs_end_to_end_on_tiny_models(cell, world, tmp_path):
         assert metrics[f"calls/{stage}/computed"] > 0, (stage, metrics)
     assert metrics["questions/fallback"] == 0  # the taught reply parses: every query's answers were asked
     results = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines()]
-    assert all(len(r["visa_top"]) == 3 for r in results)
+    assert all(len(r["rerank_top"]) == 3 for r in results)
