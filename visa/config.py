@@ -81,9 +81,9 @@ class VisaConfig(Settings):
     scorer: Any = SCORER.field()
     fusion: Any = FUSION.field()
     normalizer: Any = NORMALIZER.field()
-    logger: Any = LOGGER.field()
     reranker: Any = RERANKER.field()
     judge: Any = JUDGE.field()
+    logger: Any = LOGGER.field()
     cache_dir: str | None = "${oc.env:VISA_CACHE,null}"  # None: the user cache folder
     # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
     cache_layout: str = "auto"
