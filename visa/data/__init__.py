@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -84,6 +85,13 @@ class Dataset:
     # The reference bank a normaliser uses with normalizer.bank=auto (visa.data.banks): "demo", "split:train"
     # (Karpathy splits), or None (the user names one).
     bank: str | None = None
+
+
+@runtime_checkable
+class DatasetSource(Protocol):
+    """What a run needs of a `conf/dataset/<name>.yaml` class: `load()` reads (and checks) the data."""
+
+    def load(self) -> Dataset: ...
 
 
 def needed_modalities(dataset: Dataset) -> dict[str, set[str]]:

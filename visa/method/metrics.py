@@ -9,6 +9,12 @@ import torch
 
 from visa.data import RANKING_METRICS
 
+# The names of the two orders a run reports: the prefixes of their metrics in metrics.json (`base/R@1`,
+# `visa/R@1`) and the re-ranked top-K's list in a results.jsonl record (the backbone's is "base_top").
+BASE = "base"
+RERANKED = "visa"
+RERANKED_TOP = "visa_top"
+
 
 def recall_at_k(
     ranking: torch.Tensor, relevant: Sequence[Sequence[int]], ks: Sequence[int]
@@ -52,11 +58,13 @@ def recall_subset_at_k(
 
 def recall_gains(metrics: dict[str, float]) -> dict[str, float]:
     """gain/R@k = VISA's R@k - the backbone's R@k (points), for every k that both have in `metrics`."""
-    return {
-        f"gain/{key[5:]}": round(value - metrics[f"base/{key[5:]}"], 4)
-        for key, value in metrics.items()
-        if key.startswith("visa/R@") and f"base/{key[5:]}" in metrics
-    }
+    reranked = f"{RERANKED}/"
+    gains = {}
+    for key, value in metrics.items():
+        name = key.removeprefix(reranked)
+        if key.startswith(f"{reranked}R@") and f"{BASE}/{name}" in metrics:
+            gains[f"gain/{name}"] = round(value - metrics[f"{BASE}/{name}"], 4)
+    return gains
 
 
 # -- metrics for queries with many relevant items (INQUIRE) --------------------------------------------------
