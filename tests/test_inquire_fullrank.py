@@ -162,7 +162,8 @@ def test_recall_at_k_is_the_share_of_relevant_items_found():
 def test_fullrank_runs_end_to_end(tmp_path):
     """One-stage and two-stage INQUIRE-Fullrank through `python -m visa.run`: from the published embeddings
     with an HNSW index (AP@50 as INQUIRE computes it), then encoding train.json's images into the gallery
-    store with an IVF index, then the same again (nothing encoded, the index read back)."""
+    store with an IVF index, then the same again (nothing encoded, the index read back), then the store
+    encoded by two submitit workers."""
     root, _, _ = write_layout(tmp_path / "inquire")
     tiny = open_clip_dir(tmp_path / "oc")
     cache = tmp_path / "cache"
@@ -202,6 +203,14 @@ def test_fullrank_runs_end_to_end(tmp_path):
         published,
         [*encoded, f"hydra.run.dir={tmp_path / 'run_encoded'}"],
         [*encoded, f"hydra.run.dir={tmp_path / 'run_again'}"],
+        [  # the store encoded by 2 workers of submitit's local executor (the SLURM code path)
+            *[a for a in encoded if not a.startswith("cache_dir=")],
+            f"cache_dir={tmp_path / 'cache_cluster'}",
+            "retrieval.gallery_launcher=local",
+            "retrieval.gallery_workers=2",
+            "+retrieval.gallery_executor.timeout_min=10",
+            f"hydra.run.dir={tmp_path / 'run_cluster'}",
+        ],
     ]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     results, _ = run_in_one_process(argvs, REPO, env, timeout=900)
@@ -227,10 +236,14 @@ def test_fullrank_runs_end_to_end(tmp_path):
     metrics, _ = read_run(tmp_path / "run_encoded")
     assert metrics["calls/encode_visual/computed"] == 10 and "retrieval/index_build_s" in metrics
     assert metrics["retrieval/index_factory"] == "IVF2,Flat" and metrics["retrieval/index_bytes"] > 0
-    [store] = list_stores(cache)
+    published_store, store = sorted(list_stores(cache), key=lambda s: s.dtype != "published")
+    assert published_store.dtype == "published" and len(published_store.indexes) == 1  # the HNSW index, kept
     assert (store.count, store.shards_done, store.shards, store.dim) == (10, 3, 3, DIM)
     assert len(store.indexes) == 1
     again, _ = read_run(tmp_path / "run_again")
     assert again["calls/encode_visual/computed"] == 0 and again["calls/encode_visual/cached"] == 10
     assert "retrieval/index_load_s" in again and "retrieval/index_build_s" not in again
     assert again["base/mAP@50"] == metrics["base/mAP@50"]
+    cluster, _ = read_run(tmp_path / "run_cluster")
+    assert cluster["calls/encode_visual/computed"] == 10 and cluster["base/mAP@50"] == metrics["base/mAP@50"]
+    assert len(list((tmp_path / "cache_cluster").glob("gallery/*/jobs"))) == 1  # submitit's job folder

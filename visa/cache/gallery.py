@@ -14,6 +14,9 @@ a new cache key). Inside:
                          the missing ones
     index-<key>.faiss    approximate indexes built from the store (visa.method.ann)
 
+The approximate indexes of embeddings published elsewhere (`visa.backbones.published`) are kept the same
+way, in a folder whose store.json names the published files and that holds no shards (`index_folder`).
+
 Shards are independent files, so several processes (Ray tasks, SLURM array jobs) can each write their own.
 `StoredRows` reads a complete store as one [items, dim] array without loading it: each block a search
 needs is read from the memory-mapped shards when it is used.
@@ -238,6 +241,33 @@ class GalleryStore:
         return (self.folder / "items.txt").read_text(encoding="utf-8").splitlines()
 
 
+def index_folder(cache_root: str | os.PathLike, identity: Any, rows: StoredRows) -> Path:
+    """Where the approximate indexes of embeddings that are not a store of ours (a benchmark's published
+    embeddings) are kept: `gallery/<key>/` with a store.json that says so (no shards), keyed by the
+    backbone's identity and the embedding files' names, sizes and modification times."""
+    files = []
+    for shard in rows.shards:
+        name = getattr(shard, "filename", None)
+        st = os.stat(name) if name else None
+        files.append([str(name), st.st_size if st else len(shard), st.st_mtime_ns if st else 0])
+    blob = json.dumps(["published", identity, list(rows.shape), files], sort_keys=True, default=str)
+    folder = Path(cache_root).expanduser() / FOLDER / hashlib.sha256(blob.encode()).hexdigest()[:32]
+    if not (folder / MANIFEST).is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        meta = {
+            "model": model_label(identity),
+            "identity": identity,
+            "dtype": "published",
+            "count": rows.shape[0],
+            "shard_size": max(rows.shape[0], 1),
+            "dim": rows.shape[1],
+            "published": [f[0] for f in files],
+            "created": time.time(),
+        }
+        _write_atomic(folder / MANIFEST, json.dumps(meta, default=str, indent=1).encode("utf-8"))
+    return folder
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
     partial.write_bytes(data)
@@ -279,6 +309,8 @@ def list_stores(cache_root: Path) -> list[StoreSummary]:
             continue
         count, shard_size = int(meta["count"]), int(meta["shard_size"])
         done = len(list((folder / "shards").glob("*.npy")))
+        if meta.get("published"):  # indexes of published embeddings: no shards of ours
+            done = (count + shard_size - 1) // shard_size
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
         indexes = sorted(p.name for p in folder.glob("index-*.faiss"))
         shards = (count + shard_size - 1) // shard_size
@@ -309,6 +341,8 @@ def show_stores(cache_root: Path) -> list[str]:
     )
     for s in stores:
         shards = f"{s.shards_done}/{s.shards}" + ("" if s.shards_done == s.shards else " (partial)")
+        if s.dtype == "published":
+            shards = "published"
         lines.append(
             f"  {s.folder.name[:12]:<12} {(s.model or '-')[:36]:<36} {s.count:>11,} {s.dim or '-':>5} "
             f"{s.dtype:<8} {shards:>13} {s.bytes / 2**20:>9.1f}"

@@ -22,12 +22,13 @@ import torch
 
 from visa.backbones import Backbone
 from visa.cache import make_key
-from visa.cache.gallery import StoredRows
+from visa.cache.gallery import StoredRows, index_folder
 from visa.cache.runner import StageStats
 from visa.core.errors import VisaError
 from visa.data import Query
 from visa.data.banks import Bank
 from visa.method.ann import ann_recall, build_index
+from visa.method.cluster_encode import encode_on_cluster
 from visa.method.gallery import PublishedGallery, check_store_items, open_store, stored_gallery
 from visa.method.normalizers import Blocks, Correction, Normalizer
 from visa.method.pairwise import PairwiseBackbone, retrieve_pairwise
@@ -103,7 +104,9 @@ def gallery_embeddings(run: Run, backbone: Backbone) -> tuple[torch.Tensor | Sto
         with run.runner.timed("encode_visual"):
             rows = backbone.gallery_rows(gallery)
         stats.cached += len(gallery)
-        return rows, None
+        if run.store is None or not is_approximate(retrieval.index):
+            return rows, None
+        return rows, index_folder(run.store.root, backbone.identity(), rows)  # type: ignore[attr-defined]
     media_only = all(item.kind != "text" for item in gallery)
     if retrieval.uses_store(len(gallery)) and (media_only or retrieval.gallery_store == "on"):
         check_store_items(gallery)
@@ -112,7 +115,19 @@ def gallery_embeddings(run: Run, backbone: Backbone) -> tuple[torch.Tensor | Sto
         root = run.store.root  # type: ignore[attr-defined]  # both cache layouts have one
         store = open_store(root, backbone, gallery, retrieval.gallery_dtype, retrieval.gallery_shard_size)
         with run.runner.timed("encode_visual"):
+            elsewhere = 0  # items the cluster's workers encoded
+            if retrieval.gallery_launcher != "none" and store.missing():
+                elsewhere = encode_on_cluster(
+                    store,
+                    backbone,
+                    gallery,
+                    retrieval.gallery_launcher,
+                    retrieval.gallery_workers,
+                    retrieval.gallery_executor,
+                    retrieval.gallery_rounds,
+                )
             rows = stored_gallery(store, backbone, gallery, stats, run.settings.shard, run.settings.progress)
+            stats.computed, stats.cached = stats.computed + elsewhere, stats.cached - elsewhere
         return rows, store.folder
     text_rows = [i for i, item in enumerate(gallery) if item.kind == "text"]
     media_rows = [i for i, item in enumerate(gallery) if item.kind != "text"]

@@ -5,6 +5,7 @@ schema) is built from them, and their checks run when a run builds them from its
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from visa.cache.gallery import DTYPES
 from visa.core.errors import VisaError
@@ -13,6 +14,7 @@ from visa.method.retrieval import check_index
 from visa.method.shard import Shard
 
 GALLERY_STORE = ("auto", "on", "off")
+LAUNCHERS = ("none", "ray", "slurm", "local")  # visa.method.cluster_encode
 ANSWER_MODES = ("per_question", "per_candidate")
 
 
@@ -31,6 +33,13 @@ class RetrievalSettings:
     gallery_store_min: int = 100000
     gallery_dtype: str = "float16"  # float16 | float32: how the store keeps the embeddings
     gallery_shard_size: int = 32768  # items per shard file (a crash loses at most the shards being written)
+    # the store's missing shards encoded by workers: none (this process) | ray | slurm | local (submitit)
+    gallery_launcher: str = "none"
+    gallery_workers: int = 8  # Ray tasks / SLURM array jobs
+    gallery_rounds: int = 2  # shards a dead worker left are dealt out again this many times at most
+    gallery_executor: dict[str, Any] = field(
+        default_factory=dict
+    )  # Ray / submitit settings (docs/scaling.md)
     # approximate indexes' settings (0: chosen from the gallery's size and dimension)
     nprobe: int = 16  # IVF lists searched per query
     ef_search: int = 256  # HNSW candidate list while searching
@@ -50,11 +59,24 @@ class RetrievalSettings:
             raise VisaError(
                 f"retrieval.gallery_store={self.gallery_store!r} is not one of {', '.join(GALLERY_STORE)}"
             )
+        if self.gallery_launcher not in LAUNCHERS:
+            raise VisaError(
+                f"retrieval.gallery_launcher={self.gallery_launcher!r} is not one of {', '.join(LAUNCHERS)}"
+            )
         if self.gallery_dtype not in DTYPES:
             raise VisaError(
                 f"retrieval.gallery_dtype={self.gallery_dtype!r} is not one of {', '.join(DTYPES)}"
             )
-        for key in ("gallery_store_min", "gallery_shard_size", "nprobe", "ef_search", "hnsw_m", "train_size"):
+        for key in (
+            "gallery_store_min",
+            "gallery_shard_size",
+            "gallery_workers",
+            "gallery_rounds",
+            "nprobe",
+            "ef_search",
+            "hnsw_m",
+            "train_size",
+        ):
             if getattr(self, key) < 1:
                 raise VisaError(f"retrieval.{key}={getattr(self, key)} must be at least 1")
         for key in ("nlist", "pq_m", "ann_recall_queries"):
