@@ -247,3 +247,19 @@ def test_fullrank_runs_end_to_end(tmp_path):
     cluster, _ = read_run(tmp_path / "run_cluster")
     assert cluster["calls/encode_visual/computed"] == 10 and cluster["base/mAP@50"] == metrics["base/mAP@50"]
     assert len(list((tmp_path / "cache_cluster").glob("gallery/*/jobs"))) == 1  # submitit's job folder
+
+
+def test_the_experiment_composes_for_a_gpu_run():
+    from hydra import compose, initialize_config_dir
+
+    from visa.config import GROUPS, check_part, register
+
+    register()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["experiment=inquire_fullrank_vit_h", "data_dir=/data"])
+    for group in GROUPS:
+        check_part(cfg[group], group)
+    assert cfg.backbone.embeddings == "/data/inquire/inat24/embs/vit-h-14-378"
+    assert cfg.backbone.text.model == "ViT-H-14-378-quickgelu" and cfg.backbone.text.pretrained == "dfn5b"
+    assert cfg.dataset.gallery == "embeddings" and cfg.retrieval.top_k == 100
+    assert cfg.answer_mllm.model == "Qwen/Qwen2-VL-7B-Instruct"  # the paper's models re-rank the top 100
