@@ -274,3 +274,41 @@ def test_approximate_index_refuses_gallery_groups(tmp_path):
             index="hnsw",
             approximate=ann,
         )
+
+
+def test_one_process_builds_the_index_the_others_wait(tmp_path, monkeypatch):
+    """Run shards reaching the index together: one holds the build lock, the others wait and read the file;
+    a lock whose builder died (untouched for STALE_SECONDS) is taken over."""
+    requires("faiss", "faiss")
+    import os
+    import threading
+    import time
+
+    from visa.method import ann
+
+    monkeypatch.setattr(ann, "POLL_SECONDS", 0.05)
+    gallery = clustered(500, 16, 5)
+    store = stored(tmp_path, gallery, shard_size=200)
+    rows = store.rows()
+    settings = RetrievalSettings(index="hnsw")
+    # the file the index will have, and a live lock on it held by "another process"
+    built, _ = ann.build_index("hnsw", settings, rows, folder=tmp_path / "elsewhere", progress=False)
+    name = next((tmp_path / "elsewhere").glob("index-*.faiss")).name
+    target = store.folder / name
+    ann.build_lock(target).write_text("other-host 1")
+
+    def other_process_finishes():
+        time.sleep(0.3)
+        (tmp_path / "elsewhere" / name).replace(target)
+        ann.build_lock(target).unlink()
+
+    threading.Thread(target=other_process_finishes).start()
+    _, metrics = ann.build_index("hnsw", settings, rows, folder=store.folder, progress=False)
+    assert "retrieval/index_load_s" in metrics and "retrieval/index_build_s" not in metrics
+    # a stale lock (its builder died): built here, and the lock is released
+    target.unlink()
+    ann.build_lock(target).write_text("dead-host 1")
+    old = time.time() - ann.STALE_SECONDS - 5
+    os.utime(ann.build_lock(target), (old, old))
+    _, metrics = ann.build_index("hnsw", settings, rows, folder=store.folder, progress=False)
+    assert "retrieval/index_build_s" in metrics and target.is_file() and not ann.build_lock(target).exists()

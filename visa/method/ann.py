@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,7 @@ def build_index(
 ) -> tuple[ApproximateIndex, dict[str, Any]]:
     """The approximate index `spec` over `gallery` (+ `bias`): read from `folder` (a gallery store) when
     built before, else built (and written there); with the metrics that say what it cost."""
-    faiss = _import_faiss()
+    _import_faiss()  # a clear error when FAISS is missing
     if not is_approximate(spec):
         raise VisaError(f"retrieval.index={spec!r} is not an approximate index")
     count, dim = int(gallery.shape[0]), int(gallery.shape[1])
@@ -161,6 +162,77 @@ def build_index(
     shell = ApproximateIndex(None, dim, bias is not None, settings)
     metrics: dict[str, Any] = {"retrieval/index": spec, "retrieval/index_factory": factory}
     t0 = time.perf_counter()
+    owner = False  # this process holds the build lock (several run shards reaching the index at once)
+    if path is not None and not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        owner = claim_build(path) or await_build(path)
+    try:
+        _load_or_build(shell, spec, factory, settings, gallery, bias, path, owner, progress, metrics, t0)
+    finally:
+        if owner and path is not None:
+            build_lock(path).unlink(missing_ok=True)
+    metrics["retrieval/index_bytes"] = (
+        path.stat().st_size if path is not None else _serialized_bytes(shell.index)
+    )
+    return shell, metrics
+
+
+# A build lock untouched this long belongs to a process that died (the builder touches it as it adds).
+STALE_SECONDS = 600.0
+POLL_SECONDS = 2.0
+
+
+def build_lock(path: Path) -> Path:
+    return path.with_name(path.name + ".building")
+
+
+def claim_build(path: Path) -> bool:
+    """Take the build lock of the index file `path` (created exclusively); False when another process holds
+    it and has touched it within STALE_SECONDS."""
+    lock = build_lock(path)
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            age = time.time() - lock.stat().st_mtime
+        except FileNotFoundError:
+            return claim_build(path)
+        if age <= STALE_SECONDS:
+            return False
+        log.warning("%s: a build lock %.0f s old (its process died); building here", path.name, age)
+        lock.unlink(missing_ok=True)
+        return claim_build(path)
+    os.write(fd, f"{socket.gethostname()} {os.getpid()}".encode())
+    os.close(fd)
+    return True
+
+
+def await_build(path: Path) -> bool:
+    """Wait while another process builds the index; True when the lock came to this process instead (its
+    builder died), False when the index is there to read."""
+    log.info("%s: another process is building this index; waiting for it", path.name)
+    while not path.is_file():
+        if claim_build(path):
+            return True
+        time.sleep(POLL_SECONDS)
+    return False
+
+
+def _load_or_build(
+    shell: ApproximateIndex,
+    spec: str,
+    factory: str,
+    settings: Any,
+    gallery: torch.Tensor | StoredRows,
+    bias: torch.Tensor | None,
+    path: Path | None,
+    owner: bool,
+    progress: bool,
+    metrics: dict[str, Any],
+    t0: float,
+) -> None:
+    faiss = _import_faiss()
+    count, width = int(gallery.shape[0]), shell.width
     if path is not None and path.is_file():
         shell.index = faiss.read_index(str(path))
         if shell.index.ntotal != count or shell.index.d != width:
@@ -185,15 +257,13 @@ def build_index(
                 part = None if bias is None else bias[start : start + len(rows)]
                 shell.index.add(shell.vectors(rows, part))
                 bar.update(len(rows))
+                if owner and path is not None:  # alive: the lock is not stale
+                    os.utime(build_lock(path))
         metrics["retrieval/index_build_s"] = round(time.perf_counter() - t0, 3)
         if path is not None:
             partial = path.with_name(f"{path.name}.{os.getpid()}.part")
             faiss.write_index(shell.index, str(partial))
             os.replace(partial, path)
-    metrics["retrieval/index_bytes"] = (
-        path.stat().st_size if path is not None else _serialized_bytes(shell.index)
-    )
-    return shell, metrics
 
 
 def _rows(gallery: torch.Tensor | StoredRows, start: int, stop: int) -> np.ndarray:
