@@ -5,6 +5,9 @@ by block, or the embeddings in memory) and, for a gallery store, written beside 
 (`gallery/<store>/index-<key>.faiss`) and read back by the next run; its key covers the index settings
 that change what is built (the factory string, `hnsw_m`, `train_size`) and the normaliser's bias, if any.
 The search settings (`nprobe`, `ef_search`) are applied at search time, so changing them rebuilds nothing.
+Processes that reach an unbuilt index together (the shards of a sharded run) build it once: the first takes
+an exclusive lock file beside it, the others wait for the index file (a lock its builder stopped touching
+for STALE_SECONDS is taken over).
 
 All indexes use the inner product. A normaliser's per-item bias (NNN, QB-Norm) is carried as one more
 dimension: the items get their bias there, a query 1 when the bias applies to it and 0 when it does not
