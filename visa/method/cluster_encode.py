@@ -41,12 +41,12 @@ class EncodeJob:
     shard_size: int
     dtype: str
     backbone: Backbone
-    items: list[Item]
+    items: list[Item | None]  # None before the first shard's items: they stay with the run
     shards: list[int]
 
     def __call__(self) -> int:
         store = GalleryStore(Path(self.folder), self.count, self.shard_size, self.dtype)
-        return encode_shards(store, self.backbone, self.items, self.shards, progress=False)
+        return encode_shards(store, self.backbone, self.items, self.shards, progress=False)  # type: ignore[arg-type]
 
 
 def _deal(store: GalleryStore, backbone: Backbone, items: Sequence[Item], workers: int) -> list[EncodeJob]:
@@ -57,7 +57,7 @@ def _deal(store: GalleryStore, backbone: Backbone, items: Sequence[Item], worker
         shards = missing[w * len(missing) // n : (w + 1) * len(missing) // n]
         first, last = store.shard_rows(shards[0]).start, store.shard_rows(shards[-1]).stop
         # only the items of its shards travel to a worker (with their positions kept by the store's ranges)
-        part = [None] * first + list(items[first:last])  # type: ignore[list-item]
+        part: list[Item | None] = [None] * first + list(items[first:last])
         jobs.append(
             EncodeJob(str(store.folder), store.count, store.shard_size, store.dtype, backbone, part, shards)
         )

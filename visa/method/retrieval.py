@@ -24,6 +24,7 @@ that a dataset provides (INQUIRE-Rerank) instead of searching the gallery.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -98,13 +99,15 @@ def topk_search(
         )
     k = min(k, gallery.shape[0])
     if approximate is not None:
-        gate = None if bias is None else (torch.ones(queries.shape[0]) if bias_rows is None else bias_rows)
-        return approximate.search(queries, k, gate)
+        rows_biased = (
+            None if bias is None else (torch.ones(queries.shape[0]) if bias_rows is None else bias_rows)
+        )
+        return approximate.search(queries, k, rows_biased)
     if bias is not None and bias_rows is not None and not bool(bias_rows.any()):
         bias = None  # the bias applies to no query
-    if index == "faiss" and isinstance(gallery, StoredRows):
-        return _faiss_blocks(queries, gallery, k, 4 * gallery_chunk_size, bias, bias_rows)
     if index == "faiss":
+        if isinstance(gallery, StoredRows):
+            return _faiss_blocks(queries, gallery, k, 4 * gallery_chunk_size, bias, bias_rows)
         if bias is not None:
             rows = torch.ones(queries.shape[0]) if bias_rows is None else bias_rows.float()
             queries = torch.cat([queries.float(), rows[:, None]], dim=1)
@@ -204,6 +207,7 @@ def ranked_candidates(
             f"retrieval.index={search.get('index')}: an approximate index searches the whole gallery, and "
             "this dataset ranks parts of it per query (groups); use retrieval.index=torch or faiss"
         )
+    parts: list[tuple[list[int], Sequence[int]]]
     if groups is None:
         parts = [(list(range(n)), range(gallery.shape[0]))]
     else:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -76,7 +76,7 @@ def _stage_calls(run: Run, stage: str) -> dict[str, int]:
 
 
 def normalize(
-    run: Run, backbone: Backbone, normalizer: Normalizer, bank: Bank, item_tensor: torch.Tensor
+    run: Run, backbone: Backbone, normalizer: Normalizer, bank: Bank, item_tensor: torch.Tensor | StoredRows
 ) -> tuple[Correction, dict[str, Any]]:
     """The normaliser's correction, from the bank's embeddings (stage encode_bank, cached like every
     encoding) and the gallery's; the bank's call counts for metrics.json."""
@@ -90,7 +90,9 @@ def normalize(
     blocks = Blocks(
         retrieval.chunk_size, retrieval.gallery_chunk_size, retrieval.device, run.settings.progress
     )
-    correction = normalizer.correction(torch.from_numpy(bank_array), item_tensor, blocks)
+    # a stored gallery reads like a tensor (slices, .float(), .to()): QB-Norm goes block by block, NNN and DN
+    # load it once
+    correction = normalizer.correction(torch.from_numpy(bank_array), cast(torch.Tensor, item_tensor), blocks)
     run.timed("normalize", t0)
     return correction, _stage_calls(run, "encode_bank")
 
