@@ -88,11 +88,32 @@ def _converted_folder(model: str, gguf_file: str) -> Path | None:
     return converted_models_dir() / f"{path.stem}-{digest}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Half-written copies of `folder` left by a process that was killed (SIGKILL, a lost node) while
+    writing: never read (only a renamed, complete folder is), removed so that they do not pile up."""
+    for partial in folder.parent.glob(f"{folder.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def _keep_converted(folder: Path, tokenizer, lm) -> None:
     """Save a model read from GGUF as a transformers folder (written aside, then renamed, so a reader never
-    sees half a folder). A folder that cannot be written only costs the next run the conversion again."""
+    sees half a folder; a Ctrl-C while writing removes the half-written copy). A folder that cannot be
+    written only costs the next run the conversion again."""
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     try:
+        _remove_abandoned(folder)
         from safetensors.torch import save_model
 
         tokenizer.save_pretrained(partial)
@@ -306,6 +327,12 @@ class HFTextGenerator(ChatSettings):
             "prefix_tokens/reused": self.prefixes.reused_tokens,
             "prefix_tokens/computed": self.prefixes.computed_tokens,
         }
+
+    def prepare(self) -> str:
+        """Load the model now (a GGUF file is converted once into the model cache); where it is kept."""
+        load_text_model(self.model, self.gguf_file, self.dtype, self.device, self.trust_remote_code)
+        folder = _converted_folder(self.model, self.gguf_file) if self.gguf_file else None
+        return f"{self.model} kept as {folder}" if folder is not None else f"{self.model} loaded"
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt]) -> list[str]:
