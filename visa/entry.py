@@ -233,8 +233,14 @@ def part_key_line(error: BaseException) -> str | None:
     if others:  # e.g. normalizer.bank under normalizer=none
         choices = "|".join(others)
         return f"{line}; choose a {where} that takes it: {where}={choices} ({where}={others[0]} {override})"
-    fix = unknown_key(where, key, [str(k) for k in parent if not str(k).startswith("_")])
-    return f"{line}; {fix + ' ' if fix else ''}(a setting of its class that its yaml leaves out: +{override})"
+    keys = [str(k) for k in parent if not str(k).startswith("_")]
+    fix = unknown_key(where, key, keys)
+    if fix:
+        return f"{line}; {fix}"
+    return (
+        f"{line} (it sets {', '.join(keys) or 'none'}); a setting of its class that the yaml leaves out is "
+        f"added with +{override}"
+    )
 
 
 # -- stop signals ------------------------------------------------------------------------------------------
