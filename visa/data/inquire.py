@@ -222,10 +222,10 @@ class InquireRerankDataset:
             short = "val" if SPLITS[self.split] == "validation" else "test"
             path = self.root / self.queries_file.format(split=short)
             if not path.is_file():
-                split = SPLITS[self.split]
+                split, folder = SPLITS[self.split], self.root / self.parquet_dir
                 raise VisaError(
                     f"{path} not found (INQUIRE's inquire_queries_{short}.csv, which lists the {split} "
-                    f"queries; or the Hugging Face copy's {split}-*.parquet in {self.root / self.parquet_dir})"
+                    f"queries; or the Hugging Face copy's {split}-*.parquet in {folder})"
                 )
             return list(dict.fromkeys(r[0] for r in self._csv_rows()[0]))
         if not self._parquet_files():
