@@ -7,7 +7,8 @@ in one line:
   add it with `+` and the run would ignore it; and a value starting with `~` (`dataset.root=~/photos`, which
   Hydra's grammar does not take) becomes the home folder's path, as a shell would expand it;
 - Hydra's own errors (a wrong type for a top-level setting, an unknown config option, an override Hydra
-  cannot parse) are printed as one line `error: config: ...` instead of Hydra's several lines;
+  cannot parse) are printed as one line `error: config: ...` instead of Hydra's several lines, and so is a
+  sweep job that failed under submitit (`hydra/launcher=local|slurm`): its own error line and its log;
 - a scheduler's stop signal (SIGTERM, which SLURM sends before SIGKILL at preemption and at the time limit;
   SIGUSR2, the usual `--signal` for a warning before the time limit) stops a run the way Ctrl-C does, with
   the same line saying what was saved and how to resume, and a second Ctrl-C or signal while the run closes
@@ -243,6 +244,29 @@ def part_key_line(error: BaseException) -> str | None:
     )
 
 
+_SUBMITIT_JOB = re.compile(r"Job (\S+) \(task: (\d+)\) with path (\S+)")
+
+
+def failed_job_line(error: BaseException) -> str | None:
+    """submitit's report of a sweep job that ended without a result (its several lines: the job, the state,
+    the job's whole error stream) as one line: the job's own last line of error and where its output is.
+    None for any other error."""
+    if not type(error).__module__.startswith("submitit") or type(error).__name__ != "UncompletedJobError":
+        return None
+    text = str(error)
+    job = _SUBMITIT_JOB.search(text)
+    stream = text.split("Error stream produced:", 1)[-1] if "Error stream produced:" in text else ""
+    lines = [line.strip() for line in stream.splitlines() if line.strip() and not set(line.strip()) <= {"-"}]
+    said = next((line for line in reversed(lines) if line.startswith(("error:", "interrupted"))), None)
+    said = said or (lines[-1] if lines else text.splitlines()[0])
+    if job is None:
+        return f"a sweep job failed: {said}"
+    log = Path(job.group(3)).with_name(f"{job.group(1)}_{job.group(2)}_log.err")
+    return (
+        f"sweep job {job.group(1)} failed: {said.removeprefix('error: ')} (its output: {log}, .out beside it)"
+    )
+
+
 # -- stop signals ------------------------------------------------------------------------------------------
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGUSR2")
 
@@ -331,6 +355,12 @@ def main(hydra_main: Callable[[], Any]) -> None:
             "permissions, or point hydra.run.dir (hydra.sweep.dir for -m) at another disk",
             file=sys.stderr,
         )
+        sys.exit(1)
+    except Exception as e:  # a sweep job under submitit (hydra/launcher=local, slurm) that failed
+        line = failed_job_line(e)
+        if line is None or user_asked == "1":
+            raise
+        print(f"error: {line}", file=sys.stderr)
         sys.exit(1)
     finally:
         if user_asked is None:
