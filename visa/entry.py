@@ -88,7 +88,11 @@ def _settings_keys(cls: type, prefix: str = "") -> dict[str, type | None]:
 
 def _nearest(word: str, options: list[str]) -> str | None:
     """The option nearest to a mistyped `word`, compared whole (`retreival` -> `retrieval`) or, failing
-    that, with the last part of a dotted option (`top_k` -> `retrieval.top_k`)."""
+    that, with the last part of a dotted option (`top_k` -> `retrieval.top_k`); a word that starts one
+    option alone is that option (`idle` -> `idle_seconds`)."""
+    starting = [o for o in options if o.startswith(word)]
+    if len(starting) == 1:
+        return starting[0]
     match = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     if match:
         return match[0]
