@@ -102,10 +102,11 @@ def _nearest(word: str, options: list[str]) -> str | None:
 
 
 def check_key(arg: str, key: str, config_dirs: list[Path]) -> None:
-    """Refuse an override whose key the config does not have. The schema (`VisaConfig`: the groups and the
-    run's settings, nested) and the config groups (folders of the config root: `experiment`, `sweep`) name
-    every valid key; a part's own keys (`dataset.limit`) are checked against its class once it is composed
-    (`visa.config.check_part`), Hydra's (`hydra.*`, `hydra/launcher`) by Hydra."""
+    """Refuse an override whose key the config does not have (`arg`: the key as typed, `+` included). The
+    schema (`VisaConfig`: the groups and the run's settings, nested) and the config groups (folders of the
+    config root: `experiment`, `sweep`) name every valid key; a part's own keys (`dataset.limit`) are
+    checked against its class once it is composed (`visa.config.check_part`), Hydra's (`hydra.*`,
+    `hydra/launcher`) by Hydra."""
     top = key.split(".")[0]
     if "/" in key or "@" in key or top == "hydra":  # Hydra's own, a group path, a package: Hydra checks
         return
@@ -167,7 +168,7 @@ def check_command_line(argv: list[str]) -> list[str]:
                 f"{bare} must be the name of an environment variable (letters, digits, _), not its value"
             )
         if not key.startswith("~"):  # a deletion of a key that is not there: Hydra says so
-            check_key(arg, bare, config_dirs)
+            check_key(key, bare, config_dirs)  # named without its value, which may be a secret
         out.append(arg)
     return out
 
