@@ -27,7 +27,7 @@ from visa.config import (
 )
 from visa.core.errors import Interrupted, VisaError
 from visa.core.loading import quiet_loaders
-from visa.data import RANKING_METRICS, Dataset, Query, check_modalities
+from visa.data import Dataset, Query, check_modalities
 from visa.data.banks import Bank, read_bank
 from visa.method.keys import visual_keys
 from visa.method.parts import Components
@@ -39,21 +39,28 @@ register()
 
 
 def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
-    """The terminal's table: R@k for the backbone and + VISA, and beside them each metric the dataset adds
-    (CIRR's Recall_subset@1/2/3; INQUIRE's mAP@k, nDCG@k and MRR, in the dataset's order)."""
     header = f"{'':<12}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
     subset = [k for k in (1, 2, 3) if f"base/R_subset@{k}" in metrics]  # CIRR's Recall_subset
     header += "".join(f"{'Rs@' + str(k):>8}" for k in subset)
-    ranking = [k[5:] for k in metrics if k.startswith("base/") and RANKING_METRICS.fullmatch(k[5:])]
-    header += "".join(f"{name:>9}" for name in ranking)
     rows = [header]
     for label, prefix in (("backbone", "base"), ("+ VISA", "visa")):
         cells = [metrics[f"{prefix}/R@{k}"] for k in ks] + [metrics[f"{prefix}/R_subset@{k}"] for k in subset]
-        line = f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells)
-        for name in ranking:  # MRR is a fraction (0..1), as INQUIRE prints it; the others are percent
-            line += f"{metrics[f'{prefix}/{name}']:>9.{3 if name == 'MRR' else 1}f}"
-        rows.append(line)
-    return "\n".join(rows)
+        rows.append(f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells))
+    return "\n".join(with_ranking_metrics(rows, metrics))
+
+
+def with_ranking_metrics(rows: list[str], metrics: dict[str, Any]) -> list[str]:
+    """The table's header, backbone and + VISA rows with the ranking metrics the dataset reports beside R@k
+    (INQUIRE's mAP@k, nDCG@k, MRR, in the dataset's order), so its primary metric is on screen too."""
+    from visa.data import RANKING_METRICS
+
+    names = [k[5:] for k in metrics if k.startswith("base/") and RANKING_METRICS.fullmatch(k[5:])]
+    header, *lines = rows
+    out = [header + "".join(f"{name:>9}" for name in names)]
+    for line, prefix in zip(lines, ("base", "visa")):
+        # MRR is a fraction (0..1), as INQUIRE prints it; the others are percent
+        out.append(line + "".join(f"{metrics[f'{prefix}/{n}']:>9.{3 if n == 'MRR' else 1}f}" for n in names))
+    return out
 
 
 # Above this share of queries with generic questions, the summary says what it means and what to try.
