@@ -12,7 +12,7 @@ import shlex
 
 import pytest
 import yaml
-from conftest import REPO, SMALL_DEMO
+from conftest import REPO, SMALL_DEMO, requires
 from helpers.runs import run_in_one_process
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
@@ -142,7 +142,7 @@ def _needs_data(argv: list[str]) -> bool:
     """A single run (no -m, --cfg, --help) whose dataset reads files from disk (not a shipped demo)."""
     if any(a.startswith("-") for a in argv):
         return False
-    cfg = compose_cfg(_overrides(argv))
+    cfg = compose_cfg(_overrides(check_command_line(list(argv))))
     return not str(cfg.dataset._target_).startswith("visa.data.demo.")
 
 
@@ -195,6 +195,48 @@ def check_help(text: str) -> None:
     launchers = sorted(p.stem for p in (REPO / "conf" / "hydra" / "launcher").glob("*.yaml"))
     (line,) = [line for line in text.splitlines() if line.startswith("hydra/launcher:")]
     assert sorted(re.findall(r"(\w+) \(", line.removeprefix("hydra/launcher:"))) == launchers
+
+
+# -- launchers ----------------------------------------------------------------------------------------------
+def test_a_local_sweep_says_what_each_job_did_and_a_failed_job_is_one_line(tmp_path):
+    """hydra/launcher=local on the reference release's files (no model loads): the console gets one line per
+    job and where their output is; submitit's folder has no `%j`; a failed job ends the sweep with its own
+    line and its log, not submitit's report."""
+    requires("hydra_plugins.hydra_submitit_launcher", "cluster")
+    import numpy as np
+    from test_release import write_release
+
+    rng = np.random.default_rng(0)
+    write_release(tmp_path, "toy", rng.normal(size=(24, 12)), rng.normal(size=(24, 12)), 12)
+    common = [
+        "-m",
+        "hydra/launcher=local",
+        "dataset=visa_release",
+        f"dataset.root={tmp_path}",
+        "dataset.name=toy",
+    ]
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    argvs = [
+        [*common, "fusion.alpha=0,1", f"hydra.sweep.dir={good}"],
+        [*common, "fusion.alpha=2", f"hydra.sweep.dir={bad}"],
+    ]
+    env = {**os.environ, "VISA_CACHE": str(tmp_path / "cache")}
+    (ok, failed), _ = run_in_one_process(argvs, cwd=REPO, env=env, timeout=600)
+    assert ok["code"] == 0, ok["stderr"][-3000:]
+    assert f"sweep: 2 job(s) in {good}" in ok["stdout"]
+    assert re.search(r"fusion\.alpha=0: R@1 \d+\.\d -> \d+\.\d \(" + re.escape(str(good / "0")), ok["stdout"])
+    assert f"each job's printed output: {good}/.submitit/<job id>_0_log.out" in ok["stdout"]
+    logs = sorted((good / ".submitit").glob("*_0_log.out"))
+    assert len(logs) == 2 and all("R@1" in log.read_text() for log in logs)
+    assert not (good / ".submitit" / "%j").exists()
+    assert failed["code"] == 1 and "Traceback" not in failed["stderr"]
+    (line,) = failed["stderr"].strip().splitlines()
+    assert re.fullmatch(
+        r"error: sweep job \d+ failed: fusion\.alpha=2 is outside \[0, 1\] \(its output: "
+        + re.escape(str(bad / ".submitit"))
+        + r"/\d+_0_log\.err, \.out beside it\)",
+        line,
+    ), line
 
 
 # -- unknown keys -------------------------------------------------------------------------------------------
