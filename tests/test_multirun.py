@@ -164,7 +164,12 @@ def test_compare_reads_the_sweep(sweep_base, tmp_path):
         assert float(row["time/answer"]) == pytest.approx(metrics["time/answer"])
         assert int(row["calls/computed"]) == sum(metrics[f"calls/{s}/computed"] for s in STAGES)
         assert row["dataset"] == "demo" and row["retrieval.top_k"] == "2"
-    assert {p.name for p in out.glob("*.png")} == {"recall_vs_alpha.png", "gain.png", "stage_time.png"}
+    assert {p.name for p in out.glob("*.png")} == {
+        "pareto.png",
+        "recall_vs_alpha.png",
+        "gain.png",
+        "stage_time.png",
+    }
     assert (out / "index.html").read_text().count("<tr>") == 5
 
 

@@ -12,8 +12,11 @@ in one line:
 - a scheduler's stop signal (SIGTERM, which SLURM sends before SIGKILL at preemption and at the time limit;
   SIGUSR2, the usual `--signal` for a warning before the time limit) stops a run the way Ctrl-C does, with
   the same line saying what was saved and how to resume, and a second Ctrl-C or signal while the run closes
-  its cache and servers is ignored (no traceback, nothing left half-closed). A signal whose handler someone
-  else installed (submitit installs its own for SIGUSR2 and SIGTERM: it requeues the job) is left alone.
+  its cache and servers is ignored (no traceback, nothing left half-closed). A signal the process started
+  with ignored is taken over too: a shell starts a script's background commands (`cmd &`, as a CI runner or
+  a batch script does) with SIGINT ignored, and `kill -INT` must still stop such a run and keep its results.
+  A signal whose Python handler someone else installed (submitit installs its own for SIGUSR2 and SIGTERM:
+  it requeues the job) is left alone.
 """
 
 from __future__ import annotations
@@ -300,10 +303,15 @@ class _Stopping:
         raise Stop(signum)
 
 
+def _default(sig: signal.Signals) -> Any:
+    return signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+
+
 @contextmanager
 def stop_signals() -> Iterator[_Stopping]:
-    """Within: SIGINT, SIGTERM and SIGUSR2 raise `Stop` once (where their handler is Python's default), then
-    are ignored until the process ends. The handlers are restored on the way out unless a stop came."""
+    """Within: SIGINT, SIGTERM and SIGUSR2 raise `Stop` once (where their handler is Python's default, or the
+    signal was ignored when the process started), then are ignored until the process ends. The handlers are
+    restored on the way out unless a stop came."""
     handler = _Stopping()
     previous: dict[signal.Signals, Any] = {}
     for name in STOP_SIGNALS:
@@ -311,9 +319,12 @@ def stop_signals() -> Iterator[_Stopping]:
         if sig is None:
             continue
         current = signal.getsignal(sig)
-        # Python's default, or this module's from an earlier run in this process; not someone else's
-        if current in (signal.SIG_DFL, signal.default_int_handler) or isinstance(current, _Stopping):
-            previous[sig] = signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL
+        # Python's default, ignored (inherited from a shell's background job), or this module's from an
+        # earlier run in this process; not someone else's
+        if current in (signal.SIG_DFL, signal.SIG_IGN, signal.default_int_handler) or isinstance(
+            current, _Stopping
+        ):
+            previous[sig] = current if current is signal.SIG_IGN else _default(sig)
             signal.signal(sig, handler)
             handler.signals.append(sig)
     try:

@@ -39,6 +39,8 @@ class Prompt:
         }
         if self.seed is not None or self.temperature is not None:
             key["sampling"] = {"seed": self.seed, "temperature": self.temperature}
+            if self.temperature:  # sampled with noise of its own (replies of the batch-shared stream differ)
+                key["sampling"]["noise"] = "per_prompt"
         if self.layout is not None:
             key["layout"] = self.layout.as_key()
         return key

@@ -70,20 +70,13 @@ class ChatSettings:
     def sampling(self) -> bool:
         return self.temperature > 0
 
-    def sampling_of(self, prompts: list[Prompt]) -> tuple[float, int]:
-        """(temperature, seed) for a batch: the prompts' own when they carry them (a question retry
-        re-samples with a new seed), else the generator's. A batch must agree (the pipeline sends each
-        retry round as its own batches)."""
-        chosen = {
-            (
-                self.temperature if p.temperature is None else p.temperature,
-                self.seed if p.seed is None else p.seed,
-            )
-            for p in prompts
-        }
-        if len(chosen) > 1:
-            raise VisaError(f"one batch asks for different sampling settings {sorted(chosen)}")
-        return chosen.pop() if chosen else (self.temperature, self.seed)
+    def sampling_of(self, prompt: Prompt) -> tuple[float, int]:
+        """(temperature, seed) of one request: the prompt's own when it carries them (a question retry
+        re-samples with a new seed), else the generator's."""
+        return (
+            self.temperature if prompt.temperature is None else prompt.temperature,
+            self.seed if prompt.seed is None else prompt.seed,
+        )
 
     def sees_media(self, prompt: Prompt) -> bool:
         """Whether the prompt's images or video go to the model (not when it reads descriptions)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -33,6 +34,7 @@ from visa.core.loading import check_dtype, load_once, load_pretrained, torch_dty
 from visa.core.prompt import Prompt
 from visa.generation.chat import ChatSettings, MediaSettings
 from visa.generation.media import prompt_media
+from visa.generation.sampling import PerPromptSampler, row_seed
 from visa.generation.structured import GrammarCache, batch_layout
 
 log = logging.getLogger(__name__)
@@ -88,11 +90,32 @@ def _converted_folder(model: str, gguf_file: str) -> Path | None:
     return converted_models_dir() / f"{path.stem}-{digest}"
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Half-written copies of `folder` left by a process that was killed (SIGKILL, a lost node) while
+    writing: never read (only a renamed, complete folder is), removed so that they do not pile up."""
+    for partial in folder.parent.glob(f"{folder.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def _keep_converted(folder: Path, tokenizer, lm) -> None:
     """Save a model read from GGUF as a transformers folder (written aside, then renamed, so a reader never
-    sees half a folder). A folder that cannot be written only costs the next run the conversion again."""
+    sees half a folder; a Ctrl-C while writing removes the half-written copy). A folder that cannot be
+    written only costs the next run the conversion again."""
     partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
     try:
+        _remove_abandoned(folder)
         from safetensors.torch import save_model
 
         tokenizer.save_pretrained(partial)
@@ -234,6 +257,12 @@ def _with_prefix(lm, rows: list[list[int]], length: int, cache, pad_id: int) -> 
     }
 
 
+def _noise(gen: ChatSettings) -> dict[str, str]:
+    """Identity of a sampling generator: its replies draw noise per prompt (`visa.generation.sampling`),
+    unlike the batch-shared stream of earlier versions, whose cached replies are not reused."""
+    return {"noise": "per_prompt"} if gen.temperature > 0 else {}
+
+
 def _complete(
     gen: ChatSettings,
     lm,
@@ -246,25 +275,30 @@ def _complete(
     decoded, per prompt.
 
     Sampling is what the settings say, never the model's generation_config: top_k off, top_p only when
-    sampling; the repetition penalty is the model's own unless `repetition_penalty` is set. A batch whose
+    sampling, each prompt with noise of its own (`visa.generation.sampling`: a reply never depends on its
+    batch-mates); the repetition penalty is the model's own unless `repetition_penalty` is set. A batch whose
     prompts carry a `layout` is generated under that layout's grammar."""
-    temperature, seed = gen.sampling_of(prompts)
-    sampling = temperature > 0
     layout = batch_layout(prompts)
-    processors = [grammars.processor(layout, tokenizer, lm)] if layout is not None and grammars else None
-    if sampling:
-        torch.manual_seed(seed)
+    processors: list[Any] = (
+        [grammars.processor(layout, tokenizer, lm)] if layout is not None and grammars else []
+    )
+    rows = [gen.sampling_of(p) for p in prompts]  # (temperature, seed) of each prompt
+    if any(temperature > 0 for temperature, _ in rows):
+        seeds = [
+            row_seed(json.dumps(p.as_key(), sort_keys=True), seed) for p, (_, seed) in zip(prompts, rows)
+        ]
+        processors.append(PerPromptSampler([t for t, _ in rows], seeds, gen.top_p))
     penalty = {} if gen.repetition_penalty is None else {"repetition_penalty": gen.repetition_penalty}
     try:
         out = lm.generate(
             **enc,
             max_new_tokens=gen.max_new_tokens,
-            do_sample=sampling,
-            temperature=temperature if sampling else None,
-            top_p=gen.top_p if sampling else None,
+            do_sample=False,  # greedy over the scores PerPromptSampler perturbed, per prompt
+            temperature=None,
+            top_p=None,
             top_k=None,
             pad_token_id=tokenizer.pad_token_id,
-            logits_processor=processors,
+            logits_processor=processors or None,
             **penalty,
         )
     except torch.OutOfMemoryError as e:
@@ -298,7 +332,7 @@ class HFTextGenerator(ChatSettings):
         check_dtype(self.dtype)
 
     def identity(self) -> dict:
-        return {**super().identity(), "gguf_file": self.gguf_file, "dtype": self.dtype}
+        return {**super().identity(), "gguf_file": self.gguf_file, "dtype": self.dtype, **_noise(self)}
 
     def counters(self) -> dict[str, int]:
         """Prompt tokens that a cached prefix spared the model, and prefix tokens it ran."""
@@ -306,6 +340,12 @@ class HFTextGenerator(ChatSettings):
             "prefix_tokens/reused": self.prefixes.reused_tokens,
             "prefix_tokens/computed": self.prefixes.computed_tokens,
         }
+
+    def prepare(self) -> str:
+        """Load the model now (a GGUF file is converted once into the model cache); where it is kept."""
+        load_text_model(self.model, self.gguf_file, self.dtype, self.device, self.trust_remote_code)
+        folder = _converted_folder(self.model, self.gguf_file) if self.gguf_file else None
+        return f"{self.model} kept as {folder}" if folder is not None else f"{self.model} loaded"
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt]) -> list[str]:
@@ -358,7 +398,7 @@ class HFVisionGenerator(MediaSettings):
 
     def identity(self) -> dict:
         # "gguf_file": None keeps the identities (and so the caches) of the former single generator class.
-        return {**super().identity(), "gguf_file": None, "dtype": self.dtype}
+        return {**super().identity(), "gguf_file": None, "dtype": self.dtype, **_noise(self)}
 
     def counters(self) -> dict[str, int]:
         """Images and videos encoded, prompt tokens a cached prefix spared the model, prefix tokens it ran."""

@@ -175,7 +175,7 @@ class OpenAIChatGenerator(MediaSettings):
 
     def request_body(self, prompt: Prompt) -> dict:
         parts = self._media_parts(prompt) if self.sees_media(prompt) else None
-        temperature, seed = self.sampling_of([prompt])
+        temperature, seed = self.sampling_of(prompt)
         body = {
             "model": self.model,
             "messages": self.messages(prompt, parts),

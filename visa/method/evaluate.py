@@ -4,6 +4,7 @@ dataset lists in `Dataset.metrics` (mAP@k, nDCG@k, MRR: INQUIRE)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 import torch
@@ -49,3 +50,13 @@ def evaluate(
             for name, value in recall_subset_at_k(order, relevant, subsets, subset_scores, (1, 2, 3)).items():
                 metrics[f"{prefix}/{name}"] = value
     return metrics
+
+
+def ranking_digest(dataset: Dataset, order: torch.Tensor) -> str:
+    """A short fingerprint of a ranking (each query's ranked item ids, in query order): two runs whose final
+    rankings are identical have the same digest, whatever their cache, batches or shards were."""
+    h = hashlib.sha256()
+    ids = [item.id for item in dataset.gallery]
+    for row in order.tolist():
+        h.update(("\x1f".join(ids[i] for i in row) + "\x1e").encode())
+    return h.hexdigest()[:16]

@@ -17,7 +17,7 @@ import torch
 from visa.cache import Store
 from visa.data import Dataset, Item, Query
 from visa.method import prompts
-from visa.method.evaluate import evaluate
+from visa.method.evaluate import evaluate, ranking_digest
 from visa.method.fusion import Fusion, rerank
 from visa.method.keys import item_fingerprint
 from visa.method.parts import Components
@@ -97,6 +97,8 @@ def question_metrics(
     """How the question LLM did: queries that fell back to the generic questions (count and percent), the
     re-asks, the questions left out as copies or repeats, the queries whose questions were topped up from
     several tries, each try's asked/parsed, and whether the replies were constrained to the layout."""
+    if not tries:  # questions.num=0: nothing was asked
+        return {}
     fallback = sum(not q.parsed for q in questions)
     out: dict[str, Any] = {
         "questions/fallback": fallback,
@@ -168,6 +170,7 @@ def run_visa(
     metrics: dict[str, Any] = evaluate(
         dataset, {"base": candidates, "visa": visa_order}, settings.recall_at, retrieved.subset_scores
     )
+    metrics["results/digest"] = ranking_digest(dataset, visa_order)
     run.timed("evaluate", t0)
     metrics.update(question_metrics(questions, run.question_tries, settings))
     metrics["answers/mode"] = settings.answers.mode
@@ -220,6 +223,7 @@ def evaluate_precomputed(
     run.timed("fuse", t0)
     t0 = time.perf_counter()
     metrics: dict[str, Any] = evaluate(dataset, {"base": candidates, "visa": visa_order}, settings.recall_at)
+    metrics["results/digest"] = ranking_digest(dataset, visa_order)
     run.timed("evaluate", t0)
     metrics.update(run.runner.report(model_stages=()))
     questions = [prompts.Questions([], qs, True) for qs in (pre.questions or [[] for _ in dataset.queries])]

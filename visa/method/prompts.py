@@ -302,6 +302,19 @@ def top_up(earlier: Questions, later: Questions, n: int, minimum: int | None = N
     return replace(later, found=merged, found_phrases=phrases, dropped=dropped)
 
 
+def first_questions(questions: Questions, num: int, kind: str = "image") -> Questions:
+    """The first `num` of a query's questions. A list that never reached questions.max distinct questions
+    still serves when it has `num` (its questions are the same whatever `num` is); one with fewer falls back
+    to the generic questions of `kind`, whose answers are left out."""
+    if questions.parsed:
+        return replace(questions, questions=questions.questions[:num])
+    if len(questions.found) >= max(num, 1):
+        return replace(
+            questions, key_phrases=questions.found_phrases, questions=questions.found[:num], parsed=True
+        )
+    return replace(questions, questions=list(fallback_questions(kind)[:num]))
+
+
 def _phrase_list(key_phrases: list[str], default: str) -> str:
     """Key phrases as one numbered line ("1. red bus 2. parked"), as the reference shows them."""
     return " ".join(f"{i}. {p}" for i, p in enumerate(key_phrases, 1)) if key_phrases else default

@@ -6,7 +6,7 @@ each stage here and reads the rest from the shared cache."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -130,23 +130,29 @@ class Run:
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[prompts.Questions]:
-        """Questions for every query, generated once at questions.max; the first questions.num distinct ones
-        are used. `query_texts`: each query as the LLM reads it (a composed query with its reference's
-        description; default: the query texts).
+        """Questions for every query: a list of questions.max generated for each, of which the first
+        questions.num are used. `query_texts`: each query as the LLM reads it (a composed query with its
+        reference's description; default: the query texts).
 
-        With questions.constrained the reply is generated in the method's layout (the prompt carries a
-        `QuestionLayout`). A reply that does not parse (fewer than questions.num distinct questions once
-        copies of the prompt's examples and repeats are left out) is asked again, up to questions.retries
-        times, each retry sampled at questions.retry_temperature with its own seed (the generator's seed +
-        the retry's number), before the query falls back to the generic questions. Constrained, a retry tops
-        up the distinct questions of the tries before it (`prompts.top_up`); unconstrained, each try stands
-        alone (the reference's re-sampling). Every try is cached under its own key."""
+        A query's list depends on the query, the prompt and the question LLM's settings only, never on
+        questions.num, on the other queries or on what the cache holds: every query goes through the same
+        re-ask schedule towards questions.max distinct questions (copies of the prompt's examples and repeats
+        left out). A reply with fewer is asked again, up to questions.retries times, try t sampled at
+        questions.retry_temperature with seed = the generator's seed + t and noise of its own
+        (`visa.generation.sampling`), so a sweep over questions.num uses nested lists and costs one run at
+        questions.max. With questions.constrained the reply is generated in the method's layout and a retry
+        tops up the distinct questions of the tries before it (`prompts.top_up`); unconstrained, each try
+        stands alone (the reference's re-sampling). A query left with fewer than questions.num questions
+        falls back to the generic ones. Every try is cached under its own key. questions.num=0 asks
+        nothing."""
         settings = self.settings.questions
         n = settings.max
         kind = self.dataset.gallery[0].kind if self.dataset.gallery else "image"
         self.question_tries = []
-        identity = question_llm.identity()
         query_texts = query_texts or [q.text for q in self.dataset.queries]
+        if settings.num == 0:  # descriptions only: the question LLM is not asked
+            return [prompts.Questions([], [], parsed=True) for _ in query_texts]
+        identity = question_llm.identity()
         first = [
             prompts.question_prompt(t, n, kind, settings.prompt, settings.constrained) for t in query_texts
         ]
@@ -168,9 +174,9 @@ class Run:
                 for p, i in zip(ps, pending)
             ]
             replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity)
-            tried = [prompts.parse_questions(r, n, settings.num, kind) for r in replies]
+            tried = [prompts.parse_questions(r, n, n, kind) for r in replies]
             if attempt > 0 and settings.constrained:
-                tried = [prompts.top_up(parsed[i], q, n, settings.num) for i, q in zip(pending, tried)]
+                tried = [prompts.top_up(parsed[i], q, n, n) for i, q in zip(pending, tried)]
             if attempt == 0:
                 parsed = tried
             for i, q in zip(pending, tried):
@@ -180,9 +186,7 @@ class Run:
             pending = [i for i in pending if not parsed[i].parsed]
             if not pending:
                 break
-        for p in parsed:
-            p.questions = p.questions[: settings.num]
-        return parsed
+        return [prompts.first_questions(p, settings.num, kind) for p in parsed]
 
     def answer(
         self,
@@ -238,6 +242,3 @@ class Run:
         fix = f"check the scorer's weights and dtype ({str(ident)[:160]})"
         check_finite(np.array(scores, dtype=np.float32), "the scorer's score", [q for q, _ in pairs], fix)
         return scores
-
-
-StageFunction = Callable[[str, list[str], list[Any], Stream, Any], list[Any]]
