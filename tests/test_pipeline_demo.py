@@ -30,7 +30,8 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     assert "queries fell back to generic questions" in first.stdout  # the summary line (logged)
     for r in results:
         assert len(r["base_top"]) == len(r["rerank_top"]) == len(r["candidates"]) == 2
-        assert {c["id"] for c in r["base_top"]} == {c["id"] for c in r["rerank_top"]}  # only the order changes
+        # only the order changes
+        assert {c["id"] for c in r["base_top"]} == {c["id"] for c in r["rerank_top"]}
         assert len(r["questions"]) == 1
         for cand in r["candidates"]:
             # Answers exist only for parsed questions (fallback answers are left out of the passage).

@@ -65,7 +65,9 @@ def record(index: int, query: str, truth: str, base: list[str], visa: list[str])
         "questions": ["What colour is it?"],
         "questions_parsed": True,
         "base_top": [{"id": i, "score": 0.9 - 0.1 * r} for r, i in enumerate(base)],
-        "rerank_top": [{"id": i, "base": 0.5, "text": 1.0, "fused": 1.0 - 0.1 * r} for r, i in enumerate(visa)],
+        "rerank_top": [
+            {"id": i, "base": 0.5, "text": 1.0, "fused": 1.0 - 0.1 * r} for r, i in enumerate(visa)
+        ],
         "candidates": [{"id": i, "answers": [f"It is {i}."], "passage": f"It is {i}."} for i in base],
     }
 
