@@ -13,6 +13,7 @@ from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_c
 from visa.config import (
     ANSWER_MLLM,
     BACKBONE,
+    CROSS_ENCODER,
     DATASET,
     DESCRIBER,
     GROUPS,
@@ -38,7 +39,9 @@ from visa.method.settings import Settings
 T = TypeVar("T")
 
 # The groups a re-ranker may use (its class's `uses`), by name.
-RERANKER_PARTS: dict[str, Group] = {g.name: g for g in (QUESTION_LLM, ANSWER_MLLM, DESCRIBER, SCORER, JUDGE)}
+RERANKER_PARTS: dict[str, Group] = {
+    g.name: g for g in (QUESTION_LLM, ANSWER_MLLM, DESCRIBER, SCORER, JUDGE, CROSS_ENCODER)
+}
 
 
 class Assembly:

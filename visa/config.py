@@ -26,7 +26,7 @@ from visa.method.normalizers import Normalizer
 from visa.method.pairwise import PairwiseBackbone
 from visa.method.rerankers import Reranker
 from visa.method.settings import Settings
-from visa.scorers import Scorer
+from visa.scorers import MediaScorer, Scorer
 from visa.tracking import Logger
 
 T = TypeVar("T")
@@ -66,6 +66,8 @@ LOGGER: Group[Logger] = Group("logger", Logger)
 RERANKER: Group[Reranker] = Group("reranker", Reranker)
 # the model a pointwise re-ranker asks "does this item show the query?" (P(Yes))
 JUDGE: Group[Generator] = Group("judge", Generator)
+# the multimodal cross-encoder of reranker=cross_encoder (Qwen3-VL-Reranker, BLIP-2 ITM)
+CROSS_ENCODER: Group[MediaScorer] = Group("cross_encoder", MediaScorer)
 
 
 @dataclass
@@ -85,6 +87,7 @@ class VisaConfig(Settings):
     normalizer: Any = NORMALIZER.field()
     reranker: Any = RERANKER.field()
     judge: Any = JUDGE.field()
+    cross_encoder: Any = CROSS_ENCODER.field()
     logger: Any = LOGGER.field()
     cache_dir: str | None = "${oc.env:VISA_CACHE,null}"  # None: the user cache folder
     # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem

@@ -31,7 +31,7 @@ from visa.method.replies import (
 )
 from visa.method.settings import Settings
 from visa.method.shard import SHARED_STAGES, wait_for_others
-from visa.scorers import Scorer
+from visa.scorers import MediaScorer, Scorer
 
 MODEL_STAGES = (
     "encode_text",
@@ -42,6 +42,7 @@ MODEL_STAGES = (
     "answer",
     "score",
     "judge",
+    "cross_score",
 )
 
 
@@ -256,6 +257,16 @@ class Run:
         scores = self.stage("judge", keys, prompts, stream, ident)
         fix = f"check the judge's weights and dtype ({str(ident)[:160]})"
         check_finite(np.array(scores, dtype=np.float32), "the judge's P(Yes)", [p.text for p in prompts], fix)
+        return scores
+
+    def cross_score(self, model: MediaScorer, pairs: list[Prompt], fingerprints: list[str]) -> list[float]:
+        """A multimodal cross-encoder's relevance of each (query, item) pair; `fingerprints`: each pair's
+        item (its content, so a changed file is scored again)."""
+        ident = model.identity()
+        keys = [make_key("cross_score", ident, [p.as_key(), fp]) for p, fp in zip(pairs, fingerprints)]
+        scores = self.stage("cross_score", keys, pairs, batched(model.score_media, model.batch_size), ident)
+        fix = f"check the cross-encoder's weights and dtype ({str(ident)[:160]})"
+        check_finite(np.array(scores, dtype=np.float32), "the cross-encoder's score", [p.text for p in pairs], fix)
         return scores
 
     def score(
