@@ -86,6 +86,7 @@ def test_chat_generators_have_the_ability():
 
 
 def test_text_p_yes_is_batch_independent_and_reads_descriptions(models):
+    """Each prompt runs alone: its score is bitwise the one it gets in any list of prompts."""
     llm, _, _, _ = models
     gen = HFTextGenerator(model=str(llm), device="cpu", uses_context=True, batch_size=2)
     probs = gen.first_token_probs(ITEMS, ("Yes", "No"))
