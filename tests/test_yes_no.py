@@ -111,19 +111,25 @@ def test_a_model_made_to_answer_orders_yes_above_no(models):
 
 def test_served_top_logprobs_agree_with_hf_logits(models):
     llm, judge, _, _ = models
-    for folder, top in ((llm, 500), (judge, 5)):  # the whole tiny vocabulary; the likeliest five
-        hf = HFTextGenerator(model=str(folder), device="cpu", uses_context=True, batch_size=3)
-        with LogprobServer(str(folder)) as server:
-            served = OpenAIChatGenerator(model="tiny", url=server.url, uses_context=True, top_logprobs=top)
-            got = served.first_token_probs(ITEMS, ("Yes", "No"))
-            assert served.yes_no(ITEMS) == pytest.approx(hf.yes_no(ITEMS), abs=1e-5)
-        assert got == pytest.approx(hf.first_token_probs(ITEMS, ("Yes", "No")), rel=1e-4)
-        body = server.requests[0]
-        assert (body["max_tokens"], body["logprobs"], body["top_logprobs"]) == (1, True, top)
-        assert "description of the image: a dog running" in body["messages"][-1]["content"].lower()
-        assert served.counters()["yes_no/scored"] == 6 and served.counters()["yes_no/unlisted"] == 0
-    dog, car, _ = served.yes_no(ITEMS)
-    assert dog > 0.99 and car < 0.01  # the made-to-answer model, served
+    # the whole tiny vocabulary listed: every probability agrees
+    hf = HFTextGenerator(model=str(llm), device="cpu", uses_context=True)
+    with LogprobServer(str(llm)) as server:
+        served = OpenAIChatGenerator(model="tiny", url=server.url, uses_context=True, top_logprobs=500)
+        got = served.first_token_probs(ITEMS, ("Yes", "No"))
+        assert served.yes_no(ITEMS) == pytest.approx(hf.yes_no(ITEMS), abs=1e-5)
+    want = hf.first_token_probs(ITEMS, ("Yes", "No"))
+    assert [p for row in got for p in row] == pytest.approx([p for row in want for p in row], rel=1e-4)
+    body = server.requests[0]
+    assert (body["max_tokens"], body["logprobs"], body["top_logprobs"]) == (1, True, 500)
+    assert "description of the image: a dog running" in body["messages"][-1]["content"].lower()
+    assert served.counters()["yes_no/scored"] == 6 and served.counters()["yes_no/unlisted"] == 0
+    # the made-to-answer model with the five likeliest tokens listed (its two answers among them)
+    hf = HFTextGenerator(model=str(judge), device="cpu", uses_context=True)
+    with LogprobServer(str(judge)) as server:
+        served = OpenAIChatGenerator(model="tiny", url=server.url, uses_context=True, top_logprobs=5)
+        dog, car = served.yes_no(ITEMS[:2])
+    assert [dog, car] == pytest.approx(hf.yes_no(ITEMS[:2]), abs=1e-5)
+    assert dog > 0.99 and car < 0.01
 
 
 def test_served_words_outside_top_logprobs_count_zero(models):

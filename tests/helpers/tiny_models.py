@@ -414,7 +414,11 @@ def blip2_itm_dir(folder: Path) -> Path:
         image_text_hidden_size=16,
     )
     torch.manual_seed(0)
-    Blip2ForImageTextRetrieval(config).save_pretrained(folder)
+    model = Blip2ForImageTextRetrieval(config)
+    with torch.no_grad():  # at the default init, the pixels barely reach the tiny ViT's output
+        model.vision_model.embeddings.patch_embedding.weight.normal_(0.0, 0.5)
+        model.query_tokens.normal_(0.0, 1.0)
+    model.save_pretrained(folder)
     image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
     Blip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
     return folder

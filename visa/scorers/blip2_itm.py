@@ -29,7 +29,8 @@ def _load(model: str, dtype: str, device: str):
 
 class Blip2ITMScorer:
     """See the module docstring. `score_media` takes `Prompt`s whose text is the query and whose media is the
-    item's image (`visa.scorers.MediaScorer`); `batch_size` pairs run in one forward pass."""
+    item's image (`visa.scorers.MediaScorer`). Each pair runs alone, so that its score does not depend on
+    its batch-mates; `batch_size` is the pairs a caller hands over per call."""
 
     def __init__(
         self,
@@ -68,16 +69,21 @@ class Blip2ITMScorer:
                 )
         processor, net = _load(self.model, self.dtype, self.device)
         out: list[float] = []
-        for start in range(0, len(pairs), self.batch_size):
-            block = pairs[start : start + self.batch_size]
-            enc = processor(
-                images=[read_image(p.media[0], None) for p in block],
-                text=[p.text for p in block],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(net.device)
+        for (
+            pair
+        ) in pairs:  # alone: a padded batch rounds differently (3e-8), and a score must not depend on it
+            block = [pair]
+            images = [read_image(p.media[0], None) for p in block]
+            texts = [p.text for p in block]
+            cut = {"padding": True, "truncation": True, "return_tensors": "pt"}
+            if getattr(processor, "num_query_tokens", None):
+                # a processor that puts the image's query tokens before the text (the model drops them)
+                cut["max_length"] = self.max_length + processor.num_query_tokens
+                enc = processor(images=images, text=texts, **cut)
+            else:  # text and pixels apart (the processor cannot cut a text without query tokens)
+                enc = processor.tokenizer(texts, max_length=self.max_length, **cut)
+                enc["pixel_values"] = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+            enc = enc.to(net.device)
             enc["pixel_values"] = enc["pixel_values"].to(net.dtype)
             self.media_encoded += len(block)
             try:
