@@ -158,6 +158,7 @@ def test_generator_identities_are_those_of_the_former_single_class():
         "uses_context": False,
         "seed": 0,
         "repetition_penalty": 1.0,
+        "noise": "per_prompt",  # it samples: noise of its own per prompt (visa.generation.sampling)
     }
     served = instantiate_part(compose_cfg("answer_mllm=qwen2_vl_7b_sglang"), "answer_mllm").identity()
     assert served == {
