@@ -76,7 +76,7 @@ def test_cli_prints_one_line_for_a_bad_part_key(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: scorer.max_len is not a setting of visa.scorers.onnx_cross_encoder.OnnxCrossEncoder; "
-        "valid keys: model_dir, max_length, query_max_length, batch_size"
+        "valid keys: model_dir, max_length, query_max_length, batch_size; did you mean scorer.max_length?"
     ]
 
 

@@ -3,12 +3,14 @@ signature of the class its `_target_` names, so a typo or a wrong type stops the
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from hydra.core.config_store import ConfigStore
@@ -171,6 +173,35 @@ def _check_secrets(key: str, value: Any, where: str) -> None:
                 _check_secrets(str(inner), inner_value, f"{where}.{key}")
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the run's config root (visa/run.py: ../conf)
+
+
+def options_taking(group: str, key: str) -> list[str]:
+    """The options of a group of the run's config (`conf/<group>/*.yaml`) whose part sets `key`
+    (`normalizer`, `bank` -> dn, nnn, qb_norm): what to choose when the chosen option has no such key."""
+    import yaml
+
+    found = []
+    for path in sorted((CONF / group).glob("*.yaml")):
+        text = path.read_text()
+        data = yaml.safe_load(text) or {}
+        if text.lstrip().startswith("# @package _global_"):
+            data = data.get(group) if isinstance(data, dict) else None
+        if isinstance(data, dict) and key in data:
+            found.append(path.stem)
+    return found
+
+
+def unknown_key(where: str, key: str, valid: Sequence[str]) -> str:
+    """What to do about a key that the part at `where` does not take: the other options of its group that
+    take it (`normalizer.bank` under normalizer=none), else the nearest of its valid keys."""
+    others = options_taking(where, key) if "." not in where else []
+    if others:
+        return f"choose a {where} that takes it: {where}={'|'.join(others)}"
+    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f"did you mean {where}.{near[0]}?" if near else ""
+
+
 def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
     """The keyword parameters of a part's class (or function) and their type hints. A constructor that
     passes `**kwargs` on to its parent's takes the parent's parameters too (own ones first)."""
@@ -205,7 +236,11 @@ def check_part(node: DictConfig, where: str, given: Collection[str] = ()) -> Non
         _check_secrets(key, value, where)
         if key not in params:
             valid = ", ".join(params) or "(none)"
-            raise VisaError(f"{where}.{key} is not a setting of {node._target_}; valid keys: {valid}")
+            fix = unknown_key(where, key, list(params))
+            raise VisaError(
+                f"{where}.{key} is not a setting of {node._target_}; valid keys: {valid}"
+                + (f"; {fix}" if fix else "")
+            )
         if isinstance(value, dict):  # a nested part (a server launcher) is checked like a part
             if "_target_" in value:
                 check_part(node[key], f"{where}.{key}")

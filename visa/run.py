@@ -46,7 +46,21 @@ def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
     for label, prefix in (("backbone", BASE), ("+ VISA", RERANKED)):
         cells = [metrics[f"{prefix}/R@{k}"] for k in ks] + [metrics[f"{prefix}/R_subset@{k}"] for k in subset]
         rows.append(f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells))
-    return "\n".join(rows)
+    return "\n".join(with_ranking_metrics(rows, metrics))
+
+
+def with_ranking_metrics(rows: list[str], metrics: dict[str, Any]) -> list[str]:
+    """The table's header, backbone and + VISA rows with the ranking metrics the dataset reports beside R@k
+    (INQUIRE's mAP@k, nDCG@k, MRR, in the dataset's order), so its primary metric is on screen too."""
+    from visa.data import RANKING_METRICS
+
+    names = [k[5:] for k in metrics if k.startswith("base/") and RANKING_METRICS.fullmatch(k[5:])]
+    header, *lines = rows
+    out = [header + "".join(f"{name:>9}" for name in names)]
+    for line, prefix in zip(lines, (BASE, RERANKED)):
+        # MRR is a fraction (0..1), as INQUIRE prints it; the others are percent
+        out.append(line + "".join(f"{metrics[f'{prefix}/{n}']:>9.{3 if n == 'MRR' else 1}f}" for n in names))
+    return out
 
 
 # Above this share of queries with generic questions, the summary says what it means and what to try.
