@@ -31,7 +31,7 @@ def tiny(tmp_path_factory):
 
 
 def test_shipped_configs_build_media_scorers():
-    for path in sorted((REPO / "conf" / "cross_encoder").glob("*.yaml")):
+    for path in sorted((REPO / "conf" / "scorer" / "media").glob("*.yaml")):
         node = yaml.safe_load(path.read_text())
         part = instantiate(node)
         assert isinstance(part, MediaScorer) and not isinstance(part, Scorer), path.name
