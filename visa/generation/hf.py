@@ -258,19 +258,20 @@ class HFTextGenerator(ChatSettings):
 
     @torch.no_grad()
     def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
-        """Each word's probability as the first token of the reply, `batch_size` prompts a forward pass
-        (left-padded; a context reader reads each item's description, as `generate` does)."""
+        """Each word's probability as the first token of the reply, one prompt a forward pass (a context
+        reader reads each item's description, as `generate` does). Alone, because a padded batch rounds
+        differently from one prompt (a 1e-7 difference, tests/test_yes_no.py): a score must not depend on
+        its batch-mates (one config, one result). A served model batches."""
         self._refuse_media(prompts)
         tokenizer, lm = load_text_model(
             self.model, self.gguf_file, self.dtype, self.device, self.trust_remote_code
         )
         out: list[list[float]] = []
-        for start in range(0, len(prompts), self.batch_size):
-            texts = [
-                tokenizer.apply_chat_template(self.messages(p), tokenize=False, add_generation_prompt=True)
-                for p in prompts[start : start + self.batch_size]
-            ]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
+        for prompt in prompts:
+            text = tokenizer.apply_chat_template(
+                self.messages(prompt), tokenize=False, add_generation_prompt=True
+            )
+            enc = tokenizer([text], return_tensors="pt", add_special_tokens=False).to(lm.device)
             logprobs = first_step_logprobs(lm, enc, tokenizer.pad_token_id)
             out += probs_from_logprobs(logprobs, tokenizer, words, self.model)
         return out
@@ -408,9 +409,9 @@ class HFVisionGenerator(MediaSettings):
     @torch.no_grad()
     def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
         """Each word's probability as the first token of the reply, one prompt a forward pass (its media
-        encoded with it, as `generate` sends them). Alone, because a vision encoder's matrix products over
-        several items' patches round differently from one item's (a 1e-7 difference, tests/test_yes_no.py):
-        a score must not depend on its batch-mates (one config, one result). A served model batches."""
+        encoded with it, as `generate` sends them). Alone, as in `HFTextGenerator.first_token_probs`: a
+        padded batch, and a vision encoder's products over several items' patches, round differently from
+        one prompt."""
         processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
         out: list[list[float]] = []
         for prompt in prompts:

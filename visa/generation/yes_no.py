@@ -4,9 +4,9 @@ This is INQUIRE's re-rank protocol (Vendrow et al., NeurIPS 2024 D&B, `src/lmm_u
 ask a vision-language model whether the picture shows the query, answer "Yes" or "No", and score
 P(Yes) / (P(Yes) + P(No)) from the probabilities of the first generated token. Nothing is sampled:
 
-- transformers models (`visa.generation.hf`): one forward pass over the left-padded prompts (attention mask,
-  positions from the mask, as `generate` builds them), the first step's raw logits (before any logits
-  processor), softmax over the vocabulary;
+- transformers models (`visa.generation.hf`): one forward pass per prompt (a padded batch rounds differently
+  from one prompt, and a score must not depend on its batch-mates), the first step's raw logits (before any
+  logits processor), softmax over the vocabulary;
 - OpenAI-compatible servers (`visa.generation.openai_api`): `max_tokens: 1, logprobs: true,
   top_logprobs: N`, the first token's `top_logprobs` (sglang and vLLM return them; `transformers serve`
   does not). A word that is not among the N listed tokens counts as probability 0, as INQUIRE reads GPT-4o.
@@ -97,7 +97,7 @@ def yes_ratios(probs: Sequence[Sequence[float]]) -> list[float]:
 
 @torch.no_grad()
 def first_step_logprobs(lm, enc: dict, pad_token_id: int | None) -> torch.Tensor:
-    """Log-softmax of the first decoding step's raw logits [rows, vocab], float32, for left-padded inputs.
+    """Log-softmax of the first decoding step's raw logits [rows, vocab], float32.
 
     `generate` with one new token and no sampling builds positions (rotary and M-RoPE alike) and the media
     inputs exactly as a reply's first step sees them; `output_logits` are the model's logits before any
