@@ -29,7 +29,7 @@ def compose_cfg(*overrides: str):
 
 
 def test_the_shipped_rerankers():
-    assert OPTIONS == ["none", "pointwise", "visa", "visa_description"]
+    assert OPTIONS == ["cross_encoder", "none", "pointwise", "visa", "visa_description"]
     assert compose_cfg().reranker._target_ == "visa.method.rerankers.visa.VisaReranker"  # the default
 
 
@@ -39,13 +39,15 @@ def test_the_shipped_rerankers():
         ("visa", ("question_llm", "answer_mllm", "describer", "scorer")),
         ("visa_description", ("describer", "scorer")),
         ("pointwise", ("judge", "describer")),
+        ("cross_encoder", ("cross_encoder",)),
         ("none", ()),
     ],
 )
 def test_a_reranker_is_built_from_the_groups_it_uses_only(option, uses):
     """The groups a re-ranker does not use need not be configured: removed from the config, the run's
     checks still pass and the re-ranker builds (no weights load until a stage runs)."""
-    unused = [g for g in ("question_llm", "answer_mllm", "describer", "scorer", "judge") if g not in uses]
+    optional = ("question_llm", "answer_mllm", "describer", "scorer", "judge", "cross_encoder")
+    unused = [g for g in optional if g not in uses]
     assembly = Assembly(compose_cfg(f"reranker={option}", *(f"~{g}" for g in unused)))
     assert assembly.uses == uses
     reranker = assembly.reranker()

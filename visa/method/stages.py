@@ -247,7 +247,7 @@ class Run:
         return answers
 
     def judge(
-        self, judge: YesNoScorer, prompts: list[Prompt], fingerprints: list[str], yes: str, no: str
+        self, judge: YesNoScorer, prompts: list[Prompt], fingerprints: list[dict], yes: str, no: str
     ) -> list[float]:
         """P(yes) / (P(yes) + P(no)) of each prompt's first reply token; `fingerprints`: each prompt's item
         (its content, so a changed file is judged again)."""
@@ -259,14 +259,16 @@ class Run:
         check_finite(np.array(scores, dtype=np.float32), "the judge's P(Yes)", [p.text for p in prompts], fix)
         return scores
 
-    def cross_score(self, model: MediaScorer, pairs: list[Prompt], fingerprints: list[str]) -> list[float]:
+    def cross_score(self, model: MediaScorer, pairs: list[Prompt], fingerprints: list[dict]) -> list[float]:
         """A multimodal cross-encoder's relevance of each (query, item) pair; `fingerprints`: each pair's
         item (its content, so a changed file is scored again)."""
         ident = model.identity()
         keys = [make_key("cross_score", ident, [p.as_key(), fp]) for p, fp in zip(pairs, fingerprints)]
         scores = self.stage("cross_score", keys, pairs, batched(model.score_media, model.batch_size), ident)
         fix = f"check the cross-encoder's weights and dtype ({str(ident)[:160]})"
-        check_finite(np.array(scores, dtype=np.float32), "the cross-encoder's score", [p.text for p in pairs], fix)
+        check_finite(
+            np.array(scores, dtype=np.float32), "the cross-encoder's score", [p.text for p in pairs], fix
+        )
         return scores
 
     def score(

@@ -1,5 +1,5 @@
 """Text re-rankers, each a class instantiated from `conf/scorer/<name>.yaml` that satisfies `Scorer`; and
-multimodal cross-encoders over (query text, item image), each from `conf/scorer/media/<name>.yaml`, that
+multimodal cross-encoders over (query text, item image), each from `conf/cross_encoder/<name>.yaml`, that
 satisfy `MediaScorer` (`visa.scorers.qwen3_vl_reranker.Qwen3VLReranker`,
 `visa.scorers.blip2_itm.Blip2ITMScorer`).
 

@@ -1,4 +1,4 @@
-"""`reranker=cross_encoder`: a multimodal cross-encoder (the run's `cross_encoder` part, `conf/cross_encoder/`)
+"""`reranker=cross_encoder`: a multimodal cross-encoder (the `cross_encoder` part, `conf/cross_encoder/`)
 scores each (query, candidate's pixels) pair directly: Qwen3-VL-Reranker's P(yes) (2B, 8B) or BLIP-2's
 image-text matching head (LAVIS re-ranks BLIP-2's contrastive top-k this way). No package ships such a model,
 so the offline demo has no stand-in for it: the run stops with the loader's one line."""
