@@ -65,6 +65,15 @@ class CostReporting(Protocol):
     def last_costs(self) -> list[Cost]: ...
 
 
+def token_costs(enc: Any, pad_token_id: int | None) -> list[Cost]:
+    """One Cost per row of a tokenizer's batch `enc`: its input tokens, padding left out (the attention
+    mask's ones; without a mask, the ids that are not padding)."""
+    mask = enc.get("attention_mask") if hasattr(enc, "get") else None
+    if mask is None:
+        mask = enc["input_ids"] != pad_token_id
+    return [Cost(tokens_in=int(n)) for n in mask.sum(dim=1).tolist()]
+
+
 @dataclass
 class CostTotals:
     """Sums over the distinct results a stage used; `unknown`: results cached before costs were stored

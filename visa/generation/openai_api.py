@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 
+from visa.cache.cost import Cost
 from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
 from visa.generation.balance import ServerPool
@@ -53,6 +54,11 @@ log = logging.getLogger("visa.openai_api")
 _MAX_BACKOFF = 60.0  # seconds: the longest wait between two tries of one request
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 STRUCTURED_OUTPUTS = ("json_schema", "regex")
+
+
+def _count(value: Any) -> int:
+    """A token count from a server's `usage`; 0 when it is missing or not a count."""
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 @runtime_checkable
@@ -199,22 +205,29 @@ class OpenAIChatGenerator(MediaSettings):
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _reply_text(self, url: str, body: str) -> str | None:
-        """The completion's text; None for a malformed reply (not JSON, or no `choices[0].message`)."""
+    def _reply_text(self, url: str, body: str) -> tuple[str, Cost] | None:
+        """The completion's text and its tokens (the server's `usage`; 0 where a server leaves it out);
+        None for a malformed reply (not JSON, or no `choices[0].message`)."""
         try:
-            message = json.loads(body)["choices"][0]["message"]
+            reply = json.loads(body)
+            message = reply["choices"][0]["message"]
             content = message.get("content")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             self.malformed += 1
             if self.malformed <= 3:
                 log.warning("malformed reply from %s (asked again): %.200r", url, body)
             return None
+        usage = reply.get("usage") if isinstance(reply, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        cost = Cost(
+            tokens_in=_count(usage.get("prompt_tokens")), tokens_out=_count(usage.get("completion_tokens"))
+        )
         if not isinstance(content, str) or not content.strip():
             self.empty += 1
             if self.empty == 1:
                 log.warning("an empty reply from %s (kept as an empty answer; counted in empty)", url)
-            return ""
-        return content.strip()
+            return "", cost
+        return content.strip(), cost
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         """Exponential backoff with jitter (so that many failed requests do not come back all at once)."""
@@ -228,7 +241,7 @@ class OpenAIChatGenerator(MediaSettings):
 
     async def _one(
         self, client: aiohttp.ClientSession, pool: ServerPool, index: int, prompt: Prompt
-    ) -> tuple[int, str]:
+    ) -> tuple[int, str, Cost]:
         if self.sees_media(prompt):
             body = await asyncio.to_thread(self.request_body, prompt)  # reading and encoding pixels
         else:
@@ -258,7 +271,7 @@ class OpenAIChatGenerator(MediaSettings):
             if answered and status == 200:
                 reply = self._reply_text(url, text)
                 if reply is not None:
-                    return index, reply
+                    return index, *reply
                 last = f"a malformed reply {' '.join(text.split())[:80]!r}"
             elif answered:
                 raise VisaError(
@@ -328,8 +341,8 @@ class OpenAIChatGenerator(MediaSettings):
                     task.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
-    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str]]:
-        """(index, reply) pairs in completion order.
+    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str, Cost]]:
+        """(index, reply, its tokens) in completion order.
 
         The requests run on an event loop in a helper thread; this thread only waits on a queue, so Ctrl-C
         and errors stop the stage at once, and closing the iterator cancels the requests in flight.
@@ -375,6 +388,6 @@ class OpenAIChatGenerator(MediaSettings):
     def generate(self, prompts: list[Prompt]) -> list[str]:
         """One reply per prompt, in order (all requests in flight at once, up to max_concurrency)."""
         out: list[str | None] = [None] * len(prompts)
-        for index, text in self.stream(prompts):
+        for index, text, _ in self.stream(prompts):
             out[index] = text
         return out  # type: ignore[return-value]

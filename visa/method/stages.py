@@ -137,7 +137,7 @@ class Run:
             stage,
             [make_key("encode_composed", ident, item_fingerprint(it)) for it in items],
             items,
-            batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size, backbone),
+            batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
             ident,
             backbone,
         )
@@ -147,7 +147,7 @@ class Run:
         stream: Stream = (
             backbone.stream_visual
             if isinstance(backbone, StreamingBackbone)
-            else batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size, backbone)
+            else batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size)
         )
         return self.stage(
             "encode_visual", visual_keys(backbone, items), items, stream, backbone.identity(), backbone
