@@ -21,8 +21,10 @@ import torch
 from tests.helpers import tiny_models
 from visa.cache import SQLiteStore
 from visa.data import Dataset, Item, Query
-from visa.generation.hf import HFVisionGenerator, load_vision_model
-from visa.method.prompts import Prompt, Questions
+from visa.generation.hf import HFVisionGenerator
+from visa.generation.hf_loading import load_vision_model
+from visa.method.prompts import Prompt
+from visa.method.replies import Questions
 from visa.method.settings import AnswersSettings, RetrievalSettings, Settings
 from visa.method.stages import Run
 

@@ -22,7 +22,8 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 
 from visa.config import instantiate_part, register, settings_from
-from visa.generation.hf import PrefixCache, load_text_model
+from visa.generation.hf import PrefixCache
+from visa.generation.hf_loading import load_text_model
 from visa.method.settings import Settings
 from visa.method.stages import Run
 

@@ -10,7 +10,8 @@ from visa.cache import SQLiteStore  # noqa: E402
 from visa.core.errors import VisaError  # noqa: E402
 from visa.data import Dataset, Item, Query  # noqa: E402
 from visa.generation.hf import HFVisionGenerator  # noqa: E402
-from visa.method.prompts import Questions, all_answers_prompt, parse_all_answers  # noqa: E402
+from visa.method.prompts import all_answers_prompt  # noqa: E402
+from visa.method.replies import Questions, parse_all_answers  # noqa: E402
 from visa.method.settings import AnswersSettings, RetrievalSettings, Settings
 from visa.method.stages import Run  # noqa: E402
 

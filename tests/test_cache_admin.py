@@ -63,7 +63,7 @@ def test_bad_folder_and_missing_prune_target_are_one_line(tmp_path):
         f"error: {tmp_path / 'nowhere'} is not a folder; give the cache folder (cache_dir)"
     ]
     out = cli("prune", str(tmp_path))
-    assert out.returncode == 1 and "prune needs --stage and/or --model" in out.stderr
+    assert out.returncode == 1 and "prune needs --stage, --model and/or --store" in out.stderr
 
 
 def test_layouts_and_model_labels(tmp_path):

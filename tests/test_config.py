@@ -5,10 +5,12 @@ import json
 import pytest
 from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from visa.config import check_part, register
+from visa.config import GROUPS, LOGGER, PART_GROUPS, build, check_part, register
 from visa.core.errors import VisaError
 from visa.data import Item, build_dataset
+from visa.tracking import Logger
 
 register()
 
@@ -20,19 +22,32 @@ def compose_cfg(*overrides):
 
 def test_default_config_composes_with_every_part_checked():
     cfg = compose_cfg()
-    for group in (
-        "dataset",
-        "backbone",
-        "question_llm",
-        "answer_mllm",
-        "describer",
-        "scorer",
-        "fusion",
-        "logger",
-    ):
-        check_part(cfg[group], group)
+    for group in PART_GROUPS:  # conf/config.yaml's defaults list chooses an option of every group
+        check_part(cfg[group.name], group.name)
     assert cfg.retrieval.top_k == 5  # the demo profile's K; the schema default is the paper's 20
     assert compose_cfg("dataset=visa_release").retrieval.top_k == 20
+
+
+def test_the_groups_are_those_of_the_schema_and_the_defaults_list():
+    import yaml
+
+    defaults = yaml.safe_load((REPO / "conf" / "config.yaml").read_text())["defaults"]
+    chosen = [next(iter(d)).removeprefix("optional ") for d in defaults if isinstance(d, dict)]
+    assert [g for g in chosen if g not in ("experiment", "sweep")] == list(GROUPS)
+    assert GROUPS == tuple(g.name for g in PART_GROUPS) and "dataset" in GROUPS and "logger" in GROUPS
+
+
+def test_a_part_that_lacks_its_groups_protocol_is_one_line():
+    cfg = compose_cfg()
+    built = build(cfg, LOGGER)
+    assert isinstance(built, Logger)
+    cfg.logger = OmegaConf.create({"_target_": "visa.method.fusion.MinMaxFusion"})
+    with pytest.raises(
+        VisaError,
+        match=r"^logger._target_=visa.method.fusion.MinMaxFusion lacks finish, log, start; a logger class "
+        r"must have what visa.tracking.Logger declares$",
+    ):
+        build(cfg, LOGGER)
 
 
 def test_unknown_key_in_a_part_names_the_key_and_the_valid_ones():
@@ -61,7 +76,7 @@ def test_cli_prints_one_line_for_a_bad_part_key(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
         "error: scorer.max_len is not a setting of visa.scorers.onnx_cross_encoder.OnnxCrossEncoder; "
-        "valid keys: model_dir, max_length, query_max_length, batch_size"
+        "valid keys: model_dir, max_length, query_max_length, batch_size; did you mean scorer.max_length?"
     ]
 
 
@@ -158,6 +173,7 @@ def test_generator_identities_are_those_of_the_former_single_class():
         "uses_context": False,
         "seed": 0,
         "repetition_penalty": 1.0,
+        "noise": "per_prompt",  # it samples: noise of its own per prompt (visa.generation.sampling)
     }
     served = instantiate_part(compose_cfg("answer_mllm=qwen2_vl_7b_sglang"), "answer_mllm").identity()
     assert served == {

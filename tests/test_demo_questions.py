@@ -12,9 +12,9 @@ from visa.method.prompts import (
     Prompt,
     all_answers_prompt,
     answer_prompt,
-    parse_questions,
     question_prompt,
 )
+from visa.method.replies import parse_questions
 from visa.method.settings import QuestionsSettings, Settings
 
 DESCRIPTION = (

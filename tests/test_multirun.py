@@ -107,11 +107,12 @@ def test_sweep_computes_each_model_call_once(sweep_base):
     needed = [{s: m[f"calls/{s}/computed"] + m[f"calls/{s}/cached"] for s in STAGES} for _, m in runs]
     # A job that differs from the one before only in the fusion weight computes nothing.
     assert computed[1] == dict.fromkeys(STAGES, 0) and computed[3] == dict.fromkeys(STAGES, 0)
-    # Questions are generated once at questions.max: the job with questions.num=1 asks nothing new, and
-    # neither retrieval nor descriptions depend on the number of questions.
-    for stage in ("encode_text", "encode_visual", "describe", "ask"):
+    # Neither retrieval nor descriptions depend on the number of questions; questions.num=0 asks nothing,
+    # and the job with questions.num=1 asks each query once (questions generated once, at questions.max).
+    for stage in ("encode_text", "encode_visual", "describe"):
         assert computed[2][stage] == 0
         assert needed[2][stage] == needed[0][stage] > 0
+    assert needed[0]["ask"] == 0 and computed[2]["ask"] == needed[2]["ask"] > 0
     # questions.num=0 needs no answers; =1 needs one per candidate of each query whose questions parsed.
     # (identical prompts, e.g. the same question about the same item for two queries, are one call)
     queries, top_k = runs[0][1]["data/queries"], 2

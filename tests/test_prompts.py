@@ -1,13 +1,13 @@
+from visa.method.passages import build_passage
 from visa.method.prompts import (
     FALLBACK_QUESTIONS,
     Prompt,
     all_answers_prompt,
     answer_prompt,
-    build_passage,
     describe_prompt,
-    parse_questions,
     question_prompt,
 )
+from visa.method.replies import parse_questions
 
 # A reply in the reference's layout: numbered key phrases, then numbered questions under "questions:";
 # the reference reads the text after "questions:", splits it at "<number>. " and cuts each entry at its

@@ -20,6 +20,7 @@ from visa.method import pipeline
 from visa.method.fusion import MinMaxFusion
 from visa.method.parts import Components
 from visa.method.records import ResultsFile, read_results
+from visa.method.rerankers.visa import VisaReranker
 from visa.method.settings import QuestionsSettings, RetrievalSettings, Settings
 from visa.scorers.hf_cross_encoder import HFCrossEncoder
 
@@ -51,10 +52,12 @@ def parts_and_data(tmp_path_factory):
 
             return Components(
                 backbone=OpenClipBackbone(model=f"local-dir:{clip}", device="cpu"),
-                question_llm=generator(),
-                answer_mllm=generator(),
-                describer=generator(),
-                scorer=HFCrossEncoder(model=str(scorer), device="cpu"),
+                reranker=VisaReranker(
+                    question_llm=generator(),
+                    answer_mllm=generator(),
+                    describer=generator(),
+                    scorer=HFCrossEncoder(model=str(scorer), device="cpu"),
+                ),
                 fusion=MinMaxFusion(0.5),
             )
 

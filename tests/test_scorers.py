@@ -9,7 +9,7 @@ import pytest
 from helpers import tiny_models
 
 from visa.core.errors import VisaError  # noqa: E402
-from visa.method.prompts import build_passage  # noqa: E402
+from visa.method.passages import build_passage  # noqa: E402
 from visa.scorers.bge_lightweight import BGELightweightReranker  # noqa: E402
 from visa.scorers.hf_cross_encoder import HFCrossEncoder  # noqa: E402
 

@@ -30,10 +30,13 @@ def test_two_shards_then_a_final_run_equal_one_process(tmp_path):
 
     cache, sweep = tmp_path / "shared-cache", tmp_path / "multirun"
     shards = run_cli(
-        "-m", "hydra/launcher=submitit_local", *DEMO, "shard.count=2", "shard.index=range(2)",
+        "-m", "hydra/launcher=local", *DEMO, "shard.count=2", "shard.index=range(2)",
         f"hydra.sweep.dir={sweep}", cache=cache, run_dir=tmp_path / "unused",
     )  # fmt: skip
     assert shards.returncode == 0, shards.stderr[-3000:]
+    # the console says what each job did and where its output is; no folder literally named %j
+    assert f"sweep: 2 job(s) in {sweep}" in shards.stdout and "model calls computed" in shards.stdout
+    assert not (sweep / ".submitit" / "%j").exists()
     shard_metrics = [json.loads((sweep / str(i) / "metrics.json").read_text()) for i in range(2)]
     assert [m["shard/index"] for m in shard_metrics] == [0, 1]
     for stage in MODEL_STAGES:

@@ -18,7 +18,8 @@ from visa.core.prompt import Prompt
 from visa.data import Dataset, Item, Query
 from visa.generation.hf import HFTextGenerator
 from visa.generation.openai_api import OpenAIChatGenerator
-from visa.method.prompts import fallback_questions, parse_questions, question_prompt
+from visa.method.prompts import fallback_questions, question_prompt
+from visa.method.replies import parse_questions
 from visa.method.settings import QuestionsSettings, Settings
 from visa.method.stages import Run
 
@@ -148,8 +149,8 @@ def test_the_ask_stage_constrains_by_default_and_counts(tmp_path):
 
 
 def test_the_summary_says_how_the_questions_did():
-    from visa.method.pipeline import question_metrics
-    from visa.method.prompts import Questions
+    from visa.method.replies import Questions
+    from visa.method.rerankers.visa import question_metrics
     from visa.run import format_questions
 
     questions = [Questions(["a"], ["Is it?"], True), Questions([], ["x"], False, tries=3, dropped=2)]
@@ -166,7 +167,7 @@ def test_the_summary_says_how_the_questions_did():
 
 
 def test_a_retry_tops_up_the_distinct_questions_of_the_tries_before():
-    from visa.method.prompts import top_up
+    from visa.method.replies import top_up
 
     first = parse_questions(REPLY.replace("Is it snowy?", "Are there two dogs?"), 3)  # 2 distinct
     again = parse_questions(REPLY.replace("Do they run?", "Are there two dogs?"), 3)  # 2 distinct, 1 new

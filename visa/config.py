@@ -3,72 +3,97 @@ signature of the class its `_target_` names, so a typo or a wrong type stops the
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
-import re
 import types
 import typing
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Generic, TypeVar
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from visa.backbones import Backbone
 from visa.core.errors import VisaError
+from visa.core.overrides import ENV_NAME, is_secret_key
+from visa.data import DatasetSource
+from visa.generation import Generator
+from visa.method.fusion import Fusion
+from visa.method.normalizers import Normalizer
+from visa.method.pairwise import PairwiseBackbone
 from visa.method.settings import Settings
+from visa.scorers import Scorer
+from visa.tracking import Logger
 
-# Keys whose values are secrets (a server's api_key, a hub token, ...): never taken from the config, where
-# they would be saved in .hydra/ and logged; dropped from anything built from the config or the overrides.
-# Whole words only: `max_new_tokens` is not a secret, `hf_token` is.
-SECRET_KEY = re.compile(
-    r"(^|[._-])(api[_-]?key|(access[_-]?|auth[_-]?)?token|secret|passw(or)?d|credentials?|private[_-]?key|auth)"
-    r"([._-]|$)",
-    re.I,
-)
-ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a config key (plain or dotted) holds a secret; `*_env` keys name a variable and do not."""
-    return bool(SECRET_KEY.search(key)) and not key.endswith("_env")
+T = TypeVar("T")
 
 
 class SecretInConfig(VisaError):
     """A secret-looking key in a config file (the command line refuses them before Hydra, `visa.entry`)."""
 
 
-GROUPS = (
-    "dataset",
-    "backbone",
-    "question_llm",
-    "answer_mllm",
-    "describer",
-    "scorer",
-    "fusion",
-    "normalizer",
-    "logger",
-)
+class Group(Generic[T]):
+    """A group of parts: `conf/<name>/*.yaml`, each naming in `_target_` a class that satisfies one of
+    `protocols` (the type that `build` returns, checked by mypy and again when a part is built)."""
+
+    def __init__(self, name: str, *protocols: Any):
+        self.name, self.protocols = name, protocols
+
+    def field(self) -> Any:
+        """The group's entry in `VisaConfig`: a part chosen by the defaults list or `<name>=...`."""
+        return field(default=MISSING, metadata={"group": self})
+
+    def __repr__(self) -> str:
+        return f"Group({self.name!r})"
+
+
+DATASET: Group[DatasetSource] = Group("dataset", DatasetSource)
+BACKBONE: Group[Backbone | PairwiseBackbone] = Group("backbone", Backbone, PairwiseBackbone)
+QUESTION_LLM: Group[Generator] = Group("question_llm", Generator)
+ANSWER_MLLM: Group[Generator] = Group("answer_mllm", Generator)
+DESCRIBER: Group[Generator] = Group("describer", Generator)
+SCORER: Group[Scorer] = Group("scorer", Scorer)
+FUSION: Group[Fusion] = Group("fusion", Fusion)
+# the base similarity's normaliser (none, nnn, qb_norm, dn); metrics.json names the choice itself
+NORMALIZER: Group[Normalizer] = Group("normalizer", Normalizer)
+LOGGER: Group[Logger] = Group("logger", Logger)
 
 
 @dataclass
 class VisaConfig(Settings):
     """The schema of `conf/config.yaml`: the parts (each checked against its class by `check_part`) and the
-    run's settings, whose defaults and checks live in `visa.method.settings.Settings` alone."""
+    run's settings, whose defaults and checks live in `visa.method.settings.Settings` alone. The groups
+    declared here are the only list of them: the checks of a run, the parts it builds and the report's
+    settings read them from here (`PART_GROUPS`, `GROUPS`); `conf/config.yaml` chooses each one's default."""
 
-    dataset: Any = MISSING
-    backbone: Any = MISSING
-    question_llm: Any = MISSING
-    answer_mllm: Any = MISSING
-    describer: Any = MISSING
-    scorer: Any = MISSING
-    fusion: Any = MISSING
-    normalizer: Any = MISSING  # the base similarity's normaliser (conf/normalizer: none, nnn, qb_norm, dn)
-    logger: Any = MISSING
+    dataset: Any = DATASET.field()
+    backbone: Any = BACKBONE.field()
+    question_llm: Any = QUESTION_LLM.field()
+    answer_mllm: Any = ANSWER_MLLM.field()
+    describer: Any = DESCRIBER.field()
+    scorer: Any = SCORER.field()
+    fusion: Any = FUSION.field()
+    normalizer: Any = NORMALIZER.field()
+    logger: Any = LOGGER.field()
     cache_dir: str | None = "${oc.env:VISA_CACHE,null}"  # None: the user cache folder
     # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
     cache_layout: str = "auto"
     data_dir: str = "${oc.env:VISA_DATA,./data}"  # where dataset configs look for their files
+
+
+def _part_groups() -> tuple[Group[Any], ...]:
+    declared = [(f.name, f.metadata["group"]) for f in fields(VisaConfig) if "group" in f.metadata]
+    for name, group in declared:
+        if name != group.name:  # a programming error: the field and its group must agree
+            raise AssertionError(f"VisaConfig.{name} is declared with {group!r}")
+    return tuple(group for _, group in declared)
+
+
+PART_GROUPS = _part_groups()
+GROUPS = tuple(group.name for group in PART_GROUPS)
 
 
 def settings_from(cfg: DictConfig) -> Settings:
@@ -78,15 +103,6 @@ def settings_from(cfg: DictConfig) -> Settings:
         value = cfg[f.name]
         values[f.name] = OmegaConf.to_object(value) if isinstance(value, (DictConfig, ListConfig)) else value
     return Settings(**values)
-
-
-def parse_overrides(lines: Sequence[str]) -> dict[str, Any]:
-    """Hydra override strings as {key: value}; a group choice (`scorer=x`) and a value (`fusion.alpha=0.5`)
-    alike become one entry each; deletions (`~key`) are left out."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    parsed = OverridesParser.create().parse_overrides(list(lines))
-    return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
 
 
 def register() -> None:
@@ -157,6 +173,35 @@ def _check_secrets(key: str, value: Any, where: str) -> None:
                 _check_secrets(str(inner), inner_value, f"{where}.{key}")
 
 
+CONF = Path(__file__).resolve().parents[1] / "conf"  # the run's config root (visa/run.py: ../conf)
+
+
+def options_taking(group: str, key: str) -> list[str]:
+    """The options of a group of the run's config (`conf/<group>/*.yaml`) whose part sets `key`
+    (`normalizer`, `bank` -> dn, nnn, qb_norm): what to choose when the chosen option has no such key."""
+    import yaml
+
+    found = []
+    for path in sorted((CONF / group).glob("*.yaml")):
+        text = path.read_text()
+        data = yaml.safe_load(text) or {}
+        if text.lstrip().startswith("# @package _global_"):
+            data = data.get(group) if isinstance(data, dict) else None
+        if isinstance(data, dict) and key in data:
+            found.append(path.stem)
+    return found
+
+
+def unknown_key(where: str, key: str, valid: Sequence[str]) -> str:
+    """What to do about a key that the part at `where` does not take: the other options of its group that
+    take it (`normalizer.bank` under normalizer=none), else the nearest of its valid keys."""
+    others = options_taking(where, key) if "." not in where else []
+    if others:
+        return f"choose a {where} that takes it: {where}={'|'.join(others)}"
+    near = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return f"did you mean {where}.{near[0]}?" if near else ""
+
+
 def _parameters(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any]]:
     """The keyword parameters of a part's class (or function) and their type hints. A constructor that
     passes `**kwargs` on to its parent's takes the parent's parameters too (own ones first)."""
@@ -191,7 +236,11 @@ def check_part(node: DictConfig, where: str, given: Collection[str] = ()) -> Non
         _check_secrets(key, value, where)
         if key not in params:
             valid = ", ".join(params) or "(none)"
-            raise VisaError(f"{where}.{key} is not a setting of {node._target_}; valid keys: {valid}")
+            fix = unknown_key(where, key, list(params))
+            raise VisaError(
+                f"{where}.{key} is not a setting of {node._target_}; valid keys: {valid}"
+                + (f"; {fix}" if fix else "")
+            )
         if isinstance(value, dict):  # a nested part (a server launcher) is checked like a part
             if "_target_" in value:
                 check_part(node[key], f"{where}.{key}")
@@ -225,3 +274,27 @@ def instantiate_part(cfg: DictConfig, group: str, **given: Any) -> Any:
         if isinstance(e.__cause__, VisaError):
             raise e.__cause__ from None
         raise VisaError(f"{group}: cannot build {node._target_}: {e.__cause__ or e}") from e
+
+
+def build(cfg: DictConfig, group: Group[T], **given: Any) -> T:
+    """The run's part of `group`, its keys checked first and the built object checked against the group's
+    Protocols (one line naming the class and what it lacks)."""
+    part = instantiate_part(cfg, group.name, **given)
+    if not any(isinstance(part, protocol) for protocol in group.protocols):
+        lacks = sorted({m for p in group.protocols for m in _members(p) if not hasattr(part, m)})
+        wanted = " or ".join(f"{p.__module__}.{p.__qualname__}" for p in group.protocols)
+        raise VisaError(
+            f"{group.name}._target_={cfg[group.name]._target_} lacks {', '.join(lacks)}; a {group.name} "
+            f"class must have what {wanted} declares"
+        )
+    return part
+
+
+def _members(protocol: Any) -> set[str]:
+    """The methods and attributes a Protocol declares (its own and its Protocol bases')."""
+    names: set[str] = set()
+    for base in protocol.__mro__:
+        if getattr(base, "_is_protocol", False) and base is not typing.Protocol:
+            declared = {*vars(base), *getattr(base, "__annotations__", {})}
+            names |= {n for n in declared if not n.startswith("_") or n == "__call__"}
+    return names

@@ -43,7 +43,7 @@ def main(argv: list[str]) -> None:
     if any(a in ("-h", "--help") for a in argv):
         print(__doc__)
         return
-    with entry.stop_signals():  # a Ctrl-C leaves no half-written model folder (visa.generation.hf)
+    with entry.stop_signals():  # a Ctrl-C leaves no half-written model folder (visa.generation.gguf)
         done = run_command(lambda: prepare(argv), "nothing kept; run the same command again")
     print("\n".join(done) if done else "nothing to prepare: no generator of this config reads a GGUF file")
 

@@ -11,26 +11,26 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from visa import entry
-from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_cache
+from visa.assembly import Assembly
+from visa.cache import SharedFolderStore, SQLiteStore
 from visa.cli import run_command
 from visa.config import (
-    GROUPS,
+    BACKBONE,
+    DATASET,
+    FUSION,
+    LOGGER,
+    NORMALIZER,
     SecretInConfig,
-    _import_target,
-    check_part,
-    instantiate_part,
     register,
-    settings_from,
 )
 from visa.core.errors import Interrupted, VisaError
 from visa.core.loading import quiet_loaders
-from visa.data import Dataset, Query, check_modalities
-from visa.data.banks import Bank, read_bank
+from visa.data import Dataset
 from visa.method.keys import visual_keys
-from visa.method.parts import Components
+from visa.method.metrics import BASE, RERANKED
 from visa.method.pipeline import evaluate_precomputed, run_visa
 from visa.method.records import ResultsFile, ResultsFileError, ResultsReader
 
@@ -40,13 +40,27 @@ register()
 
 def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
     header = f"{'':<12}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
-    subset = [k for k in (1, 2, 3) if f"base/R_subset@{k}" in metrics]  # CIRR's Recall_subset
+    subset = [k for k in (1, 2, 3) if f"{BASE}/R_subset@{k}" in metrics]  # CIRR's Recall_subset
     header += "".join(f"{'Rs@' + str(k):>8}" for k in subset)
     rows = [header]
-    for label, prefix in (("backbone", "base"), ("+ VISA", "visa")):
+    for label, prefix in (("backbone", BASE), ("+ VISA", RERANKED)):
         cells = [metrics[f"{prefix}/R@{k}"] for k in ks] + [metrics[f"{prefix}/R_subset@{k}"] for k in subset]
         rows.append(f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells))
-    return "\n".join(rows)
+    return "\n".join(with_ranking_metrics(rows, metrics))
+
+
+def with_ranking_metrics(rows: list[str], metrics: dict[str, Any]) -> list[str]:
+    """The table's header, backbone and + VISA rows with the ranking metrics the dataset reports beside R@k
+    (INQUIRE's mAP@k, nDCG@k, MRR, in the dataset's order), so its primary metric is on screen too."""
+    from visa.data import RANKING_METRICS
+
+    names = [k[5:] for k in metrics if k.startswith("base/") and RANKING_METRICS.fullmatch(k[5:])]
+    header, *lines = rows
+    out = [header + "".join(f"{name:>9}" for name in names)]
+    for line, prefix in zip(lines, (BASE, RERANKED)):
+        # MRR is a fraction (0..1), as INQUIRE prints it; the others are percent
+        out.append(line + "".join(f"{metrics[f'{prefix}/{n}']:>9.{3 if n == 'MRR' else 1}f}" for n in names))
+    return out
 
 
 # Above this share of queries with generic questions, the summary says what it means and what to try.
@@ -73,14 +87,6 @@ def format_questions(metrics: dict[str, Any]) -> str | None:
             "question LLM."
         )
     return line
-
-
-def _choice(cfg: DictConfig, group: str) -> str:
-    """The config file chosen for a group (`backbone=demo` -> "demo"), or its class outside a Hydra run."""
-    try:
-        return HydraConfig.get().runtime.choices[group]
-    except ValueError:
-        return cfg[group]._target_
 
 
 def write_metrics(run_dir: Path, metrics: dict, cache_path: Path | None = None) -> None:
@@ -116,39 +122,14 @@ def saved_line(cache: SQLiteStore | SharedFolderStore) -> str:
     )
 
 
-def load_bank(cfg: DictConfig, normalizer: Any, dataset: Dataset) -> Bank | None:
-    """The normaliser's reference bank (None for normalizer=none), read and checked against the test queries
-    before any model loads."""
-    if normalizer.bank is None:
-        return None
-    if dataset.precomputed is not None:
-        raise VisaError(
-            f"normalizer={_choice(cfg, 'normalizer')} needs the backbone's embeddings, and dataset "
-            f"{dataset.name} holds precomputed scores only; use normalizer=none"
-        )
-
-    def load_split(split: str) -> list[Query]:
-        if "split" not in cfg.dataset:
-            raise VisaError(
-                f"normalizer.bank=split:{split}: dataset {dataset.name} has no dataset.split setting; name a "
-                "captions file or a shipped bank (demo) instead"
-            )
-        node = {**OmegaConf.to_container(cfg.dataset, resolve=True), "split": split}  # type: ignore[dict-item]
-        loader = instantiate_part(OmegaConf.create({"dataset": node}), "dataset")
-        texts = getattr(loader, "texts", None)  # the captions alone, without reading the split's media
-        return [Query(t, ()) for t in texts()] if callable(texts) else loader.load().queries
-
-    return read_bank(normalizer.bank, dataset, load_split, normalizer.bank_limit)
-
-
-def encode_gallery_on_nodes(cfg: DictConfig, dataset, backbone) -> bool:
+def encode_gallery_on_nodes(assembly: Assembly, dataset: Dataset, backbone: Any) -> bool:
     """backbone.num_nodes > 1: every process that srun started (one per device on every node) encodes its
     share of the gallery into the cache. True in the process that goes on with the run (global rank 0)."""
     from visa.backbones.parallel import encode_across_nodes, start_nodes
 
     fabric = start_nodes(backbone)
     rank0 = fabric.global_rank == 0
-    cache = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout) if rank0 else None
+    cache = assembly.open_store() if rank0 else None
     try:
         keys = visual_keys(backbone, dataset.gallery)
         encoded = encode_across_nodes(fabric, backbone, dataset.gallery, keys, cache)
@@ -161,24 +142,23 @@ def encode_gallery_on_nodes(cfg: DictConfig, dataset, backbone) -> bool:
 
 def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     t_start = time.perf_counter()
-    for group in GROUPS:  # every part's keys are checked before anything is loaded
-        check_part(cfg[group], group)
-    settings = settings_from(cfg)
+    assembly = Assembly(cfg)  # every part's keys are checked before anything is loaded
+    settings = assembly.settings
     if not settings.progress:
         quiet_loaders()
-    fusion = instantiate_part(cfg, "fusion")
-    dataset = instantiate_part(cfg, "dataset").load()
+    fusion = assembly.build(FUSION)
+    dataset = assembly.build(DATASET).load()
     log.info("dataset %s: %d queries over %d items", dataset.name, len(dataset.queries), len(dataset.gallery))
-    if dataset.precomputed is None and cfg.backbone.get("num_nodes", 1) > 1:
-        if not encode_gallery_on_nodes(cfg, dataset, instantiate_part(cfg, "backbone")):
+    if dataset.precomputed is None and assembly.backbone_nodes() > 1:
+        if not encode_gallery_on_nodes(assembly, dataset, assembly.build(BACKBONE)):
             return {}  # a helper process of the multi-node gallery encoding: its share is written
-    normalizer = instantiate_part(cfg, "normalizer")
-    bank = load_bank(cfg, normalizer, dataset)
-    normalizer_metrics: dict[str, Any] = {"normalizer": _choice(cfg, "normalizer")}
+    normalizer = assembly.build(NORMALIZER)
+    bank = assembly.bank(normalizer, dataset)
+    normalizer_metrics: dict[str, Any] = {"normalizer": assembly.choice("normalizer")}
     if bank is not None:
         normalizer_metrics.update({"normalizer/bank": bank.spec, "normalizer/bank_size": len(bank.queries)})
-    logger = instantiate_part(cfg, "logger")
-    logger.start(OmegaConf.to_container(cfg, resolve=True), run_dir)
+    logger = assembly.build(LOGGER)
+    logger.start(assembly.config(), run_dir)
     results_file = ResultsFile(run_dir / settings.results_file)
     cache_path: Path | None = None
     try:
@@ -190,20 +170,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             except ResultsFileError as e:
                 raise output_error(run_dir, e.error, None) from None
         else:
-            # what the backbone can embed, from its class: a mismatch stops here, before any model loads
-            backbone_class = _import_target(cfg.backbone._target_, "backbone")
-            check_modalities(dataset, backbone_class, _choice(cfg, "backbone"))
-            parts = Components(
-                backbone=instantiate_part(cfg, "backbone"),
-                question_llm=instantiate_part(cfg, "question_llm"),
-                answer_mllm=instantiate_part(cfg, "answer_mllm"),
-                describer=instantiate_part(cfg, "describer"),
-                scorer=instantiate_part(cfg, "scorer"),
-                fusion=fusion,
-                normalizer=normalizer,
-                bank=bank,
-            )
-            store = open_cache(cfg.cache_dir or default_cache_dir(), cfg.cache_layout)
+            parts = assembly.parts(dataset, fusion, normalizer, bank)
+            store = assembly.open_store()
             cache_path = store.path
             try:
                 metrics, _ = run_visa(dataset, parts, settings, store, sink=results_file.write)
@@ -239,7 +207,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         except ResultsFileError as e:
             raise output_error(run_dir, e.error, cache_path) from None
         write_metrics(run_dir, metrics, cache_path)
-        print(format_table(metrics, list(cfg.recall_at)))
+        print(format_table(metrics, list(settings.recall_at)))
         questions_line = format_questions(metrics)
         if questions_line:  # on the console and in run.log; a warning when the method did not run as meant
             high = metrics.get("questions/fallback_share", 0.0) > FALLBACK_HINT_SHARE

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-from visa.config import is_secret_key, parse_overrides
 from visa.core.errors import VisaError
+from visa.core.overrides import is_secret_key, parse_overrides
 from visa.data import Dataset, Item
-from visa.method.metrics import recall_gains
+from visa.method.metrics import RERANKED_TOP, recall_gains
 
 
 @runtime_checkable
@@ -126,7 +126,7 @@ def pick_samples(results: Iterable[dict], n: int) -> list[dict]:
     changed: list[dict] = []
     same: list[dict] = []
     for r in results:
-        if r["base_top"][:1] and r["base_top"][0]["id"] != r["visa_top"][0]["id"]:
+        if r["base_top"][:1] and r["base_top"][0]["id"] != r[RERANKED_TOP][0]["id"]:
             if len(changed) < n:
                 changed.append(r)
         elif len(same) < n:
@@ -271,7 +271,7 @@ class WandbLogger:
             ]
             for t in r["base_top"][:n]:
                 row.append(image(t["id"], f"{t['id']}{mark[t['id'] in truth]} base {t['score']:.3f}"))
-            for t in r["visa_top"][:n]:
+            for t in r[RERANKED_TOP][:n]:
                 lines = [f"{t['id']}{mark[t['id'] in truth]} fused {t['fused']:.3f} (text {t['text']:.2f})"]
                 lines += [f"A{j + 1}: {a}" for j, a in enumerate(answers.get(t["id"], []))]
                 row.append(image(t["id"], "\n".join(lines)))

@@ -248,7 +248,7 @@ def qwen_question_llm(folder: Path) -> None:
     """Qwen2.5-Instruct's architecture and ChatML, replying QUESTIONS_REPLY (spell_reply) so that the
     rehearsal's questions parse and the answer stage runs: a random model's replies never parse, and a
     query whose questions fell back skips the answer stage."""
-    from visa.method.prompts import parse_questions
+    from visa.method.replies import parse_questions
 
     tiny_models.qwen2_text_dir(folder, extra_words=tuple(QUESTIONS_REPLY))
     text = spell_reply(folder, QUESTIONS_REPLY)

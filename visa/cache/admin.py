@@ -1,6 +1,6 @@
 """`python -m visa.cache show|merge|prune|move-aside [FOLDER]`: what a cache folder holds, per stage and
 model, and its upkeep. A folder may hold the single-machine SQLite file, the per-writer logs of shared storage
-(visa.cache.shared), or both."""
+(visa.cache.shared), or both, and the gallery stores of large galleries (visa.cache.gallery)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from visa.cache.gallery import list_stores, prune_stores, show_stores
 from visa.cache.shared import FOLDER, rewrite, scan
 from visa.cache.store import default_cache_dir, move_aside
 from visa.core.errors import VisaError
@@ -44,6 +45,7 @@ def show(folder: Path) -> str:
         files = f"{len(logs)} files ({open_logs} not closed)"
         lines.append(f"\nper-writer logs in {FOLDER}/: {files}, {size / 2**20:.1f} MB")
         lines += _table({k: (row.keys, row.bytes) for k, row in summaries.items()})
+    lines += show_stores(folder)
     if len(lines) == 1:
         lines.append("(no cache here)")
     return "\n".join(lines)
@@ -56,11 +58,19 @@ def _table(rows: dict[tuple[str, str], tuple[int, int]]) -> list[str]:
     return out
 
 
-def prune(folder: Path, stage: str | None, model: str | None, force: bool) -> str:
+def prune(folder: Path, stage: str | None, model: str | None, force: bool, store: str | None = None) -> str:
+    """Remove the results of `stage` and/or `model`; gallery stores (encode_visual results) go with
+    `--stage encode_visual`, `--model`, or by name with `--store`."""
+    report = []
+    if store is not None or (stage in (None, "encode_visual") and (stage or model)):
+        if list_stores(folder):
+            report.append(prune_stores(folder, model, store))
+    if store is not None and stage is None and model is None:
+        return "\n".join(report) or "(no gallery store here)"
+
     def matches(stage_of: str, model_of: str) -> bool:
         return (stage is None or stage_of == stage) and (model is None or model_of == model)
 
-    report = []
     if (folder / SQLITE).exists():
         db = sqlite3.connect(folder / SQLITE, timeout=120, isolation_level=None)
         try:
@@ -93,9 +103,9 @@ def command(name: str, folder: Path, args) -> int:
             files, kept, _ = rewrite(folder, force=args.force)
             print(f"{files} finished logs packed into one ({kept} entries)" if files else "nothing to merge")
         else:
-            if args.stage is None and args.model is None:
-                raise VisaError("prune needs --stage and/or --model (what to remove)")
-            print(prune(folder, args.stage, args.model, args.force))
+            if args.stage is None and args.model is None and args.store is None:
+                raise VisaError("prune needs --stage, --model and/or --store (what to remove)")
+            print(prune(folder, args.stage, args.model, args.force, args.store))
     except (VisaError, sqlite3.Error, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -112,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "show": "what the cache folder holds, per stage and model",
         "merge": "pack the per-writer logs of finished writers (shared storage) into one file",
-        "prune": "remove the results of a stage and/or a model",
+        "prune": "remove the results of a stage and/or a model, or a gallery store",
     }
     for name, text in commands.items():
         subcommand = sub.add_parser(name, help=text)
@@ -120,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "prune":
             subcommand.add_argument("--stage", help="only this stage (encode_text, ..., score)")
             subcommand.add_argument("--model", help="only results of this model (as `show` lists it)")
+            subcommand.add_argument(
+                "--store", help="the gallery store whose name starts with this (as `show` lists it)"
+            )
         if name != "show":
             subcommand.add_argument(
                 "--force", action="store_true", help="also logs that may have a running writer"

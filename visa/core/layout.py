@@ -27,7 +27,7 @@ from typing import Any
 # A character of a phrase or question: printable ASCII but "?" (which ends a question); no line break. (ASCII:
 # a character is then one byte, so the longest reply in tokens is bounded by `longest()`.)
 _TEXT = "[ ->@-~]"
-# The JSON form's field names (the parser in visa/method/prompts.py reads them).
+# The JSON form's field names (the parser in visa/method/replies.py reads them).
 PHRASES_FIELD = "key_phrases"
 QUESTIONS_FIELD = "questions"
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -78,12 +79,19 @@ class Dataset:
     # Candidates that come with the data (INQUIRE-Rerank: 100 per query): candidates[q] are gallery indices,
     # and the retrieve step ranks only these (by the backbone's similarity) instead of searching the gallery.
     candidates: list[tuple[int, ...]] | None = field(default=None, repr=False)
-    # Ranking metrics the dataset reports beside R@k (`mAP@k`, `nDCG@k`, `MRR`; visa.method.metrics), for
-    # queries with many relevant items.
+    # Ranking metrics the dataset reports beside R@k (`mAP@k`, `nDCG@k`, `Recall@k`, `MRR`;
+    # visa.method.metrics), for queries with many relevant items.
     metrics: tuple[str, ...] = ()
     # The reference bank a normaliser uses with normalizer.bank=auto (visa.data.banks): "demo", "split:train"
     # (Karpathy splits), or None (the user names one).
     bank: str | None = None
+
+
+@runtime_checkable
+class DatasetSource(Protocol):
+    """What a run needs of a `conf/dataset/<name>.yaml` class: `load()` reads (and checks) the data."""
+
+    def load(self) -> Dataset: ...
 
 
 def needed_modalities(dataset: Dataset) -> dict[str, set[str]]:
@@ -107,16 +115,17 @@ def check_modalities(dataset: Dataset, backbone_class: type, backbone_name: str)
             )
 
 
-RANKING_METRICS = re.compile(r"(mAP|nDCG)@([1-9][0-9]*)|MRR")
+RANKING_METRICS = re.compile(r"(mAP|nDCG|Recall)@([1-9][0-9]*)|MRR")
 
 
 def check_metrics(names: Iterable[str], key: str) -> tuple[str, ...]:
-    """The ranking metrics a dataset reports, each `mAP@k`, `nDCG@k` or `MRR` (checked at load time)."""
+    """The ranking metrics a dataset reports, each `mAP@k`, `nDCG@k`, `Recall@k` or `MRR` (checked at load
+    time)."""
     names = tuple(names)
     for name in names:
         if not isinstance(name, str) or RANKING_METRICS.fullmatch(name) is None:
             raise VisaError(
-                f"{key}: {name!r} is not a ranking metric; use mAP@k, nDCG@k or MRR (e.g. mAP@50)"
+                f"{key}: {name!r} is not a ranking metric; use mAP@k, nDCG@k, Recall@k or MRR (e.g. mAP@50)"
             )
     return names
 

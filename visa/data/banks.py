@@ -97,7 +97,21 @@ def read_bank(
         resolved = dataset.bank
     if resolved.startswith("split:"):
         split = resolved.split(":", 1)[1]
-        queries = [Query(" ".join(q.text.split()), (), reference=q.reference) for q in load_split(split)]
+        try:
+            split_queries = load_split(split)
+        except VisaError as e:
+            if str(e).startswith("normalizer.bank"):  # already says what the bank is
+                raise
+            # the split's own error would suggest fixes for a run on that split; say it is the bank
+            which = f"normalizer.bank={resolved}"
+            if spec == "auto":
+                which = f"normalizer.bank=auto: the normaliser's default bank for dataset {dataset.name}"
+                which += f" is {resolved}"
+            raise VisaError(
+                f"{which}, which cannot be read: {e}; provide it, or give another bank with "
+                f"normalizer.bank=...: {HELP}"
+            ) from None
+        queries = [Query(" ".join(q.text.split()), (), reference=q.reference) for q in split_queries]
     else:
         shipped = SHIPPED / f"{resolved}.txt"
         path = shipped if "/" not in resolved and shipped.is_file() else Path(resolved).expanduser()

@@ -214,10 +214,25 @@ class InquireRerankDataset:
         return rows, media
 
     def texts(self) -> list[str]:
-        """The split's queries, without its images (a normaliser's reference bank: split:validation)."""
-        layout = self._resolved_layout()
-        if layout == "csv":
+        """The split's queries, without its images (a normaliser's reference bank: split:validation). A
+        missing file is named with what it holds, without the fixes of a run on this split (the bank's
+        reader says how to give another bank)."""
+        parquet = self.layout == "parquet" or (self.layout == "auto" and bool(self._parquet_files()))
+        if not parquet:
+            short = "val" if SPLITS[self.split] == "validation" else "test"
+            path = self.root / self.queries_file.format(split=short)
+            if not path.is_file():
+                split, folder = SPLITS[self.split], self.root / self.parquet_dir
+                raise VisaError(
+                    f"{path} not found (INQUIRE's inquire_queries_{short}.csv, which lists the {split} "
+                    f"queries; or the Hugging Face copy's {split}-*.parquet in {folder})"
+                )
             return list(dict.fromkeys(r[0] for r in self._csv_rows()[0]))
+        if not self._parquet_files():
+            raise VisaError(
+                f"no {SPLITS[self.split]}-*.parquet in {self.root / self.parquet_dir} (the Hugging Face "
+                f"copy's {SPLITS[self.split]} queries)"
+            )
         import pyarrow.parquet as pq
 
         texts = [pq.read_table(p, columns=["query"])["query"].to_pylist() for p in self._parquet_files()]

@@ -1,6 +1,7 @@
 """Text LLMs and vision-language models through transformers in this process (chat template, left padding,
-batched; greedy or sampled; dtype and device from config). Weights load on first use, so a fully cached run
-loads no model.
+batched; greedy or sampled; dtype and device from config). Weights load on first use
+(`visa.generation.hf_loading`; a local GGUF file is converted once, `visa.generation.gguf`), so a fully
+cached run loads no model.
 
 Two things keep the question LLM cheap:
 - structured generation: a prompt with a `layout` is generated under xgrammar's grammar mask
@@ -15,158 +16,27 @@ Two things keep the question LLM cheap:
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import json
-import logging
-import os
-import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from visa.cache.cost import Cost
-from visa.core.devices import resolve_device
 from visa.core.errors import VisaError
-from visa.core.loading import check_dtype, load_once, load_pretrained, torch_dtype
+from visa.core.loading import check_dtype
 from visa.core.prompt import Prompt
 from visa.generation.chat import ChatSettings, MediaSettings
+from visa.generation.gguf import converted_folder
+from visa.generation.hf_loading import load_text_model, load_vision_model
 from visa.generation.media import prompt_media
 from visa.generation.sampling import PerPromptSampler, row_seed
 from visa.generation.structured import GrammarCache, batch_layout
 
-log = logging.getLogger(__name__)
-
 # A prefix shorter than this many tokens is not worth a separate forward pass.
 MIN_PREFIX_TOKENS = 16
-
-
-def _pad_left(tokenizer):
-    tokenizer.padding_side = "left"  # decoder-only models generate after the prompt
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def _placement(device: str) -> dict:
-    """from_pretrained kwargs: on "auto" with GPUs the weights are spread over all of them (accelerate's
-    device_map), so a 34B model loads on one node without extra settings; else none (moved afterwards)."""
-    return {"device_map": "auto"} if device == "auto" and torch.cuda.is_available() else {}
-
-
-def _load_lm(loader, model: str, dtype: str, device: str, trust_remote_code: bool, **kwargs):
-    """The model in eval mode: spread over the GPUs on "auto" with GPUs, else moved to `device`."""
-    placement = _placement(device)
-    lm = load_pretrained(
-        loader, model, dtype=torch_dtype(dtype), trust_remote_code=trust_remote_code, **kwargs, **placement
-    )
-    return (lm if placement else lm.to(resolve_device(device))).eval()
-
-
-def converted_models_dir() -> Path:
-    """Where GGUF files read once are kept as transformers folders: $VISA_MODEL_CACHE, else the user's
-    cache folder (e.g. ~/.cache/visa/models). Apart from the results cache, so an empty results cache
-    (a new VISA_CACHE) does not convert again."""
-    if os.environ.get("VISA_MODEL_CACHE"):
-        return Path(os.environ["VISA_MODEL_CACHE"]).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("visa")) / "models"
-
-
-def _converted_folder(model: str, gguf_file: str) -> Path | None:
-    """The folder a local GGUF file is (or will be) kept in, named by the file and what identifies its
-    content (size, modification time) and the reader (transformers' version); None for a hub id."""
-    import transformers
-
-    path = Path(model).expanduser() / gguf_file
-    if not path.is_file():
-        return None
-    stat = path.stat()
-    identity = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}"
-    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return converted_models_dir() / f"{path.stem}-{digest}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def _remove_abandoned(folder: Path) -> None:
-    """Half-written copies of `folder` left by a process that was killed (SIGKILL, a lost node) while
-    writing: never read (only a renamed, complete folder is), removed so that they do not pile up."""
-    for partial in folder.parent.glob(f"{folder.name}.partial-*"):
-        pid = partial.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(partial, ignore_errors=True)
-
-
-def _keep_converted(folder: Path, tokenizer, lm) -> None:
-    """Save a model read from GGUF as a transformers folder (written aside, then renamed, so a reader never
-    sees half a folder; a Ctrl-C while writing removes the half-written copy). A folder that cannot be
-    written only costs the next run the conversion again."""
-    partial = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
-    try:
-        _remove_abandoned(folder)
-        from safetensors.torch import save_model
-
-        tokenizer.save_pretrained(partial)
-        # transformers will not save a model it read from GGUF (`save_pretrained` refuses quantised models),
-        # but the values are de-quantised already: the plain config, generation settings and weights suffice
-        config = copy.deepcopy(lm.config)
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.save_pretrained(partial)
-        lm.generation_config.save_pretrained(partial)
-        save_model(lm, str(partial / "model.safetensors"), metadata={"format": "pt"})  # tied weights once
-        partial.rename(folder)
-    except OSError as e:
-        if (folder / "config.json").is_file():  # another process kept it first
-            return
-        log.warning(
-            "could not keep the converted model in %s (%s); the next run converts it again", folder, e
-        )
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)  # left over when another process renamed first
-
-
-@load_once(maxsize=4)
-def load_text_model(model: str, gguf_file: str | None, dtype: str, device: str, trust_remote_code: bool):
-    """(tokenizer, causal LM) of a text chat model, loaded once per process.
-
-    A local GGUF file is read by transformers (de-quantised to float32, its tokenizer rebuilt from the file's
-    vocabulary: about 30 s for SmolLM2-135M on 2 cores, most of it parsing the file) once, then kept as a
-    transformers folder under `converted_models_dir()` and loaded from there (about a second)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = _converted_folder(model, gguf_file) if gguf_file else None
-    if folder is not None and (folder / "config.json").is_file():
-        model, gguf_file = str(folder), None
-    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
-    tokenizer = load_pretrained(AutoTokenizer, model, trust_remote_code=trust_remote_code, **kwargs)
-    lm = _load_lm(AutoModelForCausalLM, model, dtype, device, trust_remote_code, **kwargs)
-    if gguf_file and folder is not None and dtype == "float32":  # the file's values, unrounded
-        _keep_converted(folder, tokenizer, lm)
-    return _pad_left(tokenizer), lm
-
-
-@load_once(maxsize=2)
-def load_vision_model(model: str, dtype: str, device: str, trust_remote_code: bool):
-    """(processor, image-text-to-text model) of a vision-language chat model, loaded once per process."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = load_pretrained(AutoProcessor, model, trust_remote_code=trust_remote_code)
-    _pad_left(processor.tokenizer)
-    return processor, _load_lm(AutoModelForImageTextToText, model, dtype, device, trust_remote_code)
 
 
 def _cache_kwarg(lm) -> str:
@@ -355,7 +225,7 @@ class HFTextGenerator(ChatSettings):
     def prepare(self) -> str:
         """Load the model now (a GGUF file is converted once into the model cache); where it is kept."""
         load_text_model(self.model, self.gguf_file, self.dtype, self.device, self.trust_remote_code)
-        folder = _converted_folder(self.model, self.gguf_file) if self.gguf_file else None
+        folder = converted_folder(self.model, self.gguf_file) if self.gguf_file else None
         return f"{self.model} kept as {folder}" if folder is not None else f"{self.model} loaded"
 
     @torch.no_grad()

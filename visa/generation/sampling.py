@@ -42,7 +42,7 @@ class PerPromptSampler:
         self.top_p = top_p
         self.generators = [torch.Generator().manual_seed(s) for s in seeds]
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         out = scores.clone()
         for row, (temperature, generator) in enumerate(zip(self.temperatures, self.generators)):
             if temperature <= 0:

@@ -12,8 +12,6 @@ import torch
 from visa.data import Dataset
 from visa.method.metrics import ranking_metrics, recall_at_k, recall_subset_at_k
 
-ORDERS = ("base", "visa")  # metric prefixes: the backbone's order, the re-ranked order
-
 
 def evaluate(
     dataset: Dataset,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -16,6 +16,7 @@ def minmax(x: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, (x - low) / span.clamp_min(1e-12), torch.zeros_like(x))
 
 
+@runtime_checkable
 class Fusion(Protocol):
     """What the pipeline needs of a fusion: the fused score [queries, K] of base and re-ranker scores, each
     query's row from its own row alone (the pipeline fuses a block of queries at a time)."""

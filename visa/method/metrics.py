@@ -9,6 +9,12 @@ import torch
 
 from visa.data import RANKING_METRICS
 
+# The names of the two orders a run reports: the prefixes of their metrics in metrics.json (`base/R@1`,
+# `visa/R@1`) and the re-ranked top-K's list in a results.jsonl record (the backbone's is "base_top").
+BASE = "base"
+RERANKED = "visa"
+RERANKED_TOP = "visa_top"
+
 
 def recall_at_k(
     ranking: torch.Tensor, relevant: Sequence[Sequence[int]], ks: Sequence[int]
@@ -52,11 +58,13 @@ def recall_subset_at_k(
 
 def recall_gains(metrics: dict[str, float]) -> dict[str, float]:
     """gain/R@k = VISA's R@k - the backbone's R@k (points), for every k that both have in `metrics`."""
-    return {
-        f"gain/{key[5:]}": round(value - metrics[f"base/{key[5:]}"], 4)
-        for key, value in metrics.items()
-        if key.startswith("visa/R@") and f"base/{key[5:]}" in metrics
-    }
+    reranked = f"{RERANKED}/"
+    gains = {}
+    for key, value in metrics.items():
+        name = key.removeprefix(reranked)
+        if key.startswith(f"{reranked}R@") and f"{BASE}/{name}" in metrics:
+            gains[f"gain/{name}"] = round(value - metrics[f"{BASE}/{name}"], 4)
+    return gains
 
 
 # -- metrics for queries with many relevant items (INQUIRE) --------------------------------------------------
@@ -87,6 +95,14 @@ def ndcg_at_k(ranked: Sequence[int], relevant: Collection[int], k: int) -> float
     return dcg / ideal
 
 
+def recall_of_relevant(ranked: Sequence[int], relevant: Collection[int], k: int) -> float:
+    """The share of the query's relevant items among the first k of `ranked` (INQUIRE's recall; not R@k,
+    which asks whether any relevant item is there). 0 when the query has no relevant item."""
+    if not relevant:
+        return 0.0
+    return sum(1 for item in ranked[:k] if item in relevant) / len(relevant)
+
+
 def reciprocal_rank(ranked: Sequence[int], relevant: Collection[int]) -> float:
     """1 / the rank of the first relevant item in `ranked` (1-based); 0 when none is ranked."""
     for i, item in enumerate(ranked, start=1):
@@ -98,7 +114,8 @@ def reciprocal_rank(ranked: Sequence[int], relevant: Collection[int]) -> float:
 def ranking_metrics(
     ranking: torch.Tensor, relevant: Sequence[Sequence[int]], names: Sequence[str]
 ) -> dict[str, float]:
-    """The named metrics, averaged over queries: `mAP@k` (mean of INQUIRE's AP@k) and `nDCG@k` in percent,
+    """The named metrics, averaged over queries: `mAP@k` (mean of INQUIRE's AP@k), `nDCG@k` and `Recall@k`
+    (the share of the relevant items in the first k) in percent,
     `MRR` as a fraction (0..1), as INQUIRE reports them. `ranking`: [queries, n] gallery indices, best first;
     it should hold each query's whole candidate list, or at least k columns."""
     rows = ranking.tolist()
@@ -107,13 +124,15 @@ def ranking_metrics(
     for name in names:
         match = RANKING_METRICS.fullmatch(name)
         if match is None:
-            raise ValueError(f"unknown ranking metric {name!r}; expected mAP@k, nDCG@k or MRR")
+            raise ValueError(f"unknown ranking metric {name!r}; expected mAP@k, nDCG@k, Recall@k or MRR")
         if name == "MRR":
             values = [reciprocal_rank(r, s) for r, s in zip(rows, sets)]
             scale = 1.0
         else:
             k = int(match.group(2))
-            fn = average_precision_at_k if match.group(1) == "mAP" else ndcg_at_k
+            fn = {"mAP": average_precision_at_k, "nDCG": ndcg_at_k, "Recall": recall_of_relevant}[
+                match.group(1)
+            ]
             values = [fn(r, s, k) for r, s in zip(rows, sets)]
             scale = 100.0
         out[name] = round(scale * sum(values) / max(len(values), 1), 4)

@@ -29,7 +29,7 @@ import contextlib
 import io
 import math
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -72,6 +72,7 @@ class Blocks:
     progress: bool = False
 
 
+@runtime_checkable
 class Normalizer(Protocol):
     """A normaliser: `bank` names its reference bank (None: it needs none), `bank_limit` its first N
     entries; `correction` turns the bank's and the gallery's embeddings into a Correction."""

@@ -8,47 +8,31 @@ from dataclasses import dataclass, field
 
 from visa.backbones import Backbone
 from visa.data.banks import Bank
-from visa.generation import Closable, Counting, Generator
+from visa.generation import Closable, Counting
 from visa.method.fusion import Fusion
 from visa.method.normalizers import NoNormalizer, Normalizer
 from visa.method.pairwise import PairwiseBackbone
-from visa.scorers import Scorer
+from visa.method.rerankers import Reranker
 
 
 @dataclass
 class Components:
-    """The models of a run, each a class that satisfies its group's Protocol."""
+    """The models of a run: the backbone that retrieves, the re-ranker of each query's top-K and the fusion
+    of their scores, each a class that satisfies its Protocol."""
 
     backbone: Backbone | PairwiseBackbone
-    question_llm: Generator
-    answer_mllm: Generator
-    describer: Generator
-    scorer: Scorer
+    reranker: Reranker
     fusion: Fusion
     # the base similarity's normaliser and its reference bank (None: normalizer=none)
     normalizer: Normalizer = field(default_factory=NoNormalizer)
     bank: Bank | None = None
 
-    def generators(self) -> dict[str, Generator]:
-        return {
-            "question_llm": self.question_llm,
-            "answer_mllm": self.answer_mllm,
-            "describer": self.describer,
-        }
-
     def close(self) -> None:
         """Let every part that started something (a launched server) stop it."""
-        for part in (self.backbone, *self.generators().values(), self.scorer):
+        for part in (self.backbone, self.reranker):
             if isinstance(part, Closable):
                 part.close()
 
     def counters(self) -> dict[str, int]:
-        """The parts' own counters as metrics: the generators' (e.g. malformed replies, retried requests),
-        the scorer's (pairs cut to its token budgets)."""
-        out = {}
-        named = [(f"generation/{group}", part) for group, part in self.generators().items()]
-        for prefix, part in [*named, ("score", self.scorer)]:
-            if isinstance(part, Counting):
-                for name, value in part.counters().items():
-                    out[f"{prefix}/{name}"] = value
-        return out
+        """The parts' own counters as metrics (the re-ranker's: its models')."""
+        return self.reranker.counters() if isinstance(self.reranker, Counting) else {}

@@ -1,5 +1,6 @@
-"""VISA on hybrid-modal data: what the text stages see when a query carries a reference item, or a gallery
-item carries text (see docs/composed.md).
+"""What VISA's text stages read: the re-ranker's passage about a candidate (`build_passage`: its answers,
+then its own text and description), and, on hybrid-modal data, what they see when a query carries a
+reference item or a gallery item carries text (see docs/composed.md).
 
 - A composed query's target is "the reference, changed as the text says". The text-only stages (question
   LLM, re-ranker) cannot see the reference image, so they get its general description (the describe
@@ -10,6 +11,9 @@ item carries text (see docs/composed.md).
 
 from __future__ import annotations
 
+import re
+
+from visa.core.prompt import UNCERTAIN
 from visa.data import Item, Query
 
 
@@ -35,3 +39,21 @@ def item_passage_text(item: Item, description: str) -> str:
     if item.kind == "text" or not item.text:
         return description
     return f"{item.text.strip()} {description.strip()}"
+
+
+def build_passage(answers: list[str], description: str, use_answers: bool, separator: str = "") -> str:
+    """The re-ranker's passage: the answers with the word "Uncertain" removed, then the description.
+
+    With `separator=""` (the reference) the answers, each with the literal word "Uncertain" deleted, and the
+    description are concatenated as they are: "A dog.It is brown.A park.". With any other separator the word
+    is removed with the punctuation that follows it (in any case), and the non-empty pieces, each stripped,
+    are joined by the separator. A query whose questions fell back (`use_answers=False`) gets the
+    description alone, as in the reference."""
+    if separator == "":
+        kept = [a.replace(UNCERTAIN, "") for a in answers] if use_answers else []
+        return "".join([*kept, description])
+    pieces = (
+        [re.sub(rf"\b{UNCERTAIN}\b[.!]?", "", a, flags=re.IGNORECASE) for a in answers] if use_answers else []
+    )
+    pieces = [p.strip() for p in [*pieces, description]]
+    return separator.join(p for p in pieces if p)

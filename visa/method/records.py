@@ -1,14 +1,15 @@
-"""results.jsonl: one record per query with its base and re-ranked top-K, its questions and, when the
-model stages ran, each candidate's answers and passage. Records are written as they are made
-(`ResultsFile`), a block of queries at a time, so a run never holds every query's answers at once; a name
-ending in `.gz` (`results_file=results.jsonl.gz`) writes it gzip-compressed. `read_results` reads either."""
+"""results.jsonl: one record per query with its base and re-ranked top-K and the fields its re-ranker adds
+(VISA: the query's questions and, when the model stages ran, each candidate's answers and passage). Records
+are written as they are made (`ResultsFile`), a block of queries at a time, so a run never holds every
+query's answers at once; a name ending in `.gz` (`results_file=results.jsonl.gz`) writes it gzip-compressed.
+`read_results` reads either."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -16,7 +17,8 @@ import torch
 
 from visa.core.errors import VisaError
 from visa.data import Dataset
-from visa.method.prompts import Questions
+from visa.method.metrics import RERANKED_TOP
+from visa.method.rerankers import Scored
 
 
 class ResultsFile:
@@ -101,26 +103,23 @@ def read_results(path: str | os.PathLike) -> Iterator[dict[str, Any]]:
 
 def result_records(
     dataset: Dataset,
+    queries: Sequence[int],
     candidates: torch.Tensor,
     base_scores: torch.Tensor,
-    visa_order: torch.Tensor,
+    order: torch.Tensor,
     fused: torch.Tensor,
-    text_scores: torch.Tensor,
-    questions: list[Questions],
-    answers: list[list[list[str]]] | None,
-    passages: list[list[str]] | None,
-    first: int = 0,
+    scored: Scored,
 ) -> list[dict[str, Any]]:
-    """The records of queries `first` .. `first + len(questions) - 1`; the tensors' and lists' rows are those
-    queries (a block of the run's queries, or all of them with `first=0`)."""
+    """The records of `queries` (indices into the dataset's queries); the tensors' rows and `scored`'s lists
+    are those queries (a block of the run's queries, or all of them): their candidates and base scores in
+    the backbone's order, the re-ranked `order`, the fused scores of the top-K and the re-ranker's answer."""
     k = fused.shape[1]
     gallery = dataset.gallery
     records = []
     # tensors to Python numbers once per block: .item() per score costs more than the rest of a record
-    cand_rows, visa_rows = candidates[:, :k].tolist(), visa_order[:, :k].tolist()
-    base_rows, text_rows, fused_rows = (t[:, :k].tolist() for t in (base_scores, text_scores, fused))
-    for row, qs in enumerate(questions):
-        qi = first + row
+    cand_rows, order_rows = candidates[:, :k].tolist(), order[:, :k].tolist()
+    base_rows, text_rows, fused_rows = (t[:, :k].tolist() for t in (base_scores, scored.scores, fused))
+    for row, qi in enumerate(queries):
         query = dataset.queries[qi]
         top_ids = [gallery[g].id for g in cand_rows[row]]
         by_id = {
@@ -136,17 +135,12 @@ def result_records(
             "query": query.text,
             **({"reference": query.reference.id} if query.reference is not None else {}),
             "ground_truth": [gallery[g].id for g in query.relevant],
-            "key_phrases": qs.key_phrases,
-            "questions": qs.questions,
-            "questions_parsed": qs.parsed,
-            "question_tries": qs.tries,  # 1 + the retries this query's reply needed
-            "question_reply": qs.raw,  # the question LLM's reply as written (its last try)
+            **scored.query_fields[row],
             "base_top": [{"id": i, "score": by_id[i]["base"]} for i in top_ids],
-            "visa_top": [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in visa_rows[row]],
+            RERANKED_TOP: [{"id": gallery[g].id, **by_id[gallery[g].id]} for g in order_rows[row]],
         }
-        if answers is not None and passages is not None:
-            record["candidates"] = [
-                {"id": top_ids[r], "answers": answers[row][r], "passage": passages[row][r]} for r in range(k)
-            ]
+        if scored.candidate_fields is not None:
+            fields = scored.candidate_fields[row]
+            record["candidates"] = [{"id": top_ids[r], **fields[r]} for r in range(k)]
         records.append(record)
     return records

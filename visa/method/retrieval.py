@@ -10,7 +10,11 @@ Two exact engines, chosen by `retrieval.index`:
   on the gallery array in place so the gallery is not copied into an index). Faster per core than the
   torch blocks on a CPU; an optional extra (`pip install visa-retrieval[faiss]`).
 
-Both return the same candidates (exact search); scores agree to float rounding.
+Both return the same candidates (exact search); scores agree to float rounding. Either reads a gallery
+that is a tensor or a gallery store's memory-mapped rows (`visa.cache.gallery.StoredRows`), block by block.
+
+Approximate indexes (`hnsw`, `ivf_flat`, `ivf_pq`, `faiss:<factory string>`) are built and searched by
+`visa.method.ann`; `topk_search` hands the search to the built index it is given (`approximate=`).
 
 A normaliser's per-item bias (`visa.method.normalizers`) is added to each block's scores before its top-k
 is taken (`bias`, only for the queries that `bias_rows` marks, when given); FAISS gets it as one more
@@ -20,22 +24,34 @@ that a dataset provides (INQUIRE-Rerank) instead of searching the gallery.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from visa.cache.gallery import StoredRows
 from visa.core.devices import resolve_device
 from visa.core.errors import VisaError
 
 INDEXES = ("torch", "faiss")
+APPROXIMATE = ("hnsw", "ivf_flat", "ivf_pq")  # and faiss:<index_factory string>
+
+
+def is_approximate(index: str) -> bool:
+    return index in APPROXIMATE or index.startswith("faiss:")
 
 
 def check_index(index: str) -> None:
-    """At start-up: the index is known and, for faiss, installed."""
-    if index not in INDEXES:
-        raise VisaError(f"retrieval.index={index!r} is not one of {', '.join(INDEXES)}")
-    if index == "faiss":
+    """At start-up: the index is known and, for faiss and the approximate ones, FAISS is installed."""
+    if index not in INDEXES and not is_approximate(index):
+        raise VisaError(
+            f"retrieval.index={index!r} is not one of {', '.join(INDEXES + APPROXIMATE)} or "
+            "faiss:<FAISS index_factory string>"
+        )
+    if index == "faiss:":
+        raise VisaError("retrieval.index=faiss: needs a FAISS index_factory string, e.g. faiss:IVF1024,Flat")
+    if index != "torch":
         _import_faiss()
 
 
@@ -44,8 +60,8 @@ def _import_faiss():
         import faiss
     except ImportError as e:
         raise VisaError(
-            "retrieval.index=faiss needs FAISS: pip install 'visa-retrieval[faiss]' (faiss-cpu), "
-            "or use retrieval.index=torch"
+            "retrieval.index=faiss and the approximate indexes need FAISS: pip install "
+            "'visa-retrieval[faiss]' (faiss-cpu), or use retrieval.index=torch"
         ) from e
     return faiss
 
@@ -53,7 +69,7 @@ def _import_faiss():
 @torch.no_grad()
 def topk_search(
     queries: torch.Tensor,
-    gallery: torch.Tensor,
+    gallery: torch.Tensor | StoredRows,
     k: int,
     chunk_size: int = 1024,
     *,
@@ -62,6 +78,7 @@ def topk_search(
     device: str = "cpu",
     bias: torch.Tensor | None = None,
     bias_rows: torch.Tensor | None = None,
+    approximate: Any = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scores, indices) on the CPU, each [num_queries, min(k, num_gallery)], best first, by dot product
     plus `bias[item]` ([num_gallery]) when given, for the queries where `bias_rows` ([num_queries], bool)
@@ -69,7 +86,10 @@ def topk_search(
 
     torch: peak extra memory is one [chunk_size x gallery_chunk_size] block plus the running top-k.
     faiss: FAISS blocks the search itself; extra memory is a float32 copy of the inputs if they are not
-    float32 already (with a bias: always, one column wider), plus the [num_queries x k] result.
+    float32 already (with a bias: always, one column wider), plus the [num_queries x k] result; a stored
+    gallery is searched one block of 4 x gallery_chunk_size items at a time.
+    approximate: a built `visa.method.ann.ApproximateIndex` (it carries the bias it was built with; the
+    queries that `bias_rows` leaves out search without it).
     """
     check_index(index)
     if chunk_size < 1 or gallery_chunk_size < 1:
@@ -78,9 +98,16 @@ def topk_search(
             "must be at least 1"
         )
     k = min(k, gallery.shape[0])
+    if approximate is not None:
+        rows_biased = (
+            None if bias is None else (torch.ones(queries.shape[0]) if bias_rows is None else bias_rows)
+        )
+        return approximate.search(queries, k, rows_biased)
     if bias is not None and bias_rows is not None and not bool(bias_rows.any()):
         bias = None  # the bias applies to no query
     if index == "faiss":
+        if isinstance(gallery, StoredRows):
+            return _faiss_blocks(queries, gallery, k, 4 * gallery_chunk_size, bias, bias_rows)
         if bias is not None:
             rows = torch.ones(queries.shape[0]) if bias_rows is None else bias_rows.float()
             queries = torch.cat([queries.float(), rows[:, None]], dim=1)
@@ -99,6 +126,8 @@ def topk_search(
         best_indices = torch.zeros((q.shape[0], 0), dtype=torch.long, device=target)
         for g_start in range(0, gallery.shape[0], gallery_chunk_size):
             block_items = gallery[g_start : g_start + gallery_chunk_size].to(target, non_blocking=True)
+            if block_items.dtype != q.dtype:  # a stored gallery reads as float32
+                q, block_items = q.float(), block_items.float()
             block = (q @ block_items.T).float()
             if bias is not None:  # the block is this loop's own tensor: add in place
                 part = bias[g_start : g_start + block.shape[1]]
@@ -111,6 +140,31 @@ def topk_search(
         all_scores.append(best_scores.cpu())
         all_indices.append(best_indices.cpu())
     return torch.cat(all_scores), torch.cat(all_indices)
+
+
+def _faiss_blocks(
+    queries: torch.Tensor,
+    gallery: StoredRows,
+    k: int,
+    block_size: int,
+    bias: torch.Tensor | None,
+    bias_rows: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact FAISS search over a stored gallery, one block of rows at a time, merged into a running top-k."""
+    if bias is not None:
+        rows = torch.ones(queries.shape[0]) if bias_rows is None else bias_rows.float()
+        queries = torch.cat([queries.float(), rows[:, None]], dim=1)
+    best_s = torch.full((queries.shape[0], 0), float("-inf"))
+    best_i = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+    for start, block in gallery.blocks(block_size):
+        items = torch.from_numpy(np.array(block, dtype=np.float32))
+        if bias is not None:
+            items = torch.cat([items, bias[start : start + len(items)].float()[:, None]], dim=1)
+        s, i = _faiss_topk(queries, items, min(k, len(items)))
+        merged_s, merged_i = torch.cat([best_s, s], dim=1), torch.cat([best_i, i + start], dim=1)
+        best_s, order = merged_s.topk(min(k, merged_s.shape[1]), dim=1)
+        best_i = merged_i.gather(1, order)
+    return best_s, best_i
 
 
 def _faiss_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,7 +182,7 @@ def _faiss_topk(queries: torch.Tensor, gallery: torch.Tensor, k: int) -> tuple[t
 @torch.no_grad()
 def ranked_candidates(
     queries: torch.Tensor,
-    gallery: torch.Tensor,
+    gallery: torch.Tensor | StoredRows,
     depth: int,
     chunk_size: int = 1024,
     exclude: list[tuple[int, ...]] | None = None,
@@ -148,8 +202,14 @@ def ranked_candidates(
     """
     n = queries.shape[0]
     exclude = exclude or [()] * n
+    if groups is not None and search.get("approximate") is not None:
+        raise VisaError(
+            f"retrieval.index={search.get('index')}: an approximate index searches the whole gallery, and "
+            "this dataset ranks parts of it per query (groups); use retrieval.index=torch or faiss"
+        )
+    parts: list[tuple[list[int], Sequence[int]]]
     if groups is None:
-        parts = [(list(range(n)), list(range(gallery.shape[0])))]
+        parts = [(list(range(n)), range(gallery.shape[0]))]
     else:
         assert query_groups is not None
         parts = [([q for q in range(n) if query_groups[q] == g], members) for g, members in groups.items()]
@@ -158,13 +218,15 @@ def ranked_candidates(
         if not query_rows:
             continue
         extra = max(len(exclude[q]) for q in query_rows)
-        member_index = torch.as_tensor(members, dtype=torch.long)
-        part_queries, part_gallery = queries[query_rows], gallery[member_index]
+        whole = groups is None  # the whole gallery: searched in place (a stored gallery is not loaded)
+        member_index = torch.arange(0) if whole else torch.as_tensor(members, dtype=torch.long)
+        part_queries = queries if whole else queries[query_rows]
+        part_gallery = gallery if whole else gallery[member_index]
         if bias is not None:
-            search["bias"] = bias[member_index]
+            search["bias"] = bias if whole else bias[member_index]
             search["bias_rows"] = bias_rows[query_rows] if bias_rows is not None else None
         scores, local = topk_search(part_queries, part_gallery, depth + extra, chunk_size, **search)
-        indices = member_index[local]
+        indices = local if whole else member_index[local]
         keep = min(depth, len(members) - extra)
         rows_s: list[torch.Tensor] = []
         rows_i: list[torch.Tensor] = []
@@ -185,7 +247,7 @@ def ranked_candidates(
 @torch.no_grad()
 def rank_given_candidates(
     queries: torch.Tensor,
-    gallery: torch.Tensor,
+    gallery: torch.Tensor | StoredRows,
     candidates: list[tuple[int, ...]],
     bias: torch.Tensor | None = None,
     bias_rows: torch.Tensor | None = None,
@@ -200,7 +262,8 @@ def rank_given_candidates(
     out_i = torch.empty((len(candidates), width), dtype=torch.long)
     for q, members in enumerate(candidates):
         index = torch.as_tensor(members, dtype=torch.long)
-        scores = (gallery[index] @ queries[q]).float()
+        rows = gallery[index]
+        scores = (rows @ queries[q].to(rows.dtype)).float()
         if bias is not None and (bias_rows is None or bool(bias_rows[q])):
             scores = scores + bias[index].float()
         order = torch.sort(scores, descending=True, stable=True).indices[:width]

@@ -14,20 +14,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
 
 from visa.backbones import Backbone
 from visa.cache import make_key
+from visa.cache.gallery import StoredRows, index_folder
+from visa.cache.runner import StageStats
 from visa.core.errors import VisaError
 from visa.data import Query
 from visa.data.banks import Bank
+from visa.method.ann import ann_recall, build_index
+from visa.method.cluster_encode import encode_on_cluster
+from visa.method.gallery import PublishedGallery, check_store_items, open_store, stored_gallery
 from visa.method.normalizers import Blocks, Correction, Normalizer
 from visa.method.pairwise import PairwiseBackbone, retrieve_pairwise
 from visa.method.passages import query_item
-from visa.method.retrieval import rank_given_candidates, ranked_candidates
+from visa.method.retrieval import is_approximate, rank_given_candidates, ranked_candidates
 from visa.method.stages import Run, check_finite
 
 
@@ -70,7 +76,7 @@ def _stage_calls(run: Run, stage: str) -> dict[str, int]:
 
 
 def normalize(
-    run: Run, backbone: Backbone, normalizer: Normalizer, bank: Bank, item_tensor: torch.Tensor
+    run: Run, backbone: Backbone, normalizer: Normalizer, bank: Bank, item_tensor: torch.Tensor | StoredRows
 ) -> tuple[Correction, dict[str, Any]]:
     """The normaliser's correction, from the bank's embeddings (stage encode_bank, cached like every
     encoding) and the gallery's; the bank's call counts for metrics.json."""
@@ -84,9 +90,58 @@ def normalize(
     blocks = Blocks(
         retrieval.chunk_size, retrieval.gallery_chunk_size, retrieval.device, run.settings.progress
     )
-    correction = normalizer.correction(torch.from_numpy(bank_array), item_tensor, blocks)
+    # a stored gallery reads like a tensor (slices, .float(), .to()): QB-Norm goes block by block, NNN and DN
+    # load it once
+    correction = normalizer.correction(torch.from_numpy(bank_array), cast(torch.Tensor, item_tensor), blocks)
     run.timed("normalize", t0)
     return correction, _stage_calls(run, "encode_bank")
+
+
+def gallery_embeddings(run: Run, backbone: Backbone) -> tuple[torch.Tensor | StoredRows, Path | None]:
+    """The gallery's embeddings, and the gallery store's folder when they come from one: a backbone's own
+    published embeddings, the gallery store (`retrieval.gallery_store`), or the results cache."""
+    gallery, retrieval = run.dataset.gallery, run.settings.retrieval
+    stats = run.runner.stats.setdefault("encode_visual", StageStats())
+    if isinstance(backbone, PublishedGallery):
+        with run.runner.timed("encode_visual"):
+            rows = backbone.gallery_rows(gallery)
+        stats.cached += len(gallery)
+        if run.store is None or not is_approximate(retrieval.index):
+            return rows, None
+        return rows, index_folder(run.store.root, backbone.identity(), rows)  # type: ignore[attr-defined]
+    media_only = all(item.kind != "text" for item in gallery)
+    if retrieval.uses_store(len(gallery)) and (media_only or retrieval.gallery_store == "on"):
+        check_store_items(gallery)
+        if run.store is None:
+            raise VisaError("retrieval.gallery_store needs the cache folder (cache_dir); this run has none")
+        root = run.store.root  # type: ignore[attr-defined]  # both cache layouts have one
+        store = open_store(root, backbone, gallery, retrieval.gallery_dtype, retrieval.gallery_shard_size)
+        with run.runner.timed("encode_visual"):
+            elsewhere = 0  # items the cluster's workers encoded
+            if retrieval.gallery_launcher != "none" and store.missing():
+                elsewhere = encode_on_cluster(
+                    store,
+                    backbone,
+                    gallery,
+                    retrieval.gallery_launcher,
+                    retrieval.gallery_workers,
+                    retrieval.gallery_executor,
+                    retrieval.gallery_rounds,
+                )
+            rows = stored_gallery(store, backbone, gallery, stats, run.settings.shard, run.settings.progress)
+            stats.computed, stats.cached = stats.computed + elsewhere, stats.cached - elsewhere
+        return rows, store.folder
+    text_rows = [i for i, item in enumerate(gallery) if item.kind == "text"]
+    media_rows = [i for i, item in enumerate(gallery) if item.kind != "text"]
+    item_emb: list[np.ndarray | None] = [None] * len(gallery)
+    for i, e in zip(text_rows, run.encode_text(backbone, [gallery[i].text or "" for i in text_rows])):
+        item_emb[i] = e
+    for i, e in zip(media_rows, run.encode_visual(backbone, [gallery[i] for i in media_rows])):
+        item_emb[i] = e
+    item_array = np.stack(item_emb)  # type: ignore[arg-type]
+    fix = f"check the backbone's weights and dtype ({str(backbone.identity())[:160]})"
+    check_finite(item_array, "the backbone's embedding", [i.path or i.id for i in gallery], fix)
+    return torch.from_numpy(item_array), None
 
 
 def retrieve(
@@ -114,18 +169,10 @@ def retrieve(
         scores, candidates = retrieve_pairwise(run.stage, make_key, backbone, texts, gallery, depth)
         return Retrieved(scores, candidates)
     query_array = encode_queries(run, backbone, queries)
-    text_rows = [i for i, item in enumerate(gallery) if item.kind == "text"]
-    media_rows = [i for i, item in enumerate(gallery) if item.kind != "text"]
-    item_emb: list[np.ndarray | None] = [None] * len(gallery)
-    for i, e in zip(text_rows, run.encode_text(backbone, [gallery[i].text or "" for i in text_rows])):
-        item_emb[i] = e
-    for i, e in zip(media_rows, run.encode_visual(backbone, [gallery[i] for i in media_rows])):
-        item_emb[i] = e
-    item_array = np.stack(item_emb)  # type: ignore[arg-type]
     fix = f"check the backbone's weights and dtype ({str(backbone.identity())[:160]})"
     check_finite(query_array, "the backbone's query embedding", [q.text for q in queries], fix)
-    check_finite(item_array, "the backbone's embedding", [i.path or i.id for i in gallery], fix)
-    query_tensor, item_tensor = torch.from_numpy(query_array), torch.from_numpy(item_array)
+    query_tensor = torch.from_numpy(query_array)
+    item_tensor, store_folder = gallery_embeddings(run, backbone)
     correction, metrics = Correction(), {}  # type: tuple[Correction, dict[str, Any]]
     if normalizer is not None and bank is not None:
         correction, metrics = normalize(run, backbone, normalizer, bank, item_tensor)
@@ -140,6 +187,14 @@ def retrieve(
         "index": settings.retrieval.index,
         "device": settings.retrieval.device,
     }
+    retrieval = settings.retrieval
+    approximate = None
+    if is_approximate(retrieval.index) and given is None:
+        approximate, index_metrics = build_index(
+            retrieval.index, retrieval, item_tensor, correction.bias, store_folder, settings.progress
+        )
+        metrics.update(index_metrics)
+        search["approximate"] = approximate
     rows = None
     if correction.bias is not None and correction.gate is not None:  # QB-Norm: by each query's raw top-1
         if given is not None:
@@ -162,6 +217,21 @@ def retrieve(
             bias_rows=rows,
             **search,
         )
+    if approximate is not None:
+        metrics["retrieval/index_search_s"] = round(approximate.search_seconds, 3)
+        if retrieval.ann_recall_queries:
+            metrics.update(
+                ann_recall(
+                    approximate,
+                    query_tensor,
+                    item_tensor,
+                    depth,
+                    retrieval.ann_recall_queries,
+                    correction.bias,
+                    rows,
+                    retrieval.gallery_chunk_size,
+                )
+            )
     offsets = correction.offsets(query_tensor)
     if offsets is not None:
         scores = scores + offsets[:, None]

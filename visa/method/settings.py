@@ -5,12 +5,16 @@ schema) is built from them, and their checks run when a run builds them from its
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from visa.cache.gallery import DTYPES
 from visa.core.errors import VisaError
 from visa.method.prompts import QUESTION_PROMPTS
 from visa.method.retrieval import check_index
 from visa.method.shard import Shard
 
+GALLERY_STORE = ("auto", "on", "off")
+LAUNCHERS = ("none", "ray", "slurm", "local")  # visa.method.cluster_encode
 ANSWER_MODES = ("per_question", "per_candidate")
 
 
@@ -19,8 +23,31 @@ class RetrievalSettings:
     top_k: int = 20  # K: candidates per query that the re-ranker sees
     chunk_size: int = 1024  # queries scored per block in the top-K search
     gallery_chunk_size: int = 16384  # gallery items per block (torch index)
-    index: str = "torch"  # torch (chunked, exact) or faiss (exact flat inner product; the faiss extra)
+    # exact: torch (chunked) or faiss (flat inner product); approximate (the faiss extra; docs/scaling.md):
+    # hnsw, ivf_flat, ivf_pq, or faiss:<a FAISS index_factory string>, e.g. faiss:IVF4096,PQ64
+    index: str = "torch"
     device: str = "cpu"  # where the torch index scores blocks: cpu, cuda, cuda:1, auto
+    # The gallery's embeddings as memory-mapped shards on disk (visa.cache.gallery) instead of cache rows:
+    # auto: for galleries of gallery_store_min items or more; on; off (every gallery in the results cache)
+    gallery_store: str = "auto"
+    gallery_store_min: int = 100000
+    gallery_dtype: str = "float16"  # float16 | float32: how the store keeps the embeddings
+    gallery_shard_size: int = 32768  # items per shard file (a crash loses at most the shards being written)
+    # the store's missing shards encoded by workers: none (this process) | ray | slurm | local (submitit)
+    gallery_launcher: str = "none"
+    gallery_workers: int = 8  # Ray tasks / SLURM array jobs
+    gallery_rounds: int = 2  # shards a dead worker left are dealt out again this many times at most
+    gallery_executor: dict[str, Any] = field(
+        default_factory=dict
+    )  # Ray / submitit settings (docs/scaling.md)
+    # approximate indexes' settings (0: chosen from the gallery's size and dimension)
+    nprobe: int = 16  # IVF lists searched per query
+    ef_search: int = 256  # HNSW candidate list while searching
+    hnsw_m: int = 32  # HNSW links per node (build time and memory grow with it)
+    nlist: int = 0  # IVF lists; 0: 4 x sqrt(items)
+    pq_m: int = 0  # IVF-PQ sub-quantisers (bytes per item); 0: dimension / 8
+    train_size: int = 200000  # IVF training sample (items)
+    ann_recall_queries: int = 100  # queries whose exact top-K checks the approximate one; 0: no check
 
     def __post_init__(self) -> None:
         if self.top_k < 1:
@@ -28,6 +55,39 @@ class RetrievalSettings:
         if self.chunk_size < 1:
             raise VisaError(f"retrieval.chunk_size={self.chunk_size} must be at least 1 (default 1024)")
         check_index(self.index)
+        if self.gallery_store not in GALLERY_STORE:
+            raise VisaError(
+                f"retrieval.gallery_store={self.gallery_store!r} is not one of {', '.join(GALLERY_STORE)}"
+            )
+        if self.gallery_launcher not in LAUNCHERS:
+            raise VisaError(
+                f"retrieval.gallery_launcher={self.gallery_launcher!r} is not one of {', '.join(LAUNCHERS)}"
+            )
+        if self.gallery_dtype not in DTYPES:
+            raise VisaError(
+                f"retrieval.gallery_dtype={self.gallery_dtype!r} is not one of {', '.join(DTYPES)}"
+            )
+        for key in (
+            "gallery_store_min",
+            "gallery_shard_size",
+            "gallery_workers",
+            "gallery_rounds",
+            "nprobe",
+            "ef_search",
+            "hnsw_m",
+            "train_size",
+        ):
+            if getattr(self, key) < 1:
+                raise VisaError(f"retrieval.{key}={getattr(self, key)} must be at least 1")
+        for key in ("nlist", "pq_m", "ann_recall_queries"):
+            if getattr(self, key) < 0:
+                raise VisaError(f"retrieval.{key}={getattr(self, key)} must be 0 (automatic / off) or more")
+
+    def uses_store(self, gallery_size: int) -> bool:
+        """Whether a gallery of this size goes to the gallery store."""
+        if self.gallery_store == "auto":
+            return gallery_size >= self.gallery_store_min
+        return self.gallery_store == "on"
 
 
 @dataclass

@@ -22,6 +22,13 @@ from visa.data import Dataset, Item
 from visa.generation import Generator, StreamingGenerator
 from visa.method import prompts
 from visa.method.keys import item_fingerprint, visual_keys, with_reference
+from visa.method.replies import (
+    Questions,
+    first_questions,
+    parse_all_answers,
+    parse_questions,
+    top_up,
+)
 from visa.method.settings import Settings
 from visa.method.shard import SHARED_STAGES, wait_for_others
 from visa.scorers import Scorer
@@ -161,7 +168,7 @@ class Run:
         texts = self.stage("describe", keys, ps, generator_stream(describer), ident, describer)
         return {i.id: t for i, t in zip(items, texts)}
 
-    def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[prompts.Questions]:
+    def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[Questions]:
         """Questions for every query: a list of questions.max generated for each, of which the first
         questions.num are used. `query_texts`: each query as the LLM reads it (a composed query with its
         reference's description; default: the query texts).
@@ -173,7 +180,7 @@ class Run:
         questions.retry_temperature with seed = the generator's seed + t and noise of its own
         (`visa.generation.sampling`), so a sweep over questions.num uses nested lists and costs one run at
         questions.max. With questions.constrained the reply is generated in the method's layout and a retry
-        tops up the distinct questions of the tries before it (`prompts.top_up`); unconstrained, each try
+        tops up the distinct questions of the tries before it (`top_up`); unconstrained, each try
         stands alone (the reference's re-sampling). A query left with fewer than questions.num questions
         falls back to the generic ones. Every try is cached under its own key. questions.num=0 asks
         nothing."""
@@ -183,12 +190,12 @@ class Run:
         self.question_tries = []
         query_texts = query_texts or [q.text for q in self.dataset.queries]
         if settings.num == 0:  # descriptions only: the question LLM is not asked
-            return [prompts.Questions([], [], parsed=True) for _ in query_texts]
+            return [Questions([], [], parsed=True) for _ in query_texts]
         identity = question_llm.identity()
         first = [
             prompts.question_prompt(t, n, kind, settings.prompt, settings.constrained) for t in query_texts
         ]
-        parsed: list[prompts.Questions] = []
+        parsed: list[Questions] = []
         pending = list(range(len(first)))
         for attempt in range(settings.retries + 1):
             ps = [
@@ -206,9 +213,9 @@ class Run:
                 for p, i in zip(ps, pending)
             ]
             replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity, question_llm)
-            tried = [prompts.parse_questions(r, n, n, kind) for r in replies]
+            tried = [parse_questions(r, n, n, kind) for r in replies]
             if attempt > 0 and settings.constrained:
-                tried = [prompts.top_up(parsed[i], q, n, n) for i, q in zip(pending, tried)]
+                tried = [top_up(parsed[i], q, n, n) for i, q in zip(pending, tried)]
             if attempt == 0:
                 parsed = tried
             for i, q in zip(pending, tried):
@@ -218,12 +225,12 @@ class Run:
             pending = [i for i in pending if not parsed[i].parsed]
             if not pending:
                 break
-        return [prompts.first_questions(p, settings.num, kind) for p in parsed]
+        return [first_questions(p, settings.num, kind) for p in parsed]
 
     def answer(
         self,
         answer_mllm: Generator,
-        questions: list[prompts.Questions],
+        questions: list[Questions],
         candidates: torch.Tensor,
         descriptions: dict[str, str],
     ) -> list[list[list[str]]]:
@@ -256,7 +263,7 @@ class Run:
         answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
         for (qi, rank), text in zip(slots, texts):
             if mode == "per_candidate":
-                answers[qi][rank].extend(prompts.parse_all_answers(text, len(questions[qi].questions)))
+                answers[qi][rank].extend(parse_all_answers(text, len(questions[qi].questions)))
             else:
                 answers[qi][rank].append(text)
         return answers

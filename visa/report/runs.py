@@ -13,12 +13,8 @@ from typing import Any
 
 from visa.config import GROUPS
 from visa.core.errors import VisaError
+from visa.core.overrides import parse_overrides
 from visa.method.metrics import recall_gains
-
-try:  # the override parser moves from visa.config to visa.core.overrides with the config refactor
-    from visa.core.overrides import parse_overrides
-except ImportError:
-    from visa.config import parse_overrides
 
 # Settings that explain a run, read from its config when they are not overridden.
 KEY_SETTINGS = ("fusion.alpha", "questions.num", "questions.max", "retrieval.top_k", "answers.mode")
