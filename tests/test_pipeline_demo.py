@@ -1,5 +1,6 @@
 """The whole pipeline through the real CLI, on a slice of the demo with its real (packaged) weights."""
 
+import pytest
 from conftest import SMALL_DEMO, read_run, run_cli
 
 from visa.method.stages import MODEL_STAGES
@@ -51,6 +52,16 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
         k: v for k, v in metrics.items() if "/R@" in k
     }
     assert [r["rerank_top"] for r in results2] == [r["rerank_top"] for r in results]
+    # cost describes the method, not the cache state: the warm rerun reports what the results cost to compute
+    costs = {k: v for k, v in metrics.items() if k.startswith("cost/")}
+    for stage in MODEL_STAGES:
+        for field in ("calls", "tokens_in", "tokens_out", "media", "seconds", "unknown"):
+            assert f"cost/{stage}/{field}" in costs
+    assert {f"cost/per_query/{f}" for f in ("calls", "tokens", "seconds")} <= costs.keys()
+    assert metrics["cost/ask/tokens_in"] > 0 and metrics["cost/ask/tokens_out"] > 0  # the demo's LLM
+    assert metrics["cost/encode_visual/media"] == 3 and metrics["cost/encode_visual/calls"] == 3
+    for key, value in costs.items():
+        assert metrics2[key] == pytest.approx(value, abs=1e-3), key
 
 
 def test_sweep_over_questions_num_reuses_questions_and_answers(session_cache, tmp_path):

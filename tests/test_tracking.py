@@ -111,6 +111,7 @@ def test_wandb_logger_offline_without_key(tmp_path, wandb_offline_env, capsys):
         record(1, "green", "img1", ["img1", "img2", "img0"], ["img1", "img2", "img0"]),
     ]
     metrics = {"base/R@1": 50.0, "rerank/R@1": 100.0, "calls/answer/computed": 6, "time/answer": 1.5}
+    metrics.update({"cost/answer/tokens_in": 120, "cost/per_query/tokens": 60.5})
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     config = {"fusion": {"alpha": 0.5}, "question_llm": {"api_key": "sk-never-logged", "model": "m"}}
@@ -139,6 +140,8 @@ def test_wandb_logger_offline_without_key(tmp_path, wandb_offline_env, capsys):
         history.update({"/".join(i.nested_key) or i.key: i.value_json for i in h.history.item})
     assert json.loads(history["rerank/R@1"]) == 100.0 and json.loads(history["gain/R@1"]) == 50.0
     assert json.loads(history["calls/answer/computed"]) == 6
+    assert json.loads(history["cost/answer/tokens_in"]) == 120  # the cost keys go to W&B as they are
+    assert json.loads(history["cost/per_query/tokens"]) == 60.5
 
     artifacts = {a.artifact.type: a.artifact for a in log["artifact"]}
     outputs = {e.path: e for e in artifacts["run-outputs"].manifest.contents}

@@ -46,9 +46,10 @@ class Generator(Protocol):
 
 @runtime_checkable
 class StreamingGenerator(Generator, Protocol):
-    """Optional ability (servers): replies as they complete, which the stage cache stores as they arrive."""
+    """Optional ability (servers): replies as they complete, which the stage cache stores as they arrive;
+    each (index, reply) or (index, reply, Cost) with the reply's tokens (`visa.cache.cost`)."""
 
-    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str]]: ...
+    def stream(self, prompts: list[Prompt]) -> Iterator[tuple]: ...
 
 
 @runtime_checkable
@@ -75,6 +76,7 @@ class YesNoScorer(Protocol):
         ...
 
 
-# A generator may also be `Closable` (a launched server stops at the end of the run) and `Counting` (its
+# A generator may also report the tokens of its last generate() (`visa.cache.cost.CostReporting`), and be
+# `Closable` (a launched server stops at the end of the run) and `Counting` (its
 # counters go to metrics.json as generation/<part>/<name>).
 __all__ = ["Closable", "Counting", "Generator", "StreamingGenerator", "YesNoScorer"]

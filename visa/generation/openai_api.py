@@ -42,6 +42,7 @@ from urllib.parse import urlparse
 
 import aiohttp
 
+from visa.cache.cost import Cost
 from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
 from visa.generation.balance import ServerPool
@@ -54,6 +55,11 @@ log = logging.getLogger("visa.openai_api")
 _MAX_BACKOFF = 60.0  # seconds: the longest wait between two tries of one request
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 STRUCTURED_OUTPUTS = ("json_schema", "regex")
+
+
+def _count(value: Any) -> int:
+    """A token count from a server's `usage`; 0 when it is missing or not a count."""
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 @runtime_checkable
@@ -208,22 +214,29 @@ class OpenAIChatGenerator(MediaSettings):
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _reply_text(self, url: str, body: str) -> str | None:
-        """The completion's text; None for a malformed reply (not JSON, or no `choices[0].message`)."""
+    def _reply_text(self, url: str, body: str) -> tuple[str, Cost] | None:
+        """The completion's text and its tokens (the server's `usage`; 0 where a server leaves it out);
+        None for a malformed reply (not JSON, or no `choices[0].message`)."""
         try:
-            message = json.loads(body)["choices"][0]["message"]
+            reply = json.loads(body)
+            message = reply["choices"][0]["message"]
             content = message.get("content")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             self.malformed += 1
             if self.malformed <= 3:
                 log.warning("malformed reply from %s (asked again): %.200r", url, body)
             return None
+        usage = reply.get("usage") if isinstance(reply, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        cost = Cost(
+            tokens_in=_count(usage.get("prompt_tokens")), tokens_out=_count(usage.get("completion_tokens"))
+        )
         if not isinstance(content, str) or not content.strip():
             self.empty += 1
             if self.empty == 1:
                 log.warning("an empty reply from %s (kept as an empty answer; counted in empty)", url)
-            return ""
-        return content.strip()
+            return "", cost
+        return content.strip(), cost
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         """Exponential backoff with jitter (so that many failed requests do not come back all at once)."""
@@ -242,8 +255,9 @@ class OpenAIChatGenerator(MediaSettings):
         index: int,
         prompt: Prompt,
         words: Sequence[str] | None = None,
-    ) -> tuple[int, Any]:
-        """(index, reply text), or with `words` (index, each word's first-token probability)."""
+    ) -> tuple[int, Any, Cost]:
+        """(index, reply text, its tokens), or with `words` (index, each word's first-token probability, its
+        tokens)."""
         build = self.request_body if words is None else self.yes_no_body
         if self.sees_media(prompt):
             body = await asyncio.to_thread(build, prompt)  # reading and encoding pixels
@@ -274,7 +288,7 @@ class OpenAIChatGenerator(MediaSettings):
             if answered and status == 200:
                 reply = self._reply_text(url, text) if words is None else self._reply_probs(url, text, words)
                 if reply is not None:
-                    return index, reply
+                    return index, *reply
                 last = f"a malformed reply {' '.join(text.split())[:80]!r}"
             elif answered:
                 raise VisaError(
@@ -346,12 +360,15 @@ class OpenAIChatGenerator(MediaSettings):
                     task.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
-    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str]]:
-        """(index, reply) pairs in completion order (see `_stream`)."""
+    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str, Cost]]:
+        """(index, reply, its tokens) in completion order (see `_stream`)."""
         return self._stream(prompts)
 
-    def _stream(self, prompts: list[Prompt], words: Sequence[str] | None = None) -> Iterator[tuple[int, Any]]:
-        """(index, reply) pairs in completion order; with `words`, (index, each word's probability).
+    def _stream(
+        self, prompts: list[Prompt], words: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, Any, Cost]]:
+        """(index, reply, its tokens) in completion order; with `words`, (index, each word's probability, its
+        tokens).
 
         The requests run on an event loop in a helper thread; this thread only waits on a queue, so Ctrl-C
         and errors stop the stage at once, and closing the iterator cancels the requests in flight.
@@ -397,7 +414,7 @@ class OpenAIChatGenerator(MediaSettings):
     def generate(self, prompts: list[Prompt]) -> list[str]:
         """One reply per prompt, in order (all requests in flight at once, up to max_concurrency)."""
         out: list[str | None] = [None] * len(prompts)
-        for index, text in self.stream(prompts):
+        for index, text, _ in self.stream(prompts):
             out[index] = text
         return out  # type: ignore[return-value]
 
@@ -419,11 +436,12 @@ class OpenAIChatGenerator(MediaSettings):
             "top_logprobs": self.top_logprobs,
         }
 
-    def _reply_probs(self, url: str, body: str, words: Sequence[str]) -> list[float] | None:
+    def _reply_probs(self, url: str, body: str, words: Sequence[str]) -> tuple[list[float], Cost] | None:
         """Each word's probability from the first token's top_logprobs; None for a malformed reply (asked
         again). A completion without logprobs is a server that ignores them: the run stops."""
         try:
-            choice = json.loads(body)["choices"][0]
+            reply = json.loads(body)
+            choice = reply["choices"][0]
             choice["message"]
         except (ValueError, KeyError, IndexError, TypeError):
             self.malformed += 1
@@ -441,13 +459,16 @@ class OpenAIChatGenerator(MediaSettings):
         probs = probs_from_top_logprobs(top, words)
         self.scored += 1
         self.unlisted += not any(probs)
-        return probs
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+        return probs, Cost(
+            tokens_in=_count(usage.get("prompt_tokens")), tokens_out=_count(usage.get("completion_tokens"))
+        )
 
     def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
         """Per prompt, each word's probability as the first token, from the server's top_logprobs (a word
         outside them: 0). Requests go as `generate`'s do (concurrent, retried, balanced)."""
         out: list[list[float] | None] = [None] * len(prompts)
-        for index, probs in self._stream(prompts, tuple(words)):
+        for index, probs, _ in self._stream(prompts, tuple(words)):
             out[index] = probs
         return out  # type: ignore[return-value]
 
