@@ -82,6 +82,7 @@ class StageRunner:
         """The stored results of `keys` (those present), their costs counted under `stage`."""
         if self.store is None:
             return {}
+        entries: dict[str, tuple[Any, Cost | None]]
         if not hasattr(self.store, "get_with_costs"):  # a store that keeps no costs
             entries = {k: (v, None) for k, v in self.store.get_many(list(keys)).items()}
         else:
