@@ -269,7 +269,7 @@ def test_pipeline_reranks_the_given_candidates(session_cache, tmp_path):
     assert header.split()[-5:] == ["mAP@50", "nDCG@50", "MRR", "mAP@100", "nDCG@100"]  # on the terminal too
     metrics, results = read_run(run_dir)
     assert metrics["data/queries"] == 2 and metrics["data/gallery"] == 7
-    for prefix in ("base", "visa"):
+    for prefix in ("base", "rerank"):
         for name in ("mAP@50", "nDCG@50", "MRR", "mAP@100", "nDCG@100", "R@1"):
             assert f"{prefix}/{name}" in metrics
     dataset = InquireRerankDataset(root=str(root)).load()

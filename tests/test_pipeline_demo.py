@@ -11,7 +11,7 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     metrics, results = read_run(tmp_path / "first")
 
-    for prefix in ("base", "visa"):
+    for prefix in ("base", "rerank"):
         for k in (1, 5, 10):
             assert 0.0 <= metrics[f"{prefix}/R@{k}"] <= 100.0
     for stage in MODEL_STAGES:
