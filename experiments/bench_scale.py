@@ -216,7 +216,7 @@ def shards(args: argparse.Namespace) -> None:
         last = calls(Path(tmp, "final", "metrics.json"))
         a = json.loads(Path(tmp, "single", "metrics.json").read_text())
         b = json.loads(Path(tmp, "final", "metrics.json").read_text())
-        same = all(a[k] == b[k] for k in a if k.startswith(("base/", "visa/")))
+        same = all(a[k] == b[k] for k in a if k.startswith(("base/", "rerank/")))
     print(f"demo {' '.join(args.overrides)}; model calls computed per stage ({', '.join(STAGES)}):")
     print(f"  1 process:            {single:7.1f} s  {one}  (total {sum(one)})")
     summed = [x + y for x, y in zip(*parts)]

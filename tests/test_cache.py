@@ -104,13 +104,13 @@ class CountingStore(SQLiteStore):
         self.writes: list[int] = []
         self.fail = fail
 
-    def put_many(self, stage, items, model=""):
+    def put_many(self, stage, items, model="", costs=None):
         if self.fail:
             from visa.core.errors import VisaError
 
             raise VisaError("cannot write to the cache: disk full")
         self.writes.append(len(items))
-        super().put_many(stage, items, model=model)
+        super().put_many(stage, items, model=model, costs=costs)
 
 
 def test_results_are_written_in_batches(tmp_path):

@@ -7,6 +7,7 @@ from conftest import REPO, run_cli
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from visa.assembly import Assembly
 from visa.config import GROUPS, LOGGER, PART_GROUPS, build, check_part, register
 from visa.core.errors import VisaError
 from visa.data import Item, build_dataset
@@ -22,8 +23,9 @@ def compose_cfg(*overrides):
 
 def test_default_config_composes_with_every_part_checked():
     cfg = compose_cfg()
+    uses = Assembly(cfg).uses  # the run's own checks: the groups its re-ranker uses
     for group in PART_GROUPS:  # conf/config.yaml's defaults list chooses an option of every group
-        check_part(cfg[group.name], group.name)
+        check_part(cfg[group.name], group.name, uses if group.name == "reranker" else ())
     assert cfg.retrieval.top_k == 5  # the demo profile's K; the schema default is the paper's 20
     assert compose_cfg("dataset=visa_release").retrieval.top_k == 20
 

@@ -424,8 +424,8 @@ def test_every_key_the_readme_names_exists():
 def test_the_table_shows_the_datasets_own_metrics():
     from visa.run import format_table
 
-    metrics = {f"{p}/R@{k}": 10.0 * k for p in ("base", "visa") for k in (1, 5, 10)}
-    for p in ("base", "visa"):
+    metrics = {f"{p}/R@{k}": 10.0 * k for p in ("base", "rerank") for k in (1, 5, 10)}
+    for p in ("base", "rerank"):
         metrics |= {f"{p}/mAP@50": 45.25, f"{p}/nDCG@50": 60.0, f"{p}/MRR": 0.8125, f"{p}/mAP@100": 40.0}
     header, base, _ = format_table(metrics, [1, 5, 10]).splitlines()
     assert header.split() == ["R@1", "R@5", "R@10", "mAP@50", "nDCG@50", "MRR", "mAP@100"]

@@ -269,13 +269,13 @@ def test_pipeline_reranks_the_given_candidates(session_cache, tmp_path):
     assert header.split()[-5:] == ["mAP@50", "nDCG@50", "MRR", "mAP@100", "nDCG@100"]  # on the terminal too
     metrics, results = read_run(run_dir)
     assert metrics["data/queries"] == 2 and metrics["data/gallery"] == 7
-    for prefix in ("base", "visa"):
+    for prefix in ("base", "rerank"):
         for name in ("mAP@50", "nDCG@50", "MRR", "mAP@100", "nDCG@100", "R@1"):
             assert f"{prefix}/{name}" in metrics
     dataset = InquireRerankDataset(root=str(root)).load()
     for record, candidates in zip(results, dataset.candidates):  # every candidate, and only those
         ids = {dataset.gallery[g].id for g in candidates}
-        assert {c["id"] for c in record["base_top"]} == ids == {c["id"] for c in record["visa_top"]}
+        assert {c["id"] for c in record["base_top"]} == ids == {c["id"] for c in record["rerank_top"]}
         scores = [c["score"] for c in record["base_top"]]
         assert scores == sorted(scores, reverse=True)
     assert metrics["normalizer"] == "none"

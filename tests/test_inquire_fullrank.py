@@ -221,10 +221,10 @@ def test_fullrank_runs_end_to_end(tmp_path):
     assert metrics["data/gallery"] == 10 and metrics["data/queries"] == 2
     assert metrics["calls/encode_visual/computed"] == 0 and metrics["calls/encode_visual/cached"] == 10
     assert metrics["retrieval/index"] == "hnsw" and metrics["retrieval/ann_recall@10"] == 100.0
-    for prefix in ("base", "visa"):
+    for prefix in ("base", "rerank"):
         values = []
         for record in records:
-            ranked = [c["id"] for c in record["base_top" if prefix == "base" else "visa_top"]]
+            ranked = [c["id"] for c in record["base_top" if prefix == "base" else "rerank_top"]]
             assert len(ranked) == 10  # the whole gallery: the AP below sees every rank
             truth = set(record["ground_truth"])
             y_true = np.array([i in truth for i in ranked], dtype=int)

@@ -121,7 +121,7 @@ def test_sweep_computes_each_model_call_once(sweep_base):
     assert needed[0]["score"] == needed[2]["score"] == queries * top_k
     # alpha = 0 keeps the backbone's order, so its recall is the backbone's
     for _, m in (runs[0], runs[2]):
-        assert [m[f"visa/R@{k}"] for k in (1, 5, 10)] == [m[f"base/R@{k}"] for k in (1, 5, 10)]
+        assert [m[f"rerank/R@{k}"] for k in (1, 5, 10)] == [m[f"base/R@{k}"] for k in (1, 5, 10)]
 
 
 def test_each_job_is_a_wandb_run_of_the_sweep_group(sweep_base):
@@ -136,9 +136,9 @@ def test_each_job_is_a_wandb_run_of_the_sweep_group(sweep_base):
         assert run["config"]["sweep"]["fusion.alpha"] == int(overrides["fusion.alpha"])
         assert run["config"]["fusion"]["alpha"] == float(overrides["fusion.alpha"])
         assert run["config"]["questions"]["num"] == int(overrides["questions.num"])
-        for key in ("base/R@1", "visa/R@5", "calls/answer/computed", "calls/ask/cached", "time/answer"):
+        for key in ("base/R@1", "rerank/R@5", "calls/answer/computed", "calls/ask/cached", "time/answer"):
             assert run["history"][key] == metrics[key]
-        assert run["history"]["gain/R@1"] == pytest.approx(metrics["visa/R@1"] - metrics["base/R@1"])
+        assert run["history"]["gain/R@1"] == pytest.approx(metrics["rerank/R@1"] - metrics["base/R@1"])
         assert set(run["artifacts"]["run-outputs"]) == {"metrics.json", "results.jsonl"}
         assert "samples.table.json" in run["artifacts"]["run_table"]
         assert any(p.endswith(".png") for p in run["artifacts"]["run_table"])  # thumbnails
@@ -161,7 +161,7 @@ def test_compare_reads_the_sweep(sweep_base, tmp_path):
     assert [r["run"] for r in rows] == ["0", "1", "2", "3"]
     assert set(list(rows[0])[2:4]) == {"questions.num", "fusion.alpha"}  # the swept parameters first
     for row, (_, metrics) in zip(rows, jobs(sweep), strict=True):
-        assert float(row["visa/R@1"]) == pytest.approx(metrics["visa/R@1"])
+        assert float(row["rerank/R@1"]) == pytest.approx(metrics["rerank/R@1"])
         assert float(row["time/answer"]) == pytest.approx(metrics["time/answer"])
         assert int(row["calls/computed"]) == sum(metrics[f"calls/{s}/computed"] for s in STAGES)
         assert row["dataset"] == "demo" and row["retrieval.top_k"] == "2"

@@ -268,7 +268,7 @@ def test_demo_run_with_nnn_records_the_normalizer_and_its_bank(session_cache, tm
     assert metrics["normalizer"] == "nnn" and metrics["normalizer/bank"] == "demo"
     assert metrics["normalizer/bank_size"] == 177  # visa/data/banks/demo.txt
     assert metrics["calls/encode_bank/computed"] + metrics["calls/encode_bank/cached"] == 177
-    assert metrics["time/normalize"] >= 0 and 0 <= metrics["visa/R@1"] <= 100
+    assert metrics["time/normalize"] >= 0 and 0 <= metrics["rerank/R@1"] <= 100
     assert all(len(r["base_top"]) == 2 for r in results)
 
 

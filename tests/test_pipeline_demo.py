@@ -1,5 +1,6 @@
 """The whole pipeline through the real CLI, on a slice of the demo with its real (packaged) weights."""
 
+import pytest
 from conftest import SMALL_DEMO, read_run, run_cli
 
 from visa.method.stages import MODEL_STAGES
@@ -10,7 +11,7 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     assert first.returncode == 0, first.stderr[-3000:]
     metrics, results = read_run(tmp_path / "first")
 
-    for prefix in ("base", "visa"):
+    for prefix in ("base", "rerank"):
         for k in (1, 5, 10):
             assert 0.0 <= metrics[f"{prefix}/R@{k}"] <= 100.0
     for stage in MODEL_STAGES:
@@ -29,8 +30,9 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     assert all(r["question_reply"].startswith("key phrases:\n") for r in results)  # the layout, always
     assert "queries fell back to generic questions" in first.stdout  # the summary line (logged)
     for r in results:
-        assert len(r["base_top"]) == len(r["visa_top"]) == len(r["candidates"]) == 2
-        assert {c["id"] for c in r["base_top"]} == {c["id"] for c in r["visa_top"]}  # only the order changes
+        assert len(r["base_top"]) == len(r["rerank_top"]) == len(r["candidates"]) == 2
+        # only the order changes
+        assert {c["id"] for c in r["base_top"]} == {c["id"] for c in r["rerank_top"]}
         assert len(r["questions"]) == 1
         for cand in r["candidates"]:
             # Answers exist only for parsed questions (fallback answers are left out of the passage).
@@ -49,7 +51,17 @@ def test_demo_run_then_rerun_computes_nothing(session_cache, tmp_path):
     assert {k: v for k, v in metrics2.items() if "/R@" in k} == {
         k: v for k, v in metrics.items() if "/R@" in k
     }
-    assert [r["visa_top"] for r in results2] == [r["visa_top"] for r in results]
+    assert [r["rerank_top"] for r in results2] == [r["rerank_top"] for r in results]
+    # cost describes the method, not the cache state: the warm rerun reports what the results cost to compute
+    costs = {k: v for k, v in metrics.items() if k.startswith("cost/")}
+    for stage in MODEL_STAGES:
+        for field in ("calls", "tokens_in", "tokens_out", "media", "seconds", "unknown"):
+            assert f"cost/{stage}/{field}" in costs
+    assert {f"cost/per_query/{f}" for f in ("calls", "tokens", "seconds")} <= costs.keys()
+    assert metrics["cost/ask/tokens_in"] > 0 and metrics["cost/ask/tokens_out"] > 0  # the demo's LLM
+    assert metrics["cost/encode_visual/media"] == 3 and metrics["cost/encode_visual/calls"] == 3
+    for key, value in costs.items():
+        assert metrics2[key] == pytest.approx(value, abs=1e-3), key
 
 
 def test_sweep_over_questions_num_reuses_questions_and_answers(session_cache, tmp_path):

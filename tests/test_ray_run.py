@@ -36,7 +36,7 @@ def _free_port() -> int:
 
 
 def _ranking(results: list[dict]) -> list:
-    return [(r["query"], [c["id"] for c in r["visa_top"]], r["questions"]) for r in results]
+    return [(r["query"], [c["id"] for c in r["rerank_top"]], r["questions"]) for r in results]
 
 
 LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # "0": Ray's own addresses are the loopback address
@@ -145,7 +145,7 @@ def test_two_shards_on_ray_then_a_final_run_equal_one_process(tmp_path, ray_head
     metrics, results = read_run(tmp_path / "final")
     assert all(metrics[f"calls/{stage}/computed"] == 0 for stage in MODEL_STAGES)
     for key, value in ref_metrics.items():
-        if key.startswith(("base/", "visa/")):
+        if key.startswith(("base/", "rerank/")):
             assert metrics[key] == value, key
     assert _ranking(results) == _ranking(ref_results)
     assert metrics["results/digest"] == ref_metrics["results/digest"]

@@ -57,10 +57,10 @@ def test_release_reproduction_matches_the_formula(tmp_path):
     gt = np.array([q.relevant[0] for q in data.queries])
     for cut in (1, 5, 10):
         expected = 100 * np.mean([gt[i] in ref[i, :cut] for i in range(len(gt))])
-        assert metrics[f"visa/R@{cut}"] == pytest.approx(expected, abs=1e-3)
+        assert metrics[f"rerank/R@{cut}"] == pytest.approx(expected, abs=1e-3)
         base_expected = 100 * np.mean([gt[i] in np.argsort(-base[i])[:cut] for i in range(len(gt))])
         assert metrics[f"base/R@{cut}"] == pytest.approx(base_expected, abs=1e-3)
-    assert [r["id"] for r in results[0]["visa_top"]] == [f"img{i}.jpg" for i in ref[0, :k]]
+    assert [r["id"] for r in results[0]["rerank_top"]] == [f"img{i}.jpg" for i in ref[0, :k]]
 
 
 def test_wrong_matrix_shape_is_a_clear_error(tmp_path):
@@ -89,11 +89,11 @@ def test_precomputed_scores_keep_base_order_beyond_k(tmp_path):
         data, MinMaxFusion(0.5), Settings(retrieval=RetrievalSettings(top_k=3), recall_at=list((1, 3, 4)))
     )
     # query 0: fused = 0.5 * minmax(base) + 0.5 * minmax(text) = [0.5, 0.75, 0] over i0, i1, i2
-    assert [r["id"] for r in results[0]["visa_top"]] == ["i1", "i0", "i2"]
+    assert [r["id"] for r in results[0]["rerank_top"]] == ["i1", "i0", "i2"]
     # query 1: no text signal, so the base order; its item i0 is 4th, beyond K, where the base order holds
-    assert [r["id"] for r in results[1]["visa_top"]] == ["i3", "i2", "i1"]
-    assert metrics["base/R@1"] == 0.0 and metrics["visa/R@1"] == 50.0
-    assert metrics["visa/R@3"] == 50.0 and metrics["visa/R@4"] == 100.0
+    assert [r["id"] for r in results[1]["rerank_top"]] == ["i3", "i2", "i1"]
+    assert metrics["base/R@1"] == 0.0 and metrics["rerank/R@1"] == 50.0
+    assert metrics["rerank/R@3"] == 50.0 and metrics["rerank/R@4"] == 100.0
 
 
 def test_several_captions_per_entry_are_read_the_references_way(tmp_path):

@@ -62,7 +62,7 @@ def test_a_reranker_of_its_own_reorders_the_top_k_and_fills_the_records(data_and
     settings = Settings(retrieval=RetrievalSettings(top_k=3), recall_at=[1, 5], progress=False)
     metrics, records = pipeline.run_visa(dataset, parts, settings, SQLiteStore(tmp_path / "cache"))
     assert reverse.prepared == reverse.scored == list(range(len(CAPTIONS)))
-    assert metrics["reverse/queries"] == len(CAPTIONS) and "visa/R@1" in metrics and "base/R@5" in metrics
+    assert metrics["reverse/queries"] == len(CAPTIONS) and "rerank/R@1" in metrics and "base/R@5" in metrics
     for record in records:
         base = [c["id"] for c in record["base_top"]]
         assert [c["id"] for c in record[RERANKED_TOP]] == base[::-1]  # its scores decided the order

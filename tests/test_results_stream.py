@@ -89,7 +89,7 @@ def test_a_run_in_blocks_gives_what_one_block_gives(parts_and_data, tmp_path, mo
 
 
 def test_the_results_file_is_plain_or_gzip_and_named_when_complete(tmp_path):
-    records = [{"index": i, "query": f"q{i}", "visa_top": [{"id": "a", "fused": 0.5}]} for i in range(3)]
+    records = [{"index": i, "query": f"q{i}", "rerank_top": [{"id": "a", "fused": 0.5}]} for i in range(3)]
     for name, opener in (("results.jsonl", open), ("results.jsonl.gz", gzip.open)):
         out = ResultsFile(tmp_path / name)
         for record in records:

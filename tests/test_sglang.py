@@ -95,8 +95,8 @@ def test_results_match_their_prompts_in_any_completion_order():
     ) as s:
         gen = client(s.url, max_concurrency=16)
         pairs = list(gen.stream(prompts))
-        assert sorted(i for i, _ in pairs) == list(range(60))
-        assert all(text == f"Reply to: item {i}" for i, text in pairs)
+        assert sorted(i for i, _, _ in pairs) == list(range(60))
+        assert all(text == f"Reply to: item {i}" for i, text, _ in pairs)
         assert gen.generate(prompts[:5]) == [f"Reply to: item {i}" for i in range(5)]
 
 

@@ -15,7 +15,7 @@ MODEL_STAGES = ("encode_text", "encode_visual", "describe", "ask", "answer", "sc
 
 
 def _ranking(results: list[dict]) -> list:
-    return [(r["query"], [c["id"] for c in r["visa_top"]], r["questions"]) for r in results]
+    return [(r["query"], [c["id"] for c in r["rerank_top"]], r["questions"]) for r in results]
 
 
 # At the default batch sizes: a reply does not depend on its batch-mates, so the shard split changes none.
@@ -51,7 +51,7 @@ def test_two_shards_then_a_final_run_equal_one_process(tmp_path):
     metrics, results = read_run(tmp_path / "final")
     assert all(metrics[f"calls/{stage}/computed"] == 0 for stage in MODEL_STAGES)
     for key, value in ref_metrics.items():
-        if key.startswith(("base/", "visa/")):
+        if key.startswith(("base/", "rerank/")):
             assert metrics[key] == value, key
     assert _ranking(results) == _ranking(ref_results)
     assert metrics["results/digest"] == ref_metrics["results/digest"]

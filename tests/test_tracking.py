@@ -65,7 +65,9 @@ def record(index: int, query: str, truth: str, base: list[str], visa: list[str])
         "questions": ["What colour is it?"],
         "questions_parsed": True,
         "base_top": [{"id": i, "score": 0.9 - 0.1 * r} for r, i in enumerate(base)],
-        "visa_top": [{"id": i, "base": 0.5, "text": 1.0, "fused": 1.0 - 0.1 * r} for r, i in enumerate(visa)],
+        "rerank_top": [
+            {"id": i, "base": 0.5, "text": 1.0, "fused": 1.0 - 0.1 * r} for r, i in enumerate(visa)
+        ],
         "candidates": [{"id": i, "answers": [f"It is {i}."], "passage": f"It is {i}."} for i in base],
     }
 
@@ -108,7 +110,8 @@ def test_wandb_logger_offline_without_key(tmp_path, wandb_offline_env, capsys):
         record(0, "a red square", "img0", ["img1", "img0", "gone"], ["img0", "img1", "gone"]),
         record(1, "green", "img1", ["img1", "img2", "img0"], ["img1", "img2", "img0"]),
     ]
-    metrics = {"base/R@1": 50.0, "visa/R@1": 100.0, "calls/answer/computed": 6, "time/answer": 1.5}
+    metrics = {"base/R@1": 50.0, "rerank/R@1": 100.0, "calls/answer/computed": 6, "time/answer": 1.5}
+    metrics.update({"cost/answer/tokens_in": 120, "cost/per_query/tokens": 60.5})
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     (run_dir / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in results))
     config = {"fusion": {"alpha": 0.5}, "question_llm": {"api_key": "sk-never-logged", "model": "m"}}
@@ -135,8 +138,10 @@ def test_wandb_logger_offline_without_key(tmp_path, wandb_offline_env, capsys):
     history = {}
     for h in log["history"]:
         history.update({"/".join(i.nested_key) or i.key: i.value_json for i in h.history.item})
-    assert json.loads(history["visa/R@1"]) == 100.0 and json.loads(history["gain/R@1"]) == 50.0
+    assert json.loads(history["rerank/R@1"]) == 100.0 and json.loads(history["gain/R@1"]) == 50.0
     assert json.loads(history["calls/answer/computed"]) == 6
+    assert json.loads(history["cost/answer/tokens_in"]) == 120  # the cost keys go to W&B as they are
+    assert json.loads(history["cost/per_query/tokens"]) == 60.5
 
     artifacts = {a.artifact.type: a.artifact for a in log["artifact"]}
     outputs = {e.path: e for e in artifacts["run-outputs"].manifest.contents}
@@ -205,7 +210,7 @@ def test_user_text_reaches_the_wandb_table_as_plain_strings(tmp_path, wandb_offl
     sample["candidates"][0]["answers"] = [markup]
     logger = WandbLogger(project="visa-test", top_items=2, thumb_size=32, log_artifact=False)
     logger.start({}, run_dir)
-    logger.log({"visa/R@1": 100.0}, iter([sample]), dataset)  # records come as a stream
+    logger.log({"rerank/R@1": 100.0}, iter([sample]), dataset)  # records come as a stream
     offline_dir = logger.offline_dir()
     logger.finish()
     log = records(next(offline_dir.glob("*.wandb")))

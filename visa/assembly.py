@@ -13,10 +13,13 @@ from visa.cache import SharedFolderStore, SQLiteStore, default_cache_dir, open_c
 from visa.config import (
     ANSWER_MLLM,
     BACKBONE,
+    CROSS_ENCODER,
     DATASET,
     DESCRIBER,
     GROUPS,
+    JUDGE,
     QUESTION_LLM,
+    RERANKER,
     SCORER,
     Group,
     _import_target,
@@ -31,19 +34,30 @@ from visa.method.fusion import Fusion
 from visa.method.normalizers import Normalizer
 from visa.method.parts import Components
 from visa.method.rerankers import Reranker
-from visa.method.rerankers.visa import VisaReranker
 from visa.method.settings import Settings
 
 T = TypeVar("T")
+
+# The groups a re-ranker may use (its class's `uses`), by name.
+RERANKER_PARTS: dict[str, Group] = {
+    g.name: g for g in (QUESTION_LLM, ANSWER_MLLM, DESCRIBER, SCORER, JUDGE, CROSS_ENCODER)
+}
 
 
 class Assembly:
     """A run's config, its parts' keys checked before anything is loaded; builds each part when asked."""
 
     def __init__(self, cfg: DictConfig):
-        for group in GROUPS:
-            check_part(cfg[group], group)
         self.cfg = cfg
+        # the re-ranker names the groups it uses; the others are neither required nor checked nor built
+        self.reranker_class = _import_target(cfg.reranker._target_, "reranker") if "reranker" in cfg else None
+        self.uses: tuple[str, ...] = tuple(getattr(self.reranker_class, "uses", ()))
+        for group in GROUPS:
+            if group in RERANKER_PARTS and group not in self.uses:
+                continue
+            if cfg.get(group) is None:
+                raise VisaError(f"{group} is not set; choose one of its configs ({group}=...)")
+            check_part(cfg[group], group, self.uses if group == "reranker" else ())
         self.settings: Settings = settings_from(cfg)
 
     def build(self, group: Group[T]) -> T:
@@ -95,14 +109,15 @@ class Assembly:
 
         return read_bank(normalizer.bank, dataset, load_split, normalizer.bank_limit)
 
+    def reranker_label(self) -> str:
+        """How the console names the re-ranked row ("+ VISA", "+ pointwise P(Yes)")."""
+        return getattr(self.reranker_class, "label", None) or self.choice("reranker")
+
     def reranker(self) -> Reranker:
-        """VISA, from the run's question_llm, answer_mllm, describer and scorer."""
-        return VisaReranker(
-            question_llm=self.build(QUESTION_LLM),
-            answer_mllm=self.build(ANSWER_MLLM),
-            describer=self.build(DESCRIBER),
-            scorer=self.build(SCORER),
-        )
+        """The chosen re-ranker, given the parts it uses (`uses`: e.g. VISA's question_llm, answer_mllm,
+        describer and scorer; `none` uses none)."""
+        given = {name: self.build(RERANKER_PARTS[name]) for name in self.uses}
+        return build(self.cfg, RERANKER, **given)
 
     def parts(
         self, dataset: Dataset, fusion: Fusion, normalizer: Normalizer, bank: Bank | None

@@ -24,8 +24,9 @@ from visa.generation import Generator
 from visa.method.fusion import Fusion
 from visa.method.normalizers import Normalizer
 from visa.method.pairwise import PairwiseBackbone
+from visa.method.rerankers import Reranker
 from visa.method.settings import Settings
-from visa.scorers import Scorer
+from visa.scorers import MediaScorer, Scorer
 from visa.tracking import Logger
 
 T = TypeVar("T")
@@ -60,6 +61,13 @@ FUSION: Group[Fusion] = Group("fusion", Fusion)
 # the base similarity's normaliser (none, nnn, qb_norm, dn); metrics.json names the choice itself
 NORMALIZER: Group[Normalizer] = Group("normalizer", Normalizer)
 LOGGER: Group[Logger] = Group("logger", Logger)
+# what re-orders each query's top-K (visa, visa_description, pointwise, cross_encoder, none); it names the
+# groups above that it uses (`uses`), and only those are checked and built
+RERANKER: Group[Reranker] = Group("reranker", Reranker)
+# the model a pointwise re-ranker asks "does this item show the query?" (P(Yes))
+JUDGE: Group[Generator] = Group("judge", Generator)
+# the multimodal cross-encoder of reranker=cross_encoder (Qwen3-VL-Reranker, BLIP-2 ITM)
+CROSS_ENCODER: Group[MediaScorer] = Group("cross_encoder", MediaScorer)
 
 
 @dataclass
@@ -77,6 +85,9 @@ class VisaConfig(Settings):
     scorer: Any = SCORER.field()
     fusion: Any = FUSION.field()
     normalizer: Any = NORMALIZER.field()
+    reranker: Any = RERANKER.field()
+    judge: Any = JUDGE.field()
+    cross_encoder: Any = CROSS_ENCODER.field()
     logger: Any = LOGGER.field()
     cache_dir: str | None = "${oc.env:VISA_CACHE,null}"  # None: the user cache folder
     # sqlite: one file (one host); shared: one log per writer (NFS, Lustre; many hosts); auto: by filesystem
@@ -269,11 +280,17 @@ def instantiate_part(cfg: DictConfig, group: str, **given: Any) -> Any:
         raise VisaError(f"{group} is not set; choose one of its configs ({group.split('.')[0]}=...)")
     check_part(node, group, given)
     try:
-        return instantiate(node, _convert_="all", **given)
-    except InstantiationException as e:  # Hydra wraps what the constructor raised
+        # the config's own values through Hydra; `given` straight to the class: Hydra would turn a part
+        # handed in (a generator for a re-ranker) into a config of its fields
+        factory = instantiate(node, _convert_="all", _partial_=True)
+    except InstantiationException as e:  # Hydra wraps what a nested constructor raised
         if isinstance(e.__cause__, VisaError):
             raise e.__cause__ from None
         raise VisaError(f"{group}: cannot build {node._target_}: {e.__cause__ or e}") from e
+    try:
+        return factory(**given)
+    except (TypeError, ValueError) as e:
+        raise VisaError(f"{group}: cannot build {node._target_}: {e}") from e
 
 
 def build(cfg: DictConfig, group: Group[T], **given: Any) -> T:

@@ -38,14 +38,17 @@ log = logging.getLogger("visa")
 register()
 
 
-def format_table(metrics: dict[str, Any], ks: list[int]) -> str:
-    header = f"{'':<12}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
+def format_table(metrics: dict[str, Any], ks: list[int], reranker: str = "VISA") -> str:
+    """The recall table: the backbone's row and the re-ranked row, labelled with the re-ranker's name."""
+    labels = [("backbone", BASE), (f"+ {reranker}", RERANKED)]
+    width = max(12, *(len(label) + 2 for label, _ in labels))
+    header = f"{'':<{width}}" + "".join(f"{'R@' + str(k):>8}" for k in ks)
     subset = [k for k in (1, 2, 3) if f"{BASE}/R_subset@{k}" in metrics]  # CIRR's Recall_subset
     header += "".join(f"{'Rs@' + str(k):>8}" for k in subset)
     rows = [header]
-    for label, prefix in (("backbone", BASE), ("+ VISA", RERANKED)):
+    for label, prefix in labels:
         cells = [metrics[f"{prefix}/R@{k}"] for k in ks] + [metrics[f"{prefix}/R_subset@{k}"] for k in subset]
-        rows.append(f"{label:<12}" + "".join(f"{v:>8.1f}" for v in cells))
+        rows.append(f"{label:<{width}}" + "".join(f"{v:>8.1f}" for v in cells))
     return "\n".join(with_ranking_metrics(rows, metrics))
 
 
@@ -154,7 +157,10 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             return {}  # a helper process of the multi-node gallery encoding: its share is written
     normalizer = assembly.build(NORMALIZER)
     bank = assembly.bank(normalizer, dataset)
-    normalizer_metrics: dict[str, Any] = {"normalizer": assembly.choice("normalizer")}
+    normalizer_metrics: dict[str, Any] = {
+        "reranker": assembly.choice("reranker"),
+        "normalizer": assembly.choice("normalizer"),
+    }
     if bank is not None:
         normalizer_metrics.update({"normalizer/bank": bank.spec, "normalizer/bank_size": len(bank.queries)})
     logger = assembly.build(LOGGER)
@@ -207,7 +213,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         except ResultsFileError as e:
             raise output_error(run_dir, e.error, cache_path) from None
         write_metrics(run_dir, metrics, cache_path)
-        print(format_table(metrics, list(settings.recall_at)))
+        print(format_table(metrics, list(settings.recall_at), assembly.reranker_label()))
         questions_line = format_questions(metrics)
         if questions_line:  # on the console and in run.log; a warning when the method did not run as meant
             high = metrics.get("questions/fallback_share", 0.0) > FALLBACK_HINT_SHARE

@@ -43,6 +43,18 @@ def default_reply(body: dict) -> str:
     return f"Reply to: {last}"
 
 
+def fake_usage(body: dict, reply: str) -> dict:
+    """A server's token counts, as sglang and vLLM report them; here one token per word of the messages'
+    text (every text part) and of the reply."""
+    words = 0
+    for message in body.get("messages", []):
+        content = message.get("content")
+        parts = [content] if isinstance(content, str) else [p.get("text", "") for p in content or []]
+        words += sum(len(str(p).split()) for p in parts)
+    out = len(reply.split())
+    return {"prompt_tokens": words, "completion_tokens": out, "total_tokens": words + out}
+
+
 class StructuredError(Exception):
     """The request's schema or expression cannot be honoured (the server answers HTTP 400)."""
 
@@ -220,6 +232,7 @@ class FakeOpenAIServer:
                     if content is not None:
                         with server._lock:
                             server.structured += 1
+                    text = server.reply(body) if content is None else content
                     reply = {
                         "id": "x",
                         "object": "chat.completion",
@@ -227,13 +240,11 @@ class FakeOpenAIServer:
                         "choices": [
                             {
                                 "index": 0,
-                                "message": {
-                                    "role": "assistant",
-                                    "content": server.reply(body) if content is None else content,
-                                },
+                                "message": {"role": "assistant", "content": text},
                                 "finish_reason": "stop",
                             }
                         ],
+                        "usage": fake_usage(body, text),
                     }
                     self._send(200, json.dumps(reply).encode())
                     with server._lock:

@@ -308,3 +308,117 @@ def cross_encoder_dir(folder: Path) -> Path:
     XLMRobertaForSequenceClassification(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def qwen3_vl_dir(folder: Path) -> Path:
+    """A tiny Qwen3-VL (Qwen3-VL-Reranker's architecture: Qwen3VLForConditionalGeneration with its real
+    processor classes, 16-pixel patches) with a ChatML chat template and a word-level tokenizer."""
+    from transformers import (
+        Qwen2VLImageProcessor,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+        Qwen3VLProcessor,
+        Qwen3VLVideoProcessor,
+    )
+
+    tokenizer = word_tokenizer(CHAT_SPECIALS, CHATML)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in CHAT_SPECIALS}
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "max_position_embeddings": 4096,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 2,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": 32,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    model = Qwen3VLForConditionalGeneration(config)
+    model.generation_config.eos_token_id = ids["<|im_end|>"]
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    pixels = {"shortest_edge": 32 * 32 * 4, "longest_edge": 64 * 64 * 4}
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(size=pixels, patch_size=16, merge_size=2),
+        video_processor=Qwen3VLVideoProcessor(size=pixels, patch_size=16, merge_size=2),
+        tokenizer=tokenizer,
+        chat_template=CHATML,
+    )
+    processor.save_pretrained(folder)
+    return folder
+
+
+def blip2_itm_dir(folder: Path) -> Path:
+    """A tiny BLIP-2 image-text matching model (Blip2ForImageTextRetrieval, Salesforce/blip2-itm-vit-g's
+    class): tiny ViT, Q-Former with its ITM head, BLIP image processor and a word-level tokenizer."""
+    from transformers import (
+        Blip2Config,
+        Blip2ForImageTextRetrieval,
+        Blip2Processor,
+        BlipImageProcessor,
+    )
+
+    tokenizer = word_tokenizer()
+    config = Blip2Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        qformer_config={
+            "vocab_size": len(tokenizer) + 1,  # and the processor's <image> token
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "encoder_hidden_size": 32,
+            "cross_attention_frequency": 1,
+            "max_position_embeddings": 64,
+            "use_qformer_text_input": True,  # the text branch ITM runs, as in the real checkpoint
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        text_config={
+            "model_type": "opt",
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "ffn_dim": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "word_embed_proj_dim": 32,
+        },
+        num_query_tokens=4,
+        image_text_hidden_size=16,
+    )
+    torch.manual_seed(0)
+    model = Blip2ForImageTextRetrieval(config)
+    with torch.no_grad():  # at the default init, the pixels barely reach the tiny ViT's output
+        model.vision_model.embeddings.patch_embedding.weight.normal_(0.0, 0.5)
+        model.query_tokens.normal_(0.0, 1.0)
+    model.save_pretrained(folder)
+    image_processor = BlipImageProcessor(size={"height": 32, "width": 32})
+    Blip2Processor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -12,6 +12,7 @@ from PIL import Image
 
 from visa.backbones.open_clip import load_images
 from visa.backbones.parallel import FabricEncoding, autocast, check_precision, weight_dtype
+from visa.cache.cost import Cost, token_costs
 from visa.core.loading import load_once, load_pretrained, oom_hint, short_name
 from visa.data import Item
 
@@ -41,6 +42,11 @@ class HFDualEncoder(FabricEncoding):
         self.devices, self.strategy, self.trust_remote_code = devices, strategy, trust_remote_code
         self.num_nodes = num_nodes  # > 1: one process per device on every node, started by srun
         self.check_parallel("backbone")
+        self.text_costs: list[Cost] = []  # tokens of each text of the last encode_text
+
+    def last_costs(self) -> list[Cost]:
+        """Tokens of each text of the last encode_text (`visa.cache.cost.CostReporting`)."""
+        return self.text_costs
 
     def identity(self) -> dict:
         return {
@@ -70,6 +76,7 @@ class HFDualEncoder(FabricEncoding):
         net, _, tokenizer, padding, max_length = self._load()
         device = next(net.parameters()).device
         enc = tokenizer(texts, padding=padding, truncation=True, max_length=max_length, return_tensors="pt")
+        self.text_costs = token_costs(enc, tokenizer.pad_token_id)
         # SigLIP's text tower takes no attention mask (it was trained on padded text)
         inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
         if "siglip" in net.config.model_type:

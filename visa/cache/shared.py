@@ -45,23 +45,28 @@ from pathlib import Path
 from typing import Any
 
 from visa.cache.codec import decode_value, encode_value
+from visa.cache.cost import PACKED, Cost
 from visa.cache.store import write_error
 from visa.core.errors import VisaError
 
 FOLDER = "writers"  # inside the cache folder
 SUFFIX = ".vlog"
-MAGIC = b"VSR1"
+MAGIC = b"VSR1"  # a record without its cost (written before costs were, or with an unknown cost)
+MAGIC_COST = b"VSR2"  # a record whose header is followed by its cost (`visa.cache.cost.PACKED`)
 # magic, crc32 of the rest, then the lengths of key, stage, model and value
 HEADER = struct.Struct("<4sIHHHI")
 CLOSED = "\x00closed"  # the stage of the last record a writer writes when it closes cleanly
 SYNC_SECONDS = 2.0
 
 
-def encode_record(key: str, stage: str, model: str, value: bytes) -> bytes:
+def encode_record(key: str, stage: str, model: str, value: bytes, cost: Cost | None = None) -> bytes:
+    """One record; with a cost, in the VSR2 form (the cost right after the header, covered by the CRC)."""
     k, s, m = key.encode(), stage.encode(), model.encode()
     lengths = struct.pack("<HHHI", len(k), len(s), len(m), len(value))
-    crc = zlib.crc32(lengths + k + s + m + value)
-    return HEADER.pack(MAGIC, crc, len(k), len(s), len(m), len(value)) + k + s + m + value
+    packed = cost.pack() if cost is not None else b""
+    crc = zlib.crc32(lengths + packed + k + s + m + value)
+    magic = MAGIC_COST if cost is not None else MAGIC
+    return HEADER.pack(magic, crc, len(k), len(s), len(m), len(value)) + packed + k + s + m + value
 
 
 @dataclass
@@ -71,6 +76,7 @@ class Record:
     model: str
     offset: int  # of the value in the file
     size: int  # of the value
+    cost: Cost | None = None  # None: a VSR1 record (unknown cost)
 
 
 def read_records(data: bytes, start: int = 0) -> Iterator[tuple[Record, int]]:
@@ -79,17 +85,20 @@ def read_records(data: bytes, start: int = 0) -> Iterator[tuple[Record, int]]:
     pos = start
     while pos + HEADER.size <= len(data):
         magic, crc, nk, ns, nm, nv = HEADER.unpack_from(data, pos)
-        end = pos + HEADER.size + nk + ns + nm + nv
-        if magic != MAGIC or end > len(data):
+        extra = PACKED.size if magic == MAGIC_COST else 0
+        end = pos + HEADER.size + extra + nk + ns + nm + nv
+        if magic not in (MAGIC, MAGIC_COST) or end > len(data):
             return
-        body = data[pos + 8 : end]  # the lengths and the content: what the CRC covers
+        body = data[pos + 8 : end]  # the lengths, the cost and the content: what the CRC covers
         if zlib.crc32(body) != crc:
             return
-        k0 = pos + HEADER.size
+        c0 = pos + HEADER.size
+        cost = Cost.unpack(data[c0 : c0 + extra]) if extra else None
+        k0 = c0 + extra
         key = data[k0 : k0 + nk].decode()
         stage = data[k0 + nk : k0 + nk + ns].decode()
         model = data[k0 + nk + ns : k0 + nk + ns + nm].decode()
-        yield Record(key, stage, model, k0 + nk + ns + nm, nv), end
+        yield Record(key, stage, model, k0 + nk + ns + nm, nv, cost), end
         pos = end
 
 
@@ -115,7 +124,8 @@ class SharedFolderStore:
         self._fd: int | None = None  # created on the first put: a run that computes nothing writes no file
         self._last_sync = 0.0
         self.files: dict[str, LogFile] = {}
-        self.index: dict[str, tuple[str, int, int]] = {}  # key -> (file name, value offset, size)
+        # key -> (file name, value offset, size, cost)
+        self.index: dict[str, tuple[str, int, int, Cost | None]] = {}
         self.path = self.folder  # what messages name (the SQLite cache names its file)
         self.written: dict[str, int] = {}  # results stored by this run, per stage
 
@@ -144,27 +154,32 @@ class SharedFolderStore:
                 if record.stage == CLOSED:
                     log.closed = True
                 else:
-                    self.index.setdefault(record.key, (name, log.good + record.offset, record.size))
+                    self.index.setdefault(
+                        record.key, (name, log.good + record.offset, record.size, record.cost)
+                    )
                     log.records += 1
                 consumed = end
             log.good += consumed
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        return {key: value for key, (value, _) in self.get_with_costs(keys).items()}
+
+    def get_with_costs(self, keys: Sequence[str]) -> dict[str, tuple[Any, Cost | None]]:
         self.refresh()
-        found: dict[str, Any] = {}
+        found: dict[str, tuple[Any, Cost | None]] = {}
         for _ in range(2):  # a second pass if a file was merged away between indexing and reading
             gone = False
-            wanted: dict[str, list[tuple[str, int, int]]] = defaultdict(list)
+            wanted: dict[str, list[tuple[str, int, int, Cost | None]]] = defaultdict(list)
             for key in dict.fromkeys(keys):
                 if key in self.index and key not in found:
-                    name, offset, size = self.index[key]
-                    wanted[name].append((key, offset, size))
+                    name, offset, size, cost = self.index[key]
+                    wanted[name].append((key, offset, size, cost))
             for name, entries in wanted.items():
                 try:
                     with open(self.folder / name, "rb") as f:
-                        for key, offset, size in sorted(entries, key=lambda e: e[1]):
+                        for key, offset, size, cost in sorted(entries, key=lambda e: e[1]):
                             f.seek(offset)
-                            found[key] = decode_value(f.read(size))
+                            found[key] = (decode_value(f.read(size)), cost)
                 except FileNotFoundError:
                     gone = True
                     self.files.pop(name, None)
@@ -175,12 +190,15 @@ class SharedFolderStore:
         return found
 
     # -- writing ----------------------------------------------------------------------------------------
-    def put(self, stage: str, key: str, value: Any, model: str = "") -> None:
-        self.put_many(stage, {key: value}, model=model)
+    def put(self, stage: str, key: str, value: Any, model: str = "", cost: Cost | None = None) -> None:
+        self.put_many(stage, {key: value}, model=model, costs={key: cost} if cost else None)
 
-    def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
+    def put_many(
+        self, stage: str, items: dict[str, Any], model: str = "", costs: dict[str, Cost] | None = None
+    ) -> None:
         if not items:
             return
+        costs = costs or {}
         if self._fd is None:
             path = self.folder / self.name
             try:
@@ -191,10 +209,10 @@ class SharedFolderStore:
         log = self.files[self.name]
         chunks = []
         for key, value in items.items():
-            blob = encode_value(value)
-            record = encode_record(key, stage, model, blob)
+            blob, cost = encode_value(value), costs.get(key)
+            record = encode_record(key, stage, model, blob, cost)
             value_offset = log.good + len(record) - len(blob)
-            self.index.setdefault(key, (self.name, value_offset, len(blob)))
+            self.index.setdefault(key, (self.name, value_offset, len(blob), cost))
             log.good += len(record)
             log.records += 1
             chunks.append(record)
@@ -317,7 +335,7 @@ def rewrite(
                     continue
                 seen.add(record.key)
                 value = data[record.offset : record.offset + record.size]
-                out.write(encode_record(record.key, record.stage, record.model, value))
+                out.write(encode_record(record.key, record.stage, record.model, value, record.cost))
                 kept += 1
         out.write(encode_record("", CLOSED, "", b""))
         out.flush()

@@ -12,12 +12,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from visa.cache.codec import decode_value, encode_value
+from visa.cache.cost import Cost
 from visa.core.errors import VisaError
 
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS results "
-    "(key TEXT PRIMARY KEY, stage TEXT, value BLOB, created REAL, model TEXT DEFAULT '')"
+    "(key TEXT PRIMARY KEY, stage TEXT, value BLOB, created REAL, model TEXT DEFAULT '', cost TEXT)"
 )
+# columns added after the first release: caches written before gain them when opened (see _add_column)
+_LATER_COLUMNS = {"model": "TEXT DEFAULT ''", "cost": "TEXT"}
 
 
 def default_cache_dir() -> Path:
@@ -36,12 +39,21 @@ class Store(Protocol):
         """The values of the keys present (missing keys are absent from the result)."""
         ...
 
-    def put(self, stage: str, key: str, value: Any, model: str = "") -> None:
-        """Store one result durably (a crash right after loses nothing that was put); `model` labels it."""
+    def get_with_costs(self, keys: Sequence[str]) -> dict[str, tuple[Any, Cost | None]]:
+        """(value, what computing it cost) of the keys present; the cost is None for a result stored
+        before costs were (or without one)."""
         ...
 
-    def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
-        """Store several results of one stage at once (one transaction), as durably as `put`."""
+    def put(self, stage: str, key: str, value: Any, model: str = "", cost: Cost | None = None) -> None:
+        """Store one result durably (a crash right after loses nothing that was put); `model` labels it,
+        `cost` is what computing it cost."""
+        ...
+
+    def put_many(
+        self, stage: str, items: dict[str, Any], model: str = "", costs: dict[str, Cost] | None = None
+    ) -> None:
+        """Store several results of one stage at once (one transaction), as durably as `put`; `costs`:
+        per key, what computing it cost (a key without one is stored with an unknown cost)."""
         ...
 
     def close(self) -> None: ...
@@ -70,17 +82,19 @@ def _switch_to_wal(db: sqlite3.Connection, patience: float = 120.0) -> None:
             time.sleep(0.05)
 
 
-def _add_model_column(db: sqlite3.Connection) -> None:
-    """Caches written before results named their model gain the column. Two processes opening such a cache
-    at once may both see it missing; the second one's "duplicate column" means the work is done."""
+def _add_later_columns(db: sqlite3.Connection) -> None:
+    """Caches written before results named their model, or stored their cost, gain the columns (their
+    results keep an empty model and an unknown cost). Two processes opening such a cache at once may both
+    see a column missing; the second one's "duplicate column" means the work is done."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(results)")}
-    if "model" in columns:
-        return
-    try:
-        db.execute("ALTER TABLE results ADD COLUMN model TEXT DEFAULT ''")
-    except sqlite3.OperationalError as e:
-        if "duplicate column" not in str(e):
-            raise
+    for name, kind in _LATER_COLUMNS.items():
+        if name in columns:
+            continue
+        try:
+            db.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+        except sqlite3.OperationalError as e:
+            if "duplicate column" not in str(e):
+                raise
 
 
 class SQLiteStore:
@@ -95,7 +109,7 @@ class SQLiteStore:
             _switch_to_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
-            _add_model_column(self._db)
+            _add_later_columns(self._db)
         except sqlite3.DatabaseError as e:
             if not isinstance(e, sqlite3.OperationalError):  # "file is not a database"
                 raise self._damaged(e) from None
@@ -116,32 +130,44 @@ class SQLiteStore:
         )
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
-        found: dict[str, Any] = {}
+        return {key: value for key, (value, _) in self._select(keys, "NULL").items()}
+
+    def get_with_costs(self, keys: Sequence[str]) -> dict[str, tuple[Any, Cost | None]]:
+        found = self._select(keys, "cost")
+        return {key: (value, Cost.from_json(cost)) for key, (value, cost) in found.items()}
+
+    def _select(self, keys: Sequence[str], cost_column: str) -> dict[str, tuple[Any, Any]]:
+        found: dict[str, tuple[Any, Any]] = {}
         keys = list(dict.fromkeys(keys))
         try:
             for start in range(0, len(keys), 500):  # SQLite limits the number of bound parameters
                 chunk = keys[start : start + 500]
                 marks = ",".join("?" * len(chunk))
-                for key, blob in self._db.execute(
-                    f"SELECT key, value FROM results WHERE key IN ({marks})", chunk
+                for key, blob, cost in self._db.execute(
+                    f"SELECT key, value, {cost_column} FROM results WHERE key IN ({marks})", chunk
                 ):
-                    found[key] = decode_value(blob)
+                    found[key] = (decode_value(blob), cost)
         except sqlite3.OperationalError as e:  # I/O error, locked for longer than the timeout, ...
             raise VisaError(f"cannot read the cache {self.path}: {e}") from None
         except (sqlite3.DatabaseError, ValueError, OSError, EOFError) as e:  # damaged pages or values
             raise self._damaged(e) from None
         return found
 
-    def put_many(self, stage: str, items: dict[str, Any], model: str = "") -> None:
+    def put_many(
+        self, stage: str, items: dict[str, Any], model: str = "", costs: dict[str, Cost] | None = None
+    ) -> None:
         if not items:
             return
-        now = time.time()
-        rows = [(k, stage, encode_value(v), now, model) for k, v in items.items()]
+        now, costs = time.time(), costs or {}
+        rows = [
+            (k, stage, encode_value(v), now, model, costs[k].to_json() if k in costs else None)
+            for k, v in items.items()
+        ]
         try:
             with self._db:  # one transaction
                 self._db.executemany(
-                    "INSERT OR REPLACE INTO results (key, stage, value, created, model) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR REPLACE INTO results (key, stage, value, created, model, cost) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
         except sqlite3.OperationalError as e:  # disk full, read-only, ...
@@ -150,8 +176,8 @@ class SQLiteStore:
             raise self._damaged(e) from None
         self.written[stage] = self.written.get(stage, 0) + len(rows)
 
-    def put(self, stage: str, key: str, value: Any, model: str = "") -> None:
-        self.put_many(stage, {key: value}, model=model)
+    def put(self, stage: str, key: str, value: Any, model: str = "", cost: Cost | None = None) -> None:
+        self.put_many(stage, {key: value}, model=model, costs={key: cost} if cost else None)
 
     def close(self) -> None:
         self._db.close()

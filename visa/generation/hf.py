@@ -19,11 +19,13 @@ import copy
 import inspect
 import json
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from visa.cache.cost import Cost
 from visa.core.errors import VisaError
 from visa.core.loading import check_dtype
 from visa.core.prompt import Prompt
@@ -33,6 +35,12 @@ from visa.generation.hf_loading import load_text_model, load_vision_model
 from visa.generation.media import prompt_media
 from visa.generation.sampling import PerPromptSampler, row_seed
 from visa.generation.structured import GrammarCache, batch_layout
+from visa.generation.yes_no import (
+    first_step_logprobs,
+    probs_from_logprobs,
+    scoring_identity,
+    yes_ratios,
+)
 
 # A prefix shorter than this many tokens is not worth a separate forward pass.
 MIN_PREFIX_TOKENS = 16
@@ -140,9 +148,10 @@ def _complete(
     tokenizer,
     prompts: list[Prompt],
     grammars: GrammarCache | None = None,
-) -> list[str]:
+) -> tuple[list[str], list[Cost]]:
     """Generate after the prompts in `enc` (left-padded, or laid out by `_with_prefix`); the new tokens
-    decoded, per prompt.
+    decoded, per prompt, and each prompt's cost in tokens (the prompt's, a cached prefix included; the
+    generated ones, padding left out).
 
     Sampling is what the settings say, never the model's generation_config: top_k off, top_p only when
     sampling, each prompt with noise of its own (`visa.generation.sampling`: a reply never depends on its
@@ -176,8 +185,12 @@ def _complete(
             f"out of memory generating with {gen.model} at batch_size={gen.batch_size}; lower this "
             "generator's batch_size (question_llm.batch_size, answer_mllm.batch_size or describer.batch_size)"
         ) from e
-    replies = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [t.strip() for t in replies]
+    new = out[:, enc["input_ids"].shape[1] :]
+    replies = tokenizer.batch_decode(new, skip_special_tokens=True)
+    tokens_in = enc["attention_mask"].sum(dim=1).tolist()
+    tokens_out = (new != tokenizer.pad_token_id).sum(dim=1).tolist()
+    costs = [Cost(tokens_in=int(i), tokens_out=int(o)) for i, o in zip(tokens_in, tokens_out)]
+    return [t.strip() for t in replies], costs
 
 
 @dataclass(kw_only=True, eq=False)
@@ -196,6 +209,7 @@ class HFTextGenerator(ChatSettings):
     prefix_cache: bool = True
     prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
     grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
+    costs: list[Cost] = field(default_factory=list, init=False, repr=False)  # of the last generate()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -203,6 +217,10 @@ class HFTextGenerator(ChatSettings):
 
     def identity(self) -> dict:
         return {**super().identity(), "gguf_file": self.gguf_file, "dtype": self.dtype, **_noise(self)}
+
+    def last_costs(self) -> list[Cost]:
+        """Tokens in and out of each prompt of the last generate() (`visa.cache.cost.CostReporting`)."""
+        return self.costs
 
     def counters(self) -> dict[str, int]:
         """Prompt tokens that a cached prefix spared the model, and prefix tokens it ran."""
@@ -217,14 +235,17 @@ class HFTextGenerator(ChatSettings):
         folder = converted_folder(self.model, self.gguf_file) if self.gguf_file else None
         return f"{self.model} kept as {folder}" if folder is not None else f"{self.model} loaded"
 
-    @torch.no_grad()
-    def generate(self, prompts: list[Prompt]) -> list[str]:
+    def _refuse_media(self, prompts: list[Prompt]) -> None:
         for p in prompts:
             if self.sees_media(p):
                 raise VisaError(
                     f"{self.model} is a text-only model and cannot see {p.media_kind}s; "
                     "use a vision-language model or set uses_context: true to answer from descriptions"
                 )
+
+    @torch.no_grad()
+    def generate(self, prompts: list[Prompt]) -> list[str]:
+        self._refuse_media(prompts)
         tokenizer, lm = load_text_model(
             self.model, self.gguf_file, self.dtype, self.device, self.trust_remote_code
         )
@@ -240,7 +261,35 @@ class HFTextGenerator(ChatSettings):
                 enc = _with_prefix(lm, rows, *found, tokenizer.pad_token_id)
         if enc is None:
             enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(lm.device)
-        return _complete(self, lm, enc, tokenizer, prompts, self.grammars)
+        replies, self.costs = _complete(self, lm, enc, tokenizer, prompts, self.grammars)
+        return replies
+
+    # -- P(Yes) (`visa.generation.YesNoScorer`) ------------------------------------------------------------
+    def yes_no_identity(self, yes: str, no: str) -> dict:
+        return scoring_identity(self.identity(), yes, no)
+
+    @torch.no_grad()
+    def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
+        """Each word's probability as the first token of the reply, one prompt a forward pass (a context
+        reader reads each item's description, as `generate` does). Alone, because a padded batch rounds
+        differently from one prompt (a 1e-7 difference, tests/test_yes_no.py): a score must not depend on
+        its batch-mates (one config, one result). A served model batches."""
+        self._refuse_media(prompts)
+        tokenizer, lm = load_text_model(
+            self.model, self.gguf_file, self.dtype, self.device, self.trust_remote_code
+        )
+        out: list[list[float]] = []
+        for prompt in prompts:
+            text = tokenizer.apply_chat_template(
+                self.messages(prompt), tokenize=False, add_generation_prompt=True
+            )
+            enc = tokenizer([text], return_tensors="pt", add_special_tokens=False).to(lm.device)
+            logprobs = first_step_logprobs(lm, enc, tokenizer.pad_token_id)
+            out += probs_from_logprobs(logprobs, tokenizer, words, self.model)
+        return out
+
+    def yes_no(self, prompts: list[Prompt], yes: str = "Yes", no: str = "No") -> list[float]:
+        return yes_ratios(self.first_token_probs(prompts, (yes, no)))
 
 
 @dataclass(kw_only=True, eq=False)
@@ -261,6 +310,7 @@ class HFVisionGenerator(MediaSettings):
     media_encoded: int = field(default=0, init=False)  # images and videos given to the vision encoder
     prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
     grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
+    costs: list[Cost] = field(default_factory=list, init=False, repr=False)  # of the last generate()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -277,6 +327,10 @@ class HFVisionGenerator(MediaSettings):
             "prefix_tokens/reused": self.prefixes.reused_tokens,
             "prefix_tokens/computed": self.prefixes.computed_tokens,
         }
+
+    def last_costs(self) -> list[Cost]:
+        """Tokens in and out of each prompt of the last generate() (`visa.cache.cost.CostReporting`)."""
+        return self.costs
 
     def _chat(self, processor, p: Prompt) -> tuple[str, list, list]:
         """(chat text, images, video frame lists) of one prompt."""
@@ -334,6 +388,7 @@ class HFVisionGenerator(MediaSettings):
         processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
         chats = [self._chat(processor, p) for p in prompts]
         replies: list[str | None] = [None] * len(prompts)
+        costs: list[Cost] = [Cost() for _ in prompts]
         rest = list(range(len(prompts)))
         if self.prefix_cache:
             # prompts about one item (or without media) run together, from their shared prefix
@@ -348,19 +403,44 @@ class HFVisionGenerator(MediaSettings):
                 if enc is None:
                     rest += members
                     continue
-                group = _complete(
+                group, group_costs = _complete(
                     self, lm, enc, processor.tokenizer, [prompts[i] for i in members], self.grammars
                 )
-                for i, reply in zip(members, group):
-                    replies[i] = reply
+                for i, reply, cost in zip(members, group, group_costs):
+                    replies[i], costs[i] = reply, cost
         if rest:
             rest.sort()
             images = [im for i in rest for im in chats[i][1]]
             videos = [v for i in rest for v in chats[i][2]]
             enc = self._encode(processor, lm, [chats[i][0] for i in rest], images, videos)
             self.media_encoded += len(images) + len(videos)
-            for i, reply in zip(
-                rest, _complete(self, lm, enc, processor.tokenizer, [prompts[i] for i in rest], self.grammars)
-            ):
-                replies[i] = reply
+            done, done_costs = _complete(
+                self, lm, enc, processor.tokenizer, [prompts[i] for i in rest], self.grammars
+            )
+            for i, reply, cost in zip(rest, done, done_costs):
+                replies[i], costs[i] = reply, cost
+        self.costs = costs
         return replies  # type: ignore[return-value]
+
+    # -- P(Yes) (`visa.generation.YesNoScorer`) ------------------------------------------------------------
+    def yes_no_identity(self, yes: str, no: str) -> dict:
+        return scoring_identity(self.identity(), yes, no)
+
+    @torch.no_grad()
+    def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
+        """Each word's probability as the first token of the reply, one prompt a forward pass (its media
+        encoded with it, as `generate` sends them). Alone, as in `HFTextGenerator.first_token_probs`: a
+        padded batch, and a vision encoder's products over several items' patches, round differently from
+        one prompt."""
+        processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
+        out: list[list[float]] = []
+        for prompt in prompts:
+            text, images, videos = self._chat(processor, prompt)
+            enc = self._encode(processor, lm, [text], images, videos)
+            self.media_encoded += len(images) + len(videos)
+            logprobs = first_step_logprobs(lm, enc, processor.tokenizer.pad_token_id)
+            out += probs_from_logprobs(logprobs, processor.tokenizer, words, self.model)
+        return out
+
+    def yes_no(self, prompts: list[Prompt], yes: str = "Yes", no: str = "No") -> list[float]:
+        return yes_ratios(self.first_token_probs(prompts, (yes, no)))

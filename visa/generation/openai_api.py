@@ -35,24 +35,31 @@ import os
 import queue
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
 import aiohttp
 
+from visa.cache.cost import Cost
 from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
 from visa.generation.balance import ServerPool
 from visa.generation.chat import MediaSettings
 from visa.generation.media import frame_data_url, image_data_url, video_frames
+from visa.generation.yes_no import probs_from_top_logprobs, scoring_identity, yes_ratios
 
 log = logging.getLogger("visa.openai_api")
 
 _MAX_BACKOFF = 60.0  # seconds: the longest wait between two tries of one request
 _RETRY_STATUS = {429, 500, 502, 503, 504}
 STRUCTURED_OUTPUTS = ("json_schema", "regex")
+
+
+def _count(value: Any) -> int:
+    """A token count from a server's `usage`; 0 when it is missing or not a count."""
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 @runtime_checkable
@@ -88,6 +95,10 @@ class OpenAIChatGenerator(MediaSettings):
     malformed: int = field(default=0, init=False)  # replies that were not a chat completion (asked again)
     empty: int = field(default=0, init=False)  # completions whose text was empty or null (kept as "")
     retried: int = field(default=0, init=False)  # tries that failed and were repeated
+    # P(Yes) scoring: the first token's alternatives asked for (the OpenAI API and vLLM allow up to 20)
+    top_logprobs: int = 20
+    scored: int = field(default=0, init=False)  # prompts scored for P(Yes)
+    unlisted: int = field(default=0, init=False)  # ... none of whose words was among top_logprobs
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -115,6 +126,8 @@ class OpenAIChatGenerator(MediaSettings):
             raise VisaError(
                 f"structured_output={self.structured_output!r} is not one of {', '.join(STRUCTURED_OUTPUTS)}"
             )
+        if self.top_logprobs < 1:
+            raise VisaError(f"top_logprobs={self.top_logprobs} must be at least 1 (the OpenAI API allows 20)")
         if self.max_concurrency < 1 or self.max_retries < 0:
             raise VisaError(
                 f"max_concurrency={self.max_concurrency} must be >= 1 and max_retries={self.max_retries} >= 0"
@@ -154,6 +167,8 @@ class OpenAIChatGenerator(MediaSettings):
     def counters(self) -> dict[str, int]:
         """Malformed replies, retried tries, and with several servers the replies of each (host:port)."""
         out = {"malformed": self.malformed, "empty": self.empty, "retried": self.retried}
+        if self.scored:  # only for P(Yes) scoring: the counters of generating runs stay as they were
+            out.update({"yes_no/scored": self.scored, "yes_no/unlisted": self.unlisted})
         if self._pool is not None and len(self._pool.servers) > 1:
             for url, count in self._pool.counts().items():
                 out[f"requests/{urlparse(url).netloc}"] = count
@@ -199,22 +214,29 @@ class OpenAIChatGenerator(MediaSettings):
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    def _reply_text(self, url: str, body: str) -> str | None:
-        """The completion's text; None for a malformed reply (not JSON, or no `choices[0].message`)."""
+    def _reply_text(self, url: str, body: str) -> tuple[str, Cost] | None:
+        """The completion's text and its tokens (the server's `usage`; 0 where a server leaves it out);
+        None for a malformed reply (not JSON, or no `choices[0].message`)."""
         try:
-            message = json.loads(body)["choices"][0]["message"]
+            reply = json.loads(body)
+            message = reply["choices"][0]["message"]
             content = message.get("content")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             self.malformed += 1
             if self.malformed <= 3:
                 log.warning("malformed reply from %s (asked again): %.200r", url, body)
             return None
+        usage = reply.get("usage") if isinstance(reply, dict) else None
+        usage = usage if isinstance(usage, dict) else {}
+        cost = Cost(
+            tokens_in=_count(usage.get("prompt_tokens")), tokens_out=_count(usage.get("completion_tokens"))
+        )
         if not isinstance(content, str) or not content.strip():
             self.empty += 1
             if self.empty == 1:
                 log.warning("an empty reply from %s (kept as an empty answer; counted in empty)", url)
-            return ""
-        return content.strip()
+            return "", cost
+        return content.strip(), cost
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
         """Exponential backoff with jitter (so that many failed requests do not come back all at once)."""
@@ -227,12 +249,20 @@ class OpenAIChatGenerator(MediaSettings):
         return delay
 
     async def _one(
-        self, client: aiohttp.ClientSession, pool: ServerPool, index: int, prompt: Prompt
-    ) -> tuple[int, str]:
+        self,
+        client: aiohttp.ClientSession,
+        pool: ServerPool,
+        index: int,
+        prompt: Prompt,
+        words: Sequence[str] | None = None,
+    ) -> tuple[int, Any, Cost]:
+        """(index, reply text, its tokens), or with `words` (index, each word's first-token probability, its
+        tokens)."""
+        build = self.request_body if words is None else self.yes_no_body
         if self.sees_media(prompt):
-            body = await asyncio.to_thread(self.request_body, prompt)  # reading and encoding pixels
+            body = await asyncio.to_thread(build, prompt)  # reading and encoding pixels
         else:
-            body = self.request_body(prompt)
+            body = build(prompt)
         last, last_url, failures = "", pool.urls[0], 0
         # A failure counts against max_retries only when no other server can take the request at once; the
         # cap on tries ends a request whose servers keep failing in turn.
@@ -256,9 +286,9 @@ class OpenAIChatGenerator(MediaSettings):
             finally:
                 pool.release(url, answered)
             if answered and status == 200:
-                reply = self._reply_text(url, text)
+                reply = self._reply_text(url, text) if words is None else self._reply_probs(url, text, words)
                 if reply is not None:
-                    return index, reply
+                    return index, *reply
                 last = f"a malformed reply {' '.join(text.split())[:80]!r}"
             elif answered:
                 raise VisaError(
@@ -289,7 +319,9 @@ class OpenAIChatGenerator(MediaSettings):
             "check that they are up and reachable, or raise max_retries / server_backoff"
         )
 
-    async def _run(self, pool: ServerPool, prompts: list[Prompt], put) -> None:
+    async def _run(
+        self, pool: ServerPool, prompts: list[Prompt], put, words: Sequence[str] | None = None
+    ) -> None:
         """Keep up to max_concurrency requests in flight; hand each reply to `put` as it completes."""
         connector = aiohttp.TCPConnector(limit=self.max_concurrency)
         timeout = aiohttp.ClientTimeout(total=self.request_timeout, connect=min(self.request_timeout, 30.0))
@@ -302,7 +334,7 @@ class OpenAIChatGenerator(MediaSettings):
             def refill() -> None:
                 # A sliding window, not one task per prompt: 300k prompts would hold 300k encoded images.
                 for index, prompt in todo:
-                    in_flight.add(asyncio.create_task(self._one(client, pool, index, prompt)))
+                    in_flight.add(asyncio.create_task(self._one(client, pool, index, prompt, words)))
                     if len(in_flight) >= self.max_concurrency:
                         return
 
@@ -328,8 +360,15 @@ class OpenAIChatGenerator(MediaSettings):
                     task.cancel()
                 await asyncio.gather(*in_flight, return_exceptions=True)
 
-    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str]]:
-        """(index, reply) pairs in completion order.
+    def stream(self, prompts: list[Prompt]) -> Iterator[tuple[int, str, Cost]]:
+        """(index, reply, its tokens) in completion order (see `_stream`)."""
+        return self._stream(prompts)
+
+    def _stream(
+        self, prompts: list[Prompt], words: Sequence[str] | None = None
+    ) -> Iterator[tuple[int, Any, Cost]]:
+        """(index, reply, its tokens) in completion order; with `words`, (index, each word's probability, its
+        tokens).
 
         The requests run on an event loop in a helper thread; this thread only waits on a queue, so Ctrl-C
         and errors stop the stage at once, and closing the iterator cancels the requests in flight.
@@ -344,7 +383,7 @@ class OpenAIChatGenerator(MediaSettings):
         def work() -> None:
             asyncio.set_event_loop(loop)
             try:
-                loop.run_until_complete(self._run(pool, prompts, results.put))
+                loop.run_until_complete(self._run(pool, prompts, results.put, words))
             except BaseException as e:  # handed to the consuming thread
                 results.put(e)
             finally:
@@ -375,6 +414,63 @@ class OpenAIChatGenerator(MediaSettings):
     def generate(self, prompts: list[Prompt]) -> list[str]:
         """One reply per prompt, in order (all requests in flight at once, up to max_concurrency)."""
         out: list[str | None] = [None] * len(prompts)
-        for index, text in self.stream(prompts):
+        for index, text, _ in self.stream(prompts):
             out[index] = text
         return out  # type: ignore[return-value]
+
+    # -- P(Yes) (`visa.generation.YesNoScorer`) ----------------------------------------------------------
+    def yes_no_identity(self, yes: str, no: str) -> dict:
+        # top_logprobs changes which words are found (an unlisted one counts 0)
+        return scoring_identity(self.identity(), yes, no, top_logprobs=self.top_logprobs)
+
+    def yes_no_body(self, prompt: Prompt) -> dict:
+        """A request for the first token's `top_logprobs` only: one token, greedy, nothing else that changes
+        the distribution (sglang and vLLM report the model's own log-probabilities)."""
+        parts = self._media_parts(prompt) if self.sees_media(prompt) else None
+        return {
+            "model": self.model,
+            "messages": self.messages(prompt, parts),
+            "max_tokens": 1,
+            "temperature": 0.0,
+            "logprobs": True,
+            "top_logprobs": self.top_logprobs,
+        }
+
+    def _reply_probs(self, url: str, body: str, words: Sequence[str]) -> tuple[list[float], Cost] | None:
+        """Each word's probability from the first token's top_logprobs; None for a malformed reply (asked
+        again). A completion without logprobs is a server that ignores them: the run stops."""
+        try:
+            reply = json.loads(body)
+            choice = reply["choices"][0]
+            choice["message"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            self.malformed += 1
+            if self.malformed <= 3:
+                log.warning("malformed reply from %s (asked again): %.200r", url, body)
+            return None
+        try:
+            top = (choice.get("logprobs") or {})["content"][0]["top_logprobs"]
+        except (KeyError, IndexError, TypeError) as e:
+            raise VisaError(
+                f"{url}/chat/completions answered model {self.model!r} without the first token's "
+                "top_logprobs; P(Yes) needs a server that returns logprobs (sglang, vLLM; transformers serve "
+                "ignores them)"
+            ) from e
+        probs = probs_from_top_logprobs(top, words)
+        self.scored += 1
+        self.unlisted += not any(probs)
+        usage = reply.get("usage") if isinstance(reply.get("usage"), dict) else {}
+        return probs, Cost(
+            tokens_in=_count(usage.get("prompt_tokens")), tokens_out=_count(usage.get("completion_tokens"))
+        )
+
+    def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
+        """Per prompt, each word's probability as the first token, from the server's top_logprobs (a word
+        outside them: 0). Requests go as `generate`'s do (concurrent, retried, balanced)."""
+        out: list[list[float] | None] = [None] * len(prompts)
+        for index, probs, _ in self._stream(prompts, tuple(words)):
+            out[index] = probs
+        return out  # type: ignore[return-value]
+
+    def yes_no(self, prompts: list[Prompt], yes: str = "Yes", no: str = "No") -> list[float]:
+        return yes_ratios(self.first_token_probs(prompts, (yes, no)))

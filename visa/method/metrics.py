@@ -10,10 +10,11 @@ import torch
 from visa.data import RANKING_METRICS
 
 # The names of the two orders a run reports: the prefixes of their metrics in metrics.json (`base/R@1`,
-# `visa/R@1`) and the re-ranked top-K's list in a results.jsonl record (the backbone's is "base_top").
+# `rerank/R@1`, whatever the re-ranker; runs before the `reranker` group wrote `visa/R@1`) and the re-ranked
+# top-K's list in a results.jsonl record (`rerank_top`, formerly `visa_top`; the backbone's is "base_top").
 BASE = "base"
-RERANKED = "visa"
-RERANKED_TOP = "visa_top"
+RERANKED = "rerank"
+RERANKED_TOP = "rerank_top"
 
 
 def recall_at_k(

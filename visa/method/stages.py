@@ -6,7 +6,7 @@ each stage here and reads the rest from the shared cache."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -19,7 +19,7 @@ from visa.cache.runner import Stream
 from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
 from visa.data import Dataset, Item
-from visa.generation import Generator, StreamingGenerator
+from visa.generation import Generator, StreamingGenerator, YesNoScorer
 from visa.method import prompts
 from visa.method.keys import item_fingerprint, visual_keys, with_reference
 from visa.method.replies import (
@@ -31,16 +31,40 @@ from visa.method.replies import (
 )
 from visa.method.settings import Settings
 from visa.method.shard import SHARED_STAGES, wait_for_others
-from visa.scorers import Scorer
+from visa.scorers import MediaScorer, Scorer
 
-MODEL_STAGES = ("encode_text", "encode_visual", "encode_composed", "describe", "ask", "answer", "score")
+MODEL_STAGES = (
+    "encode_text",
+    "encode_visual",
+    "encode_composed",
+    "describe",
+    "ask",
+    "answer",
+    "score",
+    "judge",
+    "cross_score",
+)
 
 
 def generator_stream(model: Generator) -> Stream:
     """The model's own stream of results if it has one (servers), else its batched generate."""
     if isinstance(model, StreamingGenerator):
         return model.stream
-    return batched(model.generate, model.batch_size)
+    return batched(model.generate, model.batch_size, model)
+
+
+def media_count(model: Any) -> Callable[[Any], int]:
+    """The images and videos one input of a stage shows `model` (its cost's `media`): an item to encode is
+    one unless it is text; a prompt, its media unless the model reads descriptions instead."""
+
+    def count(value: Any) -> int:
+        if isinstance(value, Item):
+            return int(value.kind != "text")
+        if isinstance(value, Prompt):
+            return 0 if getattr(model, "uses_context", False) else len(value.media)
+        return 0
+
+    return count
 
 
 def check_finite(scores: np.ndarray | torch.Tensor, what: str, names: Sequence[str], fix: str) -> None:
@@ -65,25 +89,38 @@ class Run:
         self.block: tuple[int, int, int] | None = None  # (first, end, of): the queries a stage works on now
 
     def stage(
-        self, name: str, keys: list[str], inputs: list[Any], stream: Stream, model: Any = ""
+        self,
+        name: str,
+        keys: list[str],
+        inputs: list[Any],
+        stream: Stream,
+        model: Any = "",
+        part: Any = None,
     ) -> list[Any]:
         """Results of stage `name` for `inputs` (cached under `keys`); `model`: the identity of the stage's
-        model, for the cache's summary by model."""
-        shard, label = self.settings.shard, model_label(model)
+        model, for the cache's summary by model; `part`: the model object (what its inputs' media count)."""
+        shard, label, media = self.settings.shard, model_label(model), media_count(part)
         if not shard.active or name not in SHARED_STAGES:
             note = f"queries {self.block[0] + 1}-{self.block[1]} of {self.block[2]}" if self.block else None
-            return self.runner.run(name, keys, inputs, stream, model=label, note=note)
+            return self.runner.run(name, keys, inputs, stream, model=label, note=note, media=media)
         # this shard's share, then the other shards' results from the store
         assert self.store is not None, "a sharded run needs a shared cache"
         mine = shard.mine(len(keys))
-        self.runner.run(name, [keys[i] for i in mine], [inputs[i] for i in mine], stream, model=label)
+        self.runner.run(
+            name, [keys[i] for i in mine], [inputs[i] for i in mine], stream, model=label, media=media
+        )
         by_key = dict(zip(keys, inputs))
 
         def compute_missing(missing: list[str]) -> dict[str, Any]:
-            results = self.runner.run(name, missing, [by_key[k] for k in missing], stream, model=label)
+            results = self.runner.run(
+                name, missing, [by_key[k] for k in missing], stream, model=label, media=media
+            )
             return dict(zip(missing, results))
 
-        found = wait_for_others(shard, name, keys, self.store.get_many, compute_missing)
+        def fetch(wanted: list[str]) -> dict[str, Any]:
+            return self.runner.fetch(name, wanted)
+
+        found = wait_for_others(shard, name, keys, fetch, compute_missing)
         return [found[k] for k in keys]
 
     def timed(self, name: str, t0: float) -> None:
@@ -91,8 +128,9 @@ class Run:
         self.runner.add_time(name, time.perf_counter() - t0)
 
     def report(self) -> dict[str, Any]:
-        """calls/<stage>/computed|cached of the model stages and time/<stage> of every stage that ran."""
-        return self.runner.report(MODEL_STAGES)
+        """calls/<stage>/computed|cached of the model stages, time/<stage> of every stage that ran, and
+        cost/<stage>/... and cost/per_query/... over the results the run used, cached or not."""
+        return self.runner.report(MODEL_STAGES, queries=len(self.dataset.queries))
 
     # -- the backbone's stages ---------------------------------------------------------------------------
     def encode_text(self, backbone: Backbone, texts: list[str], stage: str = "encode_text") -> list[Any]:
@@ -102,8 +140,9 @@ class Run:
             stage,
             [make_key("encode_text", ident, t) for t in texts],
             texts,
-            batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size),
+            batched(lambda b: list(backbone.encode_text(b).numpy()), backbone.batch_size, backbone),
             ident,
+            backbone,
         )
 
     def encode_composed(
@@ -117,6 +156,7 @@ class Run:
             items,
             batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size),
             ident,
+            backbone,
         )
 
     def encode_visual(self, backbone: Backbone, items: list[Item]) -> list[Any]:
@@ -126,14 +166,16 @@ class Run:
             if isinstance(backbone, StreamingBackbone)
             else batched(lambda b: list(backbone.encode_visual(b).numpy()), backbone.batch_size)
         )
-        return self.stage("encode_visual", visual_keys(backbone, items), items, stream, backbone.identity())
+        return self.stage(
+            "encode_visual", visual_keys(backbone, items), items, stream, backbone.identity(), backbone
+        )
 
     # -- VISA's stages -------------------------------------------------------------------------------------
     def describe(self, describer: Generator, items: list[Item]) -> dict[str, str]:
         ident = describer.identity()
         ps = [Prompt(prompts.describe_prompt(i.kind), (i.path,), i.kind) for i in items]
         keys = [make_key("describe", ident, [p.as_key(), item_fingerprint(i)]) for p, i in zip(ps, items)]
-        texts = self.stage("describe", keys, ps, generator_stream(describer), ident)
+        texts = self.stage("describe", keys, ps, generator_stream(describer), ident, describer)
         return {i.id: t for i, t in zip(items, texts)}
 
     def ask(self, question_llm: Generator, query_texts: list[str] | None = None) -> list[Questions]:
@@ -180,7 +222,7 @@ class Run:
                 make_key("ask", identity, with_reference(p.as_key(), self.dataset.queries[i]))
                 for p, i in zip(ps, pending)
             ]
-            replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity)
+            replies = self.stage("ask", keys, ps, generator_stream(question_llm), identity, question_llm)
             tried = [parse_questions(r, n, n, kind) for r in replies]
             if attempt > 0 and settings.constrained:
                 tried = [top_up(parsed[i], q, n, n) for i, q in zip(pending, tried)]
@@ -226,7 +268,7 @@ class Run:
                     slots.append((qi, rank))
                     ps.append(p)
                     keys.append(make_key("answer", ident, [{"mode": mode}, p.as_key(), fp]))
-        texts = self.stage("answer", keys, ps, generator_stream(answer_mllm), ident)
+        texts = self.stage("answer", keys, ps, generator_stream(answer_mllm), ident, answer_mllm)
         k = candidates.shape[1]
         answers: list[list[list[str]]] = [[[] for _ in range(k)] for _ in questions]
         for (qi, rank), text in zip(slots, texts):
@@ -235,6 +277,31 @@ class Run:
             else:
                 answers[qi][rank].append(text)
         return answers
+
+    def judge(
+        self, judge: YesNoScorer, prompts: list[Prompt], fingerprints: list[dict], yes: str, no: str
+    ) -> list[float]:
+        """P(yes) / (P(yes) + P(no)) of each prompt's first reply token; `fingerprints`: each prompt's item
+        (its content, so a changed file is judged again)."""
+        ident = judge.yes_no_identity(yes, no)
+        keys = [make_key("judge", ident, [p.as_key(), fp]) for p, fp in zip(prompts, fingerprints)]
+        stream = batched(lambda batch: judge.yes_no(batch, yes, no), judge.batch_size)
+        scores = self.stage("judge", keys, prompts, stream, ident)
+        fix = f"check the judge's weights and dtype ({str(ident)[:160]})"
+        check_finite(np.array(scores, dtype=np.float32), "the judge's P(Yes)", [p.text for p in prompts], fix)
+        return scores
+
+    def cross_score(self, model: MediaScorer, pairs: list[Prompt], fingerprints: list[dict]) -> list[float]:
+        """A multimodal cross-encoder's relevance of each (query, item) pair; `fingerprints`: each pair's
+        item (its content, so a changed file is scored again)."""
+        ident = model.identity()
+        keys = [make_key("cross_score", ident, [p.as_key(), fp]) for p, fp in zip(pairs, fingerprints)]
+        scores = self.stage("cross_score", keys, pairs, batched(model.score_media, model.batch_size), ident)
+        fix = f"check the cross-encoder's weights and dtype ({str(ident)[:160]})"
+        check_finite(
+            np.array(scores, dtype=np.float32), "the cross-encoder's score", [p.text for p in pairs], fix
+        )
+        return scores
 
     def score(
         self, scorer: Scorer, pairs: list[tuple[str, str]], pair_queries: list | None = None
@@ -245,7 +312,9 @@ class Run:
             make_key("score", ident, with_reference(list(p), q))
             for p, q in zip(pairs, pair_queries or [None] * len(pairs))
         ]
-        scores = self.stage("score", keys, pairs, batched(scorer.score, scorer.batch_size), ident)
+        scores = self.stage(
+            "score", keys, pairs, batched(scorer.score, scorer.batch_size, scorer), ident, scorer
+        )
         fix = f"check the scorer's weights and dtype ({str(ident)[:160]})"
         check_finite(np.array(scores, dtype=np.float32), "the scorer's score", [q for q, _ in pairs], fix)
         return scores

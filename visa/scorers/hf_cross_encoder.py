@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from visa.cache.cost import Cost, token_costs
 from visa.core.devices import resolve_device
 from visa.core.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
 from visa.scorers.budget import PairBudget
@@ -37,6 +38,11 @@ class HFCrossEncoder(PairBudget):
         super().__init__(query_max_length, max_length)
         self.model, self.dtype, self.device = model, dtype, device
         self.batch_size, self.trust_remote_code = batch_size, trust_remote_code
+        self.costs: list[Cost] = []  # tokens of each pair of the last score()
+
+    def last_costs(self) -> list[Cost]:
+        """Tokens of each pair of the last score() (`visa.cache.cost.CostReporting`)."""
+        return self.costs
 
     def identity(self) -> dict:
         return {
@@ -51,6 +57,7 @@ class HFCrossEncoder(PairBudget):
     def score(self, pairs: list[tuple[str, str]]) -> list[float]:
         tokenizer, net = _load(self.model, self.dtype, self.device, self.trust_remote_code)
         enc = self.encode_pairs(tokenizer, pairs, return_tensors="pt").to(net.device)
+        self.costs = token_costs(enc, tokenizer.pad_token_id)
         try:
             logits = net(**enc).logits
         except torch.OutOfMemoryError as e:

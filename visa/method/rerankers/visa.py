@@ -102,7 +102,11 @@ def question_fields(questions: replies.Questions) -> dict[str, Any]:
 
 
 class VisaReranker:
-    """The method's re-ranker; its parts are the run's question_llm, answer_mllm, describer and scorer."""
+    """The method's re-ranker (`reranker=visa`); its parts are the run's question_llm, answer_mllm,
+    describer and scorer."""
+
+    uses: tuple[str, ...] = ("question_llm", "answer_mllm", "describer", "scorer")
+    label = "VISA"  # the console's row: "+ VISA"
 
     def __init__(self, question_llm: Generator, answer_mllm: Generator, describer: Generator, scorer: Scorer):
         self.question_llm, self.answer_mllm, self.describer = question_llm, answer_mllm, describer
@@ -175,3 +179,47 @@ class VisaReranker:
                 for name, value in part.counters().items():
                     out[f"{prefix}/{name}"] = value
         return out
+
+
+class DescriptionReranker(VisaReranker):
+    """`reranker=visa_description`, the paper's ablation: the scorer reads each candidate's general
+    description alone, no questions asked or answered (the same scores as `reranker=visa questions.num=0`,
+    under the same cache keys); its parts are the describer and the scorer."""
+
+    uses = ("describer", "scorer")
+    label = "VISA, descriptions only"
+
+    def __init__(self, describer: Generator, scorer: Scorer):
+        self.describer, self.scorer = describer, scorer
+        self.settings = Settings()
+        self.descriptions = {}
+        self.query_texts = {}
+        self.questions = {}
+        self.question_tries = []
+
+    def generators(self) -> dict[str, Generator]:
+        return {"describer": self.describer}
+
+    def prepare(self, run: Run, top: torch.Tensor, queries: Sequence[int]) -> None:
+        self.settings = run.settings
+        self.descriptions = describe_candidates(run, self.describer, top)
+        dataset = run.dataset
+        self.query_texts = {q: composed_query_text(dataset.queries[q], self.descriptions) for q in queries}
+        self.questions = {q: replies.Questions([], [], parsed=True) for q in queries}
+
+    def score(self, run: Run, queries: Sequence[int], top: torch.Tensor, base: torch.Tensor) -> Scored:
+        dataset = run.dataset
+        questions = [self.questions[q] for q in queries]
+        answers: list[list[list[str]]] = [[[] for _ in range(top.shape[1])] for _ in queries]
+        separator = self.settings.passage.separator
+        passages = build_passages(dataset, top, questions, answers, self.descriptions, separator)
+        texts = [self.query_texts[q] for q in queries]
+        scores = score_passages(run, self.scorer, [dataset.queries[q] for q in queries], texts, passages)
+        return Scored(
+            torch.tensor(scores, dtype=torch.float32).view(len(queries), top.shape[1]),
+            [{} for _ in queries],
+            [[{"passage": p} for p in row] for row in passages],
+        )
+
+    def metrics(self) -> dict[str, Any]:
+        return {}
