@@ -80,7 +80,7 @@ def test_cirr_retrieval_composed_queries_and_subset_metrics(backbone, tmp_path):
     stats = run.runner.stats
     assert stats["encode_composed"].computed == 2 and stats["encode_visual"].computed == 8
     assert "encode_text" not in stats or stats["encode_text"].computed == 0
-    metrics = evaluate(data, {"base": candidates, "visa": candidates}, [1, 5], retrieved.subset_scores)
+    metrics = evaluate(data, {"base": candidates, "rerank": candidates}, [1, 5], retrieved.subset_scores)
     assert {"base/R@1", "base/R@5", "base/R_subset@1", "base/R_subset@3", "rerank/R_subset@2"} <= set(metrics)
     # the composed query embeds the reference image with the text: not the text alone, not the image alone
     ref = backbone.encode_visual([data.queries[0].reference])[0]
@@ -100,7 +100,7 @@ def test_fashioniq_reports_each_category_and_the_average(backbone, tmp_path):
     candidates = retrieve(run, backbone).candidates
     for q, query in enumerate(data.queries):
         assert set(candidates[q].tolist()) <= set(data.groups[query.group])
-    metrics = evaluate(data, {"base": candidates, "visa": candidates}, [1, 5])
+    metrics = evaluate(data, {"base": candidates, "rerank": candidates}, [1, 5])
     per = [metrics[f"{c}/base/R@1"] for c in ("dress", "shirt", "toptee")]
     assert metrics["base/R@1"] == pytest.approx(sum(per) / 3, abs=1e-3)
 
