@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from visa.config import GROUPS, check_part, register
+from visa.assembly import Assembly
+from visa.config import check_part, register
 
 REPO = Path(__file__).resolve().parents[1]
 CELLS = sorted(p.stem for p in (REPO / "conf" / "experiment").glob("*_*.yaml"))
@@ -38,8 +39,7 @@ def test_cell_composes_with_the_methods_settings(name):
     register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=[f"experiment={name}"])
-    for group in GROUPS:
-        check_part(cfg[group], group)  # unknown keys or wrong types would raise VisaError
+    Assembly(cfg)  # the run's own checks of every part it uses: unknown keys or wrong types raise VisaError
     assert cfg.retrieval.top_k == 20 and cfg.questions.num == 3 and cfg.fusion.alpha == 0.5
     assert cfg.answers.mode == "per_question"
     assert cfg.questions.constrained is False  # the reference's free sampling with re-asks

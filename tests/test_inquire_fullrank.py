@@ -252,13 +252,13 @@ def test_fullrank_runs_end_to_end(tmp_path):
 def test_the_experiment_composes_for_a_gpu_run():
     from hydra import compose, initialize_config_dir
 
-    from visa.config import GROUPS, check_part, register
+    from visa.assembly import Assembly
+    from visa.config import register
 
     register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["experiment=inquire_fullrank_vit_h", "data_dir=/data"])
-    for group in GROUPS:
-        check_part(cfg[group], group)
+    Assembly(cfg)  # the run's own checks: every part it uses (the re-ranker given the parts it names)
     assert cfg.backbone.embeddings == "/data/inquire/inat24/embs/vit-h-14-378"
     assert cfg.backbone.text.model == "ViT-H-14-378-quickgelu" and cfg.backbone.text.pretrained == "dfn5b"
     assert cfg.dataset.gallery == "embeddings" and cfg.retrieval.top_k == 100
