@@ -83,6 +83,7 @@ def test_a_run_in_blocks_gives_what_one_block_gives(parts_and_data, tmp_path, mo
         dataset, parts(), SETTINGS, SQLiteStore(tmp_path / "blocks"), sink=streamed.append
     )
     assert kept == [] and streamed == whole  # the same records, in query order, handed over as they came
+
     def timeless(m: dict) -> dict:  # wall-clock figures: time/<stage> and the seconds a cost recorded
         return {k: v for k, v in m.items() if not k.startswith("time/") and not k.endswith("/seconds")}
 
