@@ -16,6 +16,8 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from visa.method.metrics import BASE, RERANKED
+
 _RECALL = re.compile(r"base/R@(\d+)")
 
 
@@ -33,9 +35,9 @@ def job_line(job_dir: Path) -> str:
         computed = sum(v for k, v in metrics.items() if k.endswith("/computed"))
         return f"{overrides}: {computed} model calls computed ({job_dir})"
     k = recall[0]
-    result = f"R@{k} {metrics[f'base/R@{k}']:.1f} -> {metrics[f'visa/R@{k}']:.1f}"
-    if "base/mAP@50" in metrics:  # INQUIRE's primary metric
-        result += f", mAP@50 {metrics['base/mAP@50']:.1f} -> {metrics['visa/mAP@50']:.1f}"
+    result = f"R@{k} {metrics[f'{BASE}/R@{k}']:.1f} -> {metrics[f'{RERANKED}/R@{k}']:.1f}"
+    if f"{BASE}/mAP@50" in metrics:  # INQUIRE's primary metric
+        result += f", mAP@50 {metrics[f'{BASE}/mAP@50']:.1f} -> {metrics[f'{RERANKED}/mAP@50']:.1f}"
     return f"{overrides}: {result} ({job_dir})"
 
 
