@@ -143,18 +143,31 @@ class VisaReranker:
 
     def score(self, run: Run, queries: Sequence[int], top: torch.Tensor, base: torch.Tensor) -> Scored:
         """Answer the block's questions on its candidates, build their passages and score them."""
-        dataset = run.dataset
         questions = [self.questions[q] for q in queries]
         answers = run.answer(self.answer_mllm, questions, top, self.descriptions)
+        scores, passages = self.score_block(run, queries, top, questions, answers)
+        return Scored(
+            scores,
+            [question_fields(q) for q in questions],
+            [[{"answers": a, "passage": p} for a, p in zip(*row)] for row in zip(answers, passages)],
+        )
+
+    def score_block(
+        self,
+        run: Run,
+        queries: Sequence[int],
+        top: torch.Tensor,
+        questions: list[replies.Questions],
+        answers: list[list[list[str]]],
+    ) -> tuple[torch.Tensor, list[list[str]]]:
+        """The scorer's scores [block, K] of each candidate's passage (its answers, then its description),
+        and the passages."""
+        dataset = run.dataset
         separator = self.settings.passage.separator
         passages = build_passages(dataset, top, questions, answers, self.descriptions, separator)
         texts = [self.query_texts[q] for q in queries]
         scores = score_passages(run, self.scorer, [dataset.queries[q] for q in queries], texts, passages)
-        return Scored(
-            torch.tensor(scores, dtype=torch.float32).view(len(queries), top.shape[1]),
-            [question_fields(q) for q in questions],
-            [[{"answers": a, "passage": p} for a, p in zip(*row)] for row in zip(answers, passages)],
-        )
+        return torch.tensor(scores, dtype=torch.float32).view(len(queries), top.shape[1]), passages
 
     def metrics(self) -> dict[str, Any]:
         questions = list(self.questions.values())
@@ -208,15 +221,11 @@ class DescriptionReranker(VisaReranker):
         self.questions = {q: replies.Questions([], [], parsed=True) for q in queries}
 
     def score(self, run: Run, queries: Sequence[int], top: torch.Tensor, base: torch.Tensor) -> Scored:
-        dataset = run.dataset
         questions = [self.questions[q] for q in queries]
         answers: list[list[list[str]]] = [[[] for _ in range(top.shape[1])] for _ in queries]
-        separator = self.settings.passage.separator
-        passages = build_passages(dataset, top, questions, answers, self.descriptions, separator)
-        texts = [self.query_texts[q] for q in queries]
-        scores = score_passages(run, self.scorer, [dataset.queries[q] for q in queries], texts, passages)
+        scores, passages = self.score_block(run, queries, top, questions, answers)
         return Scored(
-            torch.tensor(scores, dtype=torch.float32).view(len(queries), top.shape[1]),
+            scores,
             [{} for _ in queries],
             [[{"passage": p} for p in row] for row in passages],
         )
