@@ -70,7 +70,7 @@ def encode_shards(
             rows = store.shard_rows(n)
             part = [items[i] for i in rows]
             out: list[Any] = [None] * len(part)
-            for index, embedding in stream(part):
+            for index, embedding, *_cost in stream(part):  # a batched stream also yields each row's cost
                 out[index] = embedding
                 bar.update(1)
             store.write_shard(n, np.stack(out))
