@@ -19,9 +19,8 @@ from urllib.parse import urlparse
 from visa.core.errors import VisaError
 from visa.core.overrides import is_secret_key, parse_overrides
 from visa.data import Dataset, Item
-from visa.method.metrics import RERANKED, recall_gains
-
-# visa.report's functions are imported where used: visa.report imports visa.config, which imports this module.
+from visa.method.metrics import RERANKED, primary_metric, recall_gains
+from visa.method.records import query_summary, reranked_top
 
 
 @runtime_checkable
@@ -127,9 +126,7 @@ def quality_summary(metrics: dict) -> dict[str, Any]:
     `quality/primary` (the re-ranked order's metric that `visa.compare`'s Pareto plot uses: mAP@50 where
     the run reports it, else the smallest R@K) and `quality/primary_name` (which metric that is). Empty when
     the run has no re-ranked quality metric."""
-    from visa.report.plots import primary_metric
-
-    metric = primary_metric([{"metrics": metrics}])
+    metric = primary_metric(metrics)
     name = f"{RERANKED}/{metric}"
     if metric is None or not isinstance(metrics.get(name), (int, float)):
         return {}
@@ -139,8 +136,6 @@ def quality_summary(metrics: dict) -> dict[str, Any]:
 def pick_samples(results: Iterable[dict], n: int) -> list[dict]:
     """Up to `n` query records for the sample table: first those whose top-1 VISA changed (the interesting
     ones on a dashboard), then the others, shown in query order. Holds at most 2n records while reading."""
-    from visa.report.queries import reranked_top
-
     changed: list[dict] = []
     same: list[dict] = []
     for r in results:
@@ -261,12 +256,10 @@ class WandbLogger:
     def sample_table(self, samples: list[dict], dataset: Dataset):
         """wandb.Table of the sample records (`pick_samples`): query, ground truth, what re-ranking did
         (`status`: helped, hurt or unchanged, and the ground truth's rank before and after, empty when it is
-        not in the top-K; `visa.report.queries.query_summary`), key phrases, questions, then the top items
+        not in the top-K; `visa.method.records.query_summary`), key phrases, questions, then the top items
         before (base_i) and after (rerank_i) re-ranking as thumbnails whose captions give the id, the scores
         and, after re-ranking, the MLLM's answers."""
         import wandb
-
-        from visa.report.queries import query_summary, reranked_top
 
         items = {item.id: item for item in dataset.gallery}
         thumbs: dict[str, Any] = {}
