@@ -236,6 +236,37 @@ def test_approximate_recall_against_exact_and_the_index_is_kept(tmp_path, index)
     assert torch.equal(i1, i2)
 
 
+@pytest.mark.parametrize("spec", ["faiss:Flat", "hnsw", "faiss:HNSW8,SQ8"])
+def test_a_flat_storage_is_reserved_before_adding_block_by_block(tmp_path, monkeypatch, spec):
+    """The flat vector storage is allocated for every item before the blocks are added (its buffer does
+    not double as it grows), and the blocks land where they belong: exact Flat equals exact search."""
+    requires("faiss", "faiss")
+    import faiss
+
+    from visa.method import ann
+
+    index = faiss.index_factory(16, "HNSW8,Flat", faiss.METRIC_INNER_PRODUCT)
+    ann.reserve(index, 1000)
+    storage = faiss.downcast_index(index.storage)
+    assert storage.ntotal == 0 and storage.codes.size() == 0  # reserved, empty
+    ivf = faiss.index_factory(16, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    ann.reserve(ivf, 1000)  # nothing to reserve
+    assert ivf.ntotal == 0
+
+    monkeypatch.setattr(ann, "ADD_BLOCK", 128)  # 8 blocks, the last one short
+    gallery = clustered(1000, 16, 20)
+    queries = torch.from_numpy(clustered(10, 16, 20, seed=5))
+    rows = stored(tmp_path, gallery, shard_size=300, dtype="float16").rows()
+    built, _ = ann.build_index(spec, RetrievalSettings(index=spec), rows, progress=False)
+    assert built.index.ntotal == 1000
+    _, exact = topk_search(queries, rows, 5, index="faiss")
+    _, approx = built.search(queries, 5)
+    if spec == "faiss:Flat":
+        assert torch.equal(approx, exact)
+    else:
+        assert (approx[:, 0] == exact[:, 0]).float().mean() >= 0.9
+
+
 def test_the_bias_rides_in_the_index(tmp_path):
     """IVF-Flat probing every list is exact: with a bias and a gate it equals the exact biased search."""
     requires("faiss", "faiss")
