@@ -215,7 +215,7 @@ RECALL_BOUND = {"hnsw": 90.0, "ivf_flat": 90.0, "ivf_pq": 40.0}
 @pytest.mark.parametrize("index", ["hnsw", "ivf_flat", "ivf_pq"])
 def test_approximate_recall_against_exact_and_the_index_is_kept(tmp_path, index):
     requires("faiss", "faiss")
-    from visa.method.ann import ann_recall, build_index
+    from visa.method.ann import ann_recall, build_index, index_path
 
     gallery = clustered(20_000, 32, 200)
     queries = torch.from_numpy(clustered(50, 32, 200, seed=7))
@@ -230,7 +230,7 @@ def test_approximate_recall_against_exact_and_the_index_is_kept(tmp_path, index)
     # the next run reads the index written beside the store
     again, metrics2 = build_index(index, settings, rows, folder=store.folder, progress=False)
     assert "retrieval/index_load_s" in metrics2 and "retrieval/index_build_s" not in metrics2
-    assert len(list(store.folder.glob("index-*.faiss"))) == 1
+    assert list(store.folder.glob("index-*.faiss")) == [index_path(store.folder, index, settings, 20_000, 32)]
     s1, i1 = ann.search(queries, 5)
     s2, i2 = again.search(queries, 5)
     assert torch.equal(i1, i2)

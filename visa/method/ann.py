@@ -144,6 +144,15 @@ def index_key(factory: str, width: int, count: int, bias: torch.Tensor | None, s
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def index_path(
+    folder: Path | str, spec: str, settings: Any, count: int, dim: int, bias: torch.Tensor | None = None
+) -> Path:
+    """Where `build_index` keeps the index `spec` of `count` x `dim` embeddings (+ `bias`) in `folder`."""
+    width = _padded(dim + int(bias is not None))
+    factory = factory_string(spec, width, count, settings.nlist, settings.pq_m, settings.hnsw_m)
+    return Path(folder) / f"index-{index_key(factory, width, count, bias, settings)}.faiss"
+
+
 def build_index(
     spec: str,
     settings: Any,
@@ -160,8 +169,7 @@ def build_index(
     count, dim = int(gallery.shape[0]), int(gallery.shape[1])
     width = _padded(dim + int(bias is not None))
     factory = factory_string(spec, width, count, settings.nlist, settings.pq_m, settings.hnsw_m)
-    key = index_key(factory, width, count, bias, settings)
-    path = None if folder is None else Path(folder) / f"index-{key}.faiss"
+    path = None if folder is None else index_path(folder, spec, settings, count, dim, bias)
     shell = ApproximateIndex(None, dim, bias is not None, settings)
     metrics: dict[str, Any] = {"retrieval/index": spec, "retrieval/index_factory": factory}
     t0 = time.perf_counter()
