@@ -131,21 +131,23 @@ def limit_mmap_threshold() -> bool:
 
 
 # -- estimates ------------------------------------------------------------------------------------------
-# Figures of the 200,000 x 512 run in experiments/scaling.md (this 2-core machine at load ~8-15; faiss-cpu
-# 1.15.1); the train/add split of the IVF builds from a 200,000 x 512 run of FAISS alone on this machine.
+# 200,000 x 512 on this 2-core machine at load ~2 (2026-12-07, faiss-cpu 1.15.1): this script's store and
+# exact legs, and FAISS alone for the indexes' training and adding timed apart (1,024 lists, 65,536
+# training samples, efSearch 256, nprobe 16). The 200,000-item table in experiments/scaling.md was taken
+# at load 8-15 and is 2-4x slower.
 REF_N, REF_DIM = 200_000, 512
 REF = {
-    "store_items_per_s": 49_461,
-    "faiss_ms": 4.62,  # per query over the 200,000 items
-    "torch_ms": 3.76,
-    "hnsw_build_s": 27.9,  # 200,000 items, HNSW32, grows as n log n
-    "hnsw_ms": 0.42,  # efSearch 256, grows as log n
-    "ivf_flat_train_s": 3.0,  # 65,536 samples, 1,024 lists
-    "ivf_flat_add_s": 3.5,  # 200,000 items, 1,024 lists
-    "ivf_flat_ms": 0.61,  # nprobe 16 of 1,024 lists: 1/64 of the items
-    "ivf_pq_train_s": 110.0,  # 65,536 samples, 1,024 lists, PQ64
-    "ivf_pq_add_s": 12.0,
-    "ivf_pq_ms": 0.06,
+    "store_items_per_s": 56_000,
+    "faiss_ms": 1.24,  # per query over the 200,000 items
+    "torch_ms": 1.53,
+    "hnsw_build_s": 17.7,  # HNSW32; 5.1 s at 50,000, 9.6 s at 100,000: grows as n log n, or faster
+    "hnsw_ms": 0.35,  # grows as log n
+    "ivf_flat_train_s": 2.0,
+    "ivf_flat_add_s": 1.0,
+    "ivf_flat_ms": 0.32,  # scans nprobe / nlist of the items
+    "ivf_pq_train_s": 58.4,  # the 64 sub-quantisers' k-means and the polysemous training
+    "ivf_pq_add_s": 2.1,
+    "ivf_pq_ms": 0.05,
 }
 BASE_MB = 600  # python, torch, FAISS, the queries and results
 
@@ -171,7 +173,8 @@ def estimate(
             "s": REF["hnsw_build_s"] * scale * math.log(n) / math.log(REF_N),
             "search_ms": REF["hnsw_ms"] * math.log(n) / math.log(REF_N),
             "index_mb": index / MB,
-            "mb": BASE_MB + (index + n * links) / MB,  # the links' buffer doubles as it grows
+            # the links' buffer doubles as it grows; a block of the store in float32, and its padded copy
+            "mb": BASE_MB + (index + n * links + 2 * 65536 * width * 4) / MB,
         }
     train = min(n, args.train_size) / 65536 * lists / 1024 * dim / REF_DIM
     searched = settings.nprobe / lists  # the share of the items each query scans
@@ -194,9 +197,13 @@ def show_estimate(leg: str, args: argparse.Namespace, settings: RetrievalSetting
     available = meminfo_mb("MemAvailable")
     warn = f"  ** more than the {available:,.0f} MB available now **" if e["mb"] > available else ""
     say(
-        f"{leg}: estimate ~{e['s'] / 60:.1f} min (the reference machine was loaded), ~{e['mb']:,.0f} MB "
+        f"{leg}: estimate {duration(e['s'])} (on a quiet 2-core machine), ~{e['mb']:,.0f} MB "
         f"anonymous memory + up to {store_mb:,.0f} MB of the store's mapped pages{extra}{warn}"
     )
+
+
+def duration(seconds: float) -> str:
+    return f"~{seconds:.0f} s" if seconds < 120 else f"~{seconds / 60:.0f} min"
 
 
 def meminfo_mb(key: str) -> float:

@@ -257,8 +257,9 @@ def test_a_flat_storage_is_reserved_before_adding_block_by_block(tmp_path, monke
     gallery = clustered(1000, 16, 20)
     queries = torch.from_numpy(clustered(10, 16, 20, seed=5))
     rows = stored(tmp_path, gallery, shard_size=300, dtype="float16").rows()
-    built, _ = ann.build_index(spec, RetrievalSettings(index=spec), rows, progress=False)
+    built, metrics = ann.build_index(spec, RetrievalSettings(index=spec), rows, progress=False)
     assert built.index.ntotal == 1000
+    assert metrics["retrieval/index_bytes"] == faiss.serialize_index(built.index).size  # counted, not copied
     _, exact = topk_search(queries, rows, 5, index="faiss")
     _, approx = built.search(queries, 5)
     if spec == "faiss:Flat":

@@ -311,8 +311,18 @@ def _train(shell: ApproximateIndex, gallery: Any, bias: torch.Tensor | None, tra
 
 
 def _serialized_bytes(index: Any) -> int:
+    """The index's size as a file, counted as it is written out in chunks (serialize_index would hold a
+    growing copy of it and then a second one: 3x a 10 GB index at its peak)."""
     faiss = _import_faiss()
-    return int(faiss.serialize_index(index).size)
+    size = 0
+
+    def count(chunk: bytes) -> int:
+        nonlocal size
+        size += len(chunk)
+        return len(chunk)
+
+    faiss.write_index(index, faiss.PyCallbackIOWriter(count))
+    return size
 
 
 def ann_recall(
