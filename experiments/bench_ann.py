@@ -13,21 +13,25 @@ top-K (FAISS flat over the same store) among the leg's top-K, and the leg's peak
 Large galleries run in pieces, one invocation after another, with `--folder DIR` (a cache folder kept
 between invocations; the store goes to DIR/gallery/<key>/, keyed by the data's size and parameters):
 
-    python experiments/bench_ann.py --gallery 5000000 --folder DIR --indexes none --estimate-only
+    python experiments/bench_ann.py --gallery 5000000 --folder DIR --estimate-only
     python experiments/bench_ann.py --gallery 5000000 --folder DIR --indexes none    # store + exact legs
     python experiments/bench_ann.py --gallery 5000000 --folder DIR --exact none --indexes ivf_pq
+    python experiments/bench_ann.py --gallery 5000000 --folder DIR --exact none --indexes ivf_flat
     python experiments/bench_ann.py --gallery 5000000 --folder DIR --exact none --indexes hnsw
 
 The store is resumable (a killed invocation loses at most the shard it was writing); the queries and the
-exact top-K ids are written beside it once (`queries_q{Q}.npy`, `exact_top{K}_q{Q}.npy`, the shard and query
-generators are seeded per shard, so they do not depend on which shards an invocation wrote); every leg's
-figures go to `bench_ann_top{K}_q{Q}.json` there and the table shows every leg measured so far, saying which
-ran in this process. Indexes are written beside the store and read back by a later invocation (`--rebuild`
-builds them again). Each leg runs with only its own index in memory (the previous one is freed first) and
+exact top-K ids are written beside it once (`queries_q{Q}.npy`, `exact_top{K}_q{Q}.npy`; each shard and the
+queries draw from their own seeded generator, so the data does not depend on which invocation wrote what);
+every leg's figures go to `bench_ann_top{K}_q{Q}.json` there and the table shows every leg measured so far,
+saying which ran in this process. Indexes are written beside the store and read back by a later invocation
+(the table then shows the build recorded when it was built, and "read in" seconds; `--rebuild` builds them
+again). Each leg runs with only its own index in memory (the previous one is freed first) and
 its own peak memory: VmHWM reset at its start (/proc/self/clear_refs), which counts the store's pages the
 leg read through the memory map (file cache the kernel may drop, up to the store's size), and the peak of
 the anonymous memory (sampled every 0.2 s), which is what the leg itself holds. Before each leg a line says
-what it should take (`--estimate-only`: those lines only), scaled from the 200,000-item figures.
+what it should take (`--estimate-only`: those lines only), scaled from 200,000-item figures (REF below).
+The script fixes glibc's mmap threshold at 1 MiB (`--default-malloc` leaves it dynamic): the IVF lists
+grow one buffer each, and the dynamic threshold leaves the freed buffers fragmenting the heap (1.45x).
 """
 
 from __future__ import annotations
