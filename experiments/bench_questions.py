@@ -5,6 +5,7 @@ loaded once, before any timing) and with no cache (every variant computes every 
     python -m experiments.bench_questions                         # the demo's 92 queries, 4 variants
     python -m experiments.bench_questions --limit 16              # a quick look
     python -m experiments.bench_questions --variants on:on on:on:paper --overrides dataset=demo_heldout
+    python -m experiments.bench_questions --variants on:on --threads 1 2   # torch threads while decoding
 
 A variant is PREFIX:CONSTRAINED[:TEMPLATE] with on|off for each (TEMPLATE: a questions.prompt, default the
 config's). Prints a markdown table for experiments/questions.md and the first replies of each variant.
@@ -19,6 +20,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 
 from visa.config import instantiate_part, register, settings_from
@@ -43,6 +45,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N queries only")
     parser.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS)
     parser.add_argument("--overrides", nargs="*", default=[], help="run overrides, e.g. dataset=demo_heldout")
+    parser.add_argument(
+        "--threads", nargs="+", type=int, default=[torch.get_num_threads()], help="torch threads (each)"
+    )
     parser.add_argument("--show", type=int, default=3, help="replies printed per variant")
     args = parser.parse_args()
 
@@ -59,7 +64,8 @@ def main() -> None:
     gen.generate([replace(warm, layout=None)])  # loads the model before any timing
     gen.generate([warm])  # and compiles the grammar
     rows = []
-    for text in args.variants:
+    for text, threads in [(v, t) for v in args.variants for t in args.threads]:
+        torch.set_num_threads(threads)
         prefix, constrained, template = parse_variant(text, base.questions.prompt)
         gen.prefix_cache, gen.prefixes = prefix, PrefixCache()
         settings = Settings(
@@ -78,6 +84,7 @@ def main() -> None:
                 "prefix reuse": "on" if prefix else "off",
                 "constrained": "on" if constrained else "off",
                 "prompt": template,
+                "threads": threads,
                 "queries": len(questions),
                 "replies": replies,
                 "seconds": round(seconds, 1),
@@ -88,7 +95,7 @@ def main() -> None:
                 "prefix tokens reused": gen.prefixes.reused_tokens,
             }
         )
-        print(f"\n{text}: {rows[-1]}")
+        print(f"\n{text} ({threads} threads): {rows[-1]}")
         for query, q in list(zip(dataset.queries, questions))[: args.show]:
             print(f"  {query.text[:70]!r} -> {q.questions} ({'parsed' if q.parsed else 'fallback'})")
     print()

@@ -13,7 +13,7 @@ from helpers.wandb_log import read_transaction_log
 from PIL import Image
 
 from visa.data import Dataset, Item, Query
-from visa.tracking import NullLogger, WandbLogger, pick_samples, redact
+from visa.tracking import NullLogger, WandbLogger, pick_samples, quality_summary, redact
 
 wandb = requires("wandb", "tracking")
 
@@ -154,16 +154,19 @@ def test_wandb_logger_offline_without_key(tmp_path, wandb_offline_env, capsys):
         "index",
         "query",
         "ground_truth",
+        "status",
+        "gt_rank_before",
+        "gt_rank_after",
         "key_phrases",
         "questions",
         "base_1",
         "base_2",
-        "visa_1",
-        "visa_2",
+        "rerank_1",
+        "rerank_2",
     ]
     assert [row[0] for row in table["data"]] == [0, 1]
     first = dict(zip(table["columns"], table["data"][0], strict=True))
-    assert first["visa_1"]["_type"] == "image-file" and first["visa_1"]["width"] == 32
+    assert first["rerank_1"]["_type"] == "image-file" and first["rerank_1"]["width"] == 32
     # Thumbnails: 3 colours + 1 placeholder, each stored once however often it appears.
     pngs = [p for p in table_files if p.endswith(".png")]
     assert len(pngs) == 3
@@ -223,3 +226,64 @@ def test_user_text_reaches_the_wandb_table_as_plain_strings(tmp_path, wandb_offl
     assert any(markup in c for c in captions)  # the answer, as written, in a thumbnail's caption
     assert all(cell.get("_type") != "html-file" for cell in row.values() if isinstance(cell, dict))
     assert not list(Path(offline_dir).rglob("*.html"))
+
+
+def logged_table(log: dict[str, list], key: str = "samples") -> dict:
+    """A logged wandb.Table as W&B stores it ({"columns": [...], "data": [[...], ...]})."""
+    artifacts = {a.artifact.type: a.artifact for a in log["artifact"]}
+    files = {e.path: e.local_path for e in artifacts["run_table"].manifest.contents}
+    return json.loads(Path(files[f"{key}.table.json"]).read_text())
+
+
+def test_sample_table_shows_both_rankings_and_what_reranking_did(tmp_path, wandb_offline_env):
+    helped = record(0, "red", "img0", ["img1", "img0", "img2"], ["img0", "img1", "img2"])
+    hurt = record(1, "green", "img1", ["img1", "img2", "img0"], ["img2", "img1", "img0"])
+    unchanged = record(2, "blue", "gone", ["img0", "img1", "img2"], ["img1", "img0", "img2"])
+    unchanged["visa_top"] = unchanged.pop("rerank_top")  # a record written before the `reranker` group
+    metrics = {"base/R@1": 33.3, "rerank/R@1": 33.3, "rerank/R@5": 66.7, "cost/per_query/seconds": 0.25}
+    logger = WandbLogger(project="visa-test", top_items=3, thumb_size=16, log_artifact=False)
+    logger.start({}, tmp_path)
+    logger.log(metrics, iter([helped, hurt, unchanged]), tiny_dataset(tmp_path))
+    offline_dir = logger.offline_dir()
+    logger.finish()
+    log = records(next(offline_dir.glob("*.wandb")))
+
+    table = logged_table(log)
+    rows = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    assert [(r["index"], r["status"], r["gt_rank_before"], r["gt_rank_after"]) for r in rows] == [
+        (0, "helped", 2, 1),
+        (1, "hurt", 1, 2),
+        (2, "unchanged", None, None),  # the ground truth in neither top-K
+    ]
+
+    def ids(row: dict, prefix: str) -> list[str]:  # a thumbnail's caption starts with the item's id
+        return [row[f"{prefix}_{i}"]["caption"].split()[0] for i in (1, 2, 3)]
+
+    assert [ids(r, "base") for r in rows] == [
+        ["img1", "img0", "img2"],
+        ["img1", "img2", "img0"],
+        ["img0", "img1", "img2"],
+    ]
+    assert [ids(r, "rerank") for r in rows] == [
+        ["img0", "img1", "img2"],
+        ["img2", "img1", "img0"],
+        ["img1", "img0", "img2"],
+    ]
+    assert all(r["rerank_1"]["_type"] == "image-file" for r in rows)  # thumbnails, not just ids
+    assert "fused" in rows[0]["rerank_1"]["caption"] and "A1: It is img0." in rows[0]["rerank_1"]["caption"]
+
+    summary = {}
+    for s in log.get("summary", []):
+        summary.update({"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in s.summary.update})
+    assert summary["quality/primary"] == 33.3 and summary["quality/primary_name"] == "rerank/R@1"
+    assert summary["cost/per_query/seconds"] == 0.25
+
+
+def test_quality_summary_uses_the_primary_metric_of_the_pareto_plot():
+    assert quality_summary({"rerank/R@10": 80.0, "rerank/R@5": 70.0, "base/R@1": 9.0}) == {
+        "quality/primary": 70.0,
+        "quality/primary_name": "rerank/R@5",
+    }
+    inquire = {"rerank/R@1": 50.0, "rerank/mAP@50": 41.2, "base/mAP@50": 30.0}
+    assert quality_summary(inquire) == {"quality/primary": 41.2, "quality/primary_name": "rerank/mAP@50"}
+    assert quality_summary({"base/R@1": 9.0, "time/total": 3.0}) == {}

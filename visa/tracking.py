@@ -19,7 +19,8 @@ from urllib.parse import urlparse
 from visa.core.errors import VisaError
 from visa.core.overrides import is_secret_key, parse_overrides
 from visa.data import Dataset, Item
-from visa.method.metrics import RERANKED_TOP, recall_gains
+from visa.method.metrics import RERANKED, primary_metric, recall_gains
+from visa.method.records import query_summary, reranked_top
 
 
 @runtime_checkable
@@ -120,13 +121,26 @@ def thumbnail(item: Item | None, size: int):
     return image
 
 
+def quality_summary(metrics: dict) -> dict[str, Any]:
+    """The run's primary quality for a cross-run scatter against `cost/per_query/seconds`:
+    `quality/primary` (the re-ranked order's metric that `visa.compare`'s Pareto plot uses: mAP@50 where
+    the run reports it, else the smallest R@K) and `quality/primary_name` (which metric that is). Empty when
+    the run has no re-ranked quality metric."""
+    metric = primary_metric(metrics)
+    name = f"{RERANKED}/{metric}"
+    if metric is None or not isinstance(metrics.get(name), (int, float)):
+        return {}
+    return {"quality/primary": metrics[name], "quality/primary_name": name}
+
+
 def pick_samples(results: Iterable[dict], n: int) -> list[dict]:
     """Up to `n` query records for the sample table: first those whose top-1 VISA changed (the interesting
     ones on a dashboard), then the others, shown in query order. Holds at most 2n records while reading."""
     changed: list[dict] = []
     same: list[dict] = []
     for r in results:
-        if r["base_top"][:1] and r["base_top"][0]["id"] != r[RERANKED_TOP][0]["id"]:
+        reranked = reranked_top(r)
+        if r["base_top"][:1] and reranked[:1] and r["base_top"][0]["id"] != reranked[0]["id"]:
             if len(changed) < n:
                 changed.append(r)
         elif len(same) < n:
@@ -138,9 +152,11 @@ class WandbLogger:
     """logger=wandb: one W&B run per job, grouped by Hydra multirun.
 
     Logs the resolved config (secrets removed) plus the job's overrides under `sweep` (the columns to compare
-    runs by), the metrics, a table of sample queries with thumbnails of the top items before and after
-    re-ranking, and metrics.json + results.jsonl as an artifact. Without an API key it logs offline into the
-    run folder and prints the `wandb sync` command that uploads it later.
+    runs by), the metrics, the primary quality in the run's summary (`quality_summary`: with
+    `cost/per_query/seconds`, the axes of a quality-vs-cost scatter across a sweep's runs), a table of sample
+    queries with thumbnails of the top items before and after re-ranking and what re-ranking did to the
+    ground truth's rank, and metrics.json + results.jsonl as an artifact. Without an API key it logs offline
+    into the run folder and prints the `wandb sync` command that uploads it later.
     """
 
     def __init__(
@@ -223,6 +239,9 @@ class WandbLogger:
         if self.run is None:
             raise VisaError("WandbLogger.log called before start")
         self.run.log({**metrics, **recall_gains(metrics)})
+        # The summary is what W&B's workspace scatter plots per run (the last logged value of each key,
+        # cost/per_query/seconds included); the primary metric's own key differs between datasets.
+        self.run.summary.update(quality_summary(metrics))
         samples = pick_samples(results, self.num_samples) if self.num_samples > 0 else []
         if samples:
             self.run.log({"samples": self.sample_table(samples, dataset)})
@@ -235,9 +254,11 @@ class WandbLogger:
         self.logged = True
 
     def sample_table(self, samples: list[dict], dataset: Dataset):
-        """wandb.Table of the sample records (`pick_samples`): query, questions, then the top items before
-        (base_i) and after (visa_i) re-ranking as thumbnails whose captions give the id, the scores and,
-        after re-ranking, the MLLM's answers."""
+        """wandb.Table of the sample records (`pick_samples`): query, ground truth, what re-ranking did
+        (`status`: helped, hurt or unchanged, and the ground truth's rank before and after, empty when it is
+        not in the top-K; `visa.method.records.query_summary`), key phrases, questions, then the top items
+        before (base_i) and after (rerank_i) re-ranking as thumbnails whose captions give the id, the scores
+        and, after re-ranking, the MLLM's answers."""
         import wandb
 
         items = {item.id: item for item in dataset.gallery}
@@ -254,24 +275,32 @@ class WandbLogger:
                 caption += f"\n{items[item_id].path if item_id in items else item_id}"
             return wandb.Image(picture, caption=caption)
 
-        n = min([self.top_items] + [len(r["base_top"]) for r in samples])
-        columns: list[str | int] = ["index", "query", "ground_truth", "key_phrases", "questions"]
-        columns += [f"base_{i + 1}" for i in range(n)] + [f"visa_{i + 1}" for i in range(n)]
+        # Every row needs the same columns: as many thumbnails as the shortest list has.
+        n = min([self.top_items] + [min(len(r["base_top"]), len(reranked_top(r))) for r in samples])
+        columns: list[str | int] = ["index", "query", "ground_truth", "status", "gt_rank_before"]
+        columns += ["gt_rank_after", "key_phrases", "questions"]
+        columns += [f"base_{i + 1}" for i in range(n)] + [f"rerank_{i + 1}" for i in range(n)]
         table = wandb.Table(columns=columns)
         for r in samples:
             truth = set(r["ground_truth"])
-            answers = {c["id"]: c["answers"] for c in r.get("candidates", [])}
+            summary = query_summary(r)
+            answers = {c["id"]: c.get("answers", []) for c in r.get("candidates", [])}
             mark = {True: " ✓", False: ""}
+            questions = r.get("questions", [])  # VISA's; other re-rankers' records have none
+            fallback = not r.get("questions_parsed", True)
             row: list[Any] = [
                 r["index"],
                 r["query"],
                 ", ".join(r["ground_truth"]),
-                ", ".join(r["key_phrases"]),
-                "\n".join(r["questions"]) + ("" if r["questions_parsed"] else "\n(fallback, not used)"),
+                summary["status"],
+                summary["before"],
+                summary["after"],
+                ", ".join(r.get("key_phrases", [])),
+                "\n".join(questions) + ("\n(fallback, not used)" if fallback else ""),
             ]
             for t in r["base_top"][:n]:
                 row.append(image(t["id"], f"{t['id']}{mark[t['id'] in truth]} base {t['score']:.3f}"))
-            for t in r[RERANKED_TOP][:n]:
+            for t in reranked_top(r)[:n]:
                 lines = [f"{t['id']}{mark[t['id'] in truth]} fused {t['fused']:.3f} (text {t['text']:.2f})"]
                 lines += [f"A{j + 1}: {a}" for j, a in enumerate(answers.get(t["id"], []))]
                 row.append(image(t["id"], "\n".join(lines)))

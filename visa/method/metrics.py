@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Sequence
+import re
+from collections.abc import Collection, Iterable, Sequence
 
 import torch
 
@@ -15,6 +16,8 @@ from visa.data import RANKING_METRICS
 BASE = "base"
 RERANKED = "rerank"
 RERANKED_TOP = "rerank_top"
+# a recall key of the re-ranked order (`visa/` in runs before the reranker group); group 1 is K
+RECALL_KEY = re.compile(r"(?:rerank|visa)/R@(\d+)")
 
 
 def recall_at_k(
@@ -55,6 +58,16 @@ def recall_subset_at_k(
         for k in ks:
             hits[k].append(any(g in relevant[q] for g in order[:k]))
     return {f"R_subset@{k}": round(100.0 * sum(h) / len(h), 4) for k, h in hits.items() if h}
+
+
+def primary_metric(keys: Iterable[str]) -> str | None:
+    """The metric runs with these metrics.json keys are judged by: mAP@50 where they report it (INQUIRE),
+    else the smallest R@K of the re-ranked order (`rerank/`, or `visa/` in runs before the reranker group)."""
+    keys = set(keys)
+    if f"{RERANKED}/mAP@50" in keys:
+        return "mAP@50"
+    ks = [int(m.group(1)) for k in keys if (m := RECALL_KEY.fullmatch(k))]
+    return f"R@{min(ks)}" if ks else None
 
 
 def recall_gains(metrics: dict[str, float]) -> dict[str, float]:

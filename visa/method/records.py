@@ -144,3 +144,40 @@ def result_records(
             record["candidates"] = [{"id": top_ids[r], **fields[r]} for r in range(k)]
         records.append(record)
     return records
+
+
+def reranked_top(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """The re-ranked top-K of a record (`rerank_top` in newer runs, `visa_top` before)."""
+    return record.get(RERANKED_TOP) or record.get("visa_top") or []
+
+
+def truth_rank(top: list[dict[str, Any]], truth: set[str]) -> int | None:
+    """The 1-based rank of the first ground-truth item in a top-K list; None when none is in it."""
+    for rank, entry in enumerate(top, 1):
+        if entry["id"] in truth:
+            return rank
+    return None
+
+
+def rank_key(rank: int | None, depth: int) -> int:
+    """A rank to sort and compare by: past the last one (depth + 1) when not in the top-K."""
+    return rank if rank is not None else depth + 1
+
+
+def query_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """A query's ranks of its ground truth before and after re-ranking and what re-ranking did:
+    `helped` (ranked higher), `hurt` (lower) or `unchanged`; `change` = positions gained."""
+    truth = set(record.get("ground_truth") or [])
+    base, reranked = record.get("base_top") or [], reranked_top(record)
+    depth = max(len(base), len(reranked))
+    before, after = truth_rank(base, truth), truth_rank(reranked, truth)
+    change = rank_key(before, depth) - rank_key(after, depth)
+    status = "helped" if change > 0 else "hurt" if change < 0 else "unchanged"
+    return {
+        "index": record["index"],
+        "before": before,
+        "after": after,
+        "depth": depth,
+        "change": change,
+        "status": status,
+    }

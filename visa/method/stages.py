@@ -283,24 +283,34 @@ class Run:
     ) -> list[float]:
         """P(yes) / (P(yes) + P(no)) of each prompt's first reply token; `fingerprints`: each prompt's item
         (its content, so a changed file is judged again)."""
+        fn = lambda batch: judge.yes_no(batch, yes, no)  # noqa: E731
         ident = judge.yes_no_identity(yes, no)
-        keys = [make_key("judge", ident, [p.as_key(), fp]) for p, fp in zip(prompts, fingerprints)]
-        stream = batched(lambda batch: judge.yes_no(batch, yes, no), judge.batch_size)
-        scores = self.stage("judge", keys, prompts, stream, ident)
-        fix = f"check the judge's weights and dtype ({str(ident)[:160]})"
-        check_finite(np.array(scores, dtype=np.float32), "the judge's P(Yes)", [p.text for p in prompts], fix)
-        return scores
+        return self._pair_scores("judge", judge, ident, fn, prompts, fingerprints, "the judge's P(Yes)")
 
     def cross_score(self, model: MediaScorer, pairs: list[Prompt], fingerprints: list[dict]) -> list[float]:
         """A multimodal cross-encoder's relevance of each (query, item) pair; `fingerprints`: each pair's
         item (its content, so a changed file is scored again)."""
         ident = model.identity()
-        keys = [make_key("cross_score", ident, [p.as_key(), fp]) for p, fp in zip(pairs, fingerprints)]
-        scores = self.stage("cross_score", keys, pairs, batched(model.score_media, model.batch_size), ident)
-        fix = f"check the cross-encoder's weights and dtype ({str(ident)[:160]})"
-        check_finite(
-            np.array(scores, dtype=np.float32), "the cross-encoder's score", [p.text for p in pairs], fix
+        return self._pair_scores(
+            "cross_score", model, ident, model.score_media, pairs, fingerprints, "the cross-encoder's score"
         )
+
+    def _pair_scores(
+        self,
+        stage: str,
+        part: Any,
+        ident: dict,
+        fn: Callable[[list[Prompt]], list[float]],
+        prompts: list[Prompt],
+        fingerprints: list[dict],
+        what: str,
+    ) -> list[float]:
+        """One score per (prompt, item) pair from `part` through `fn`, cached under the prompt and the item's
+        fingerprint; a NaN or infinity stops the run with one line."""
+        keys = [make_key(stage, ident, [p.as_key(), fp]) for p, fp in zip(prompts, fingerprints)]
+        scores = self.stage(stage, keys, prompts, batched(fn, part.batch_size), ident, part)
+        fix = f"check the weights and dtype of {type(part).__name__} ({str(ident)[:160]})"
+        check_finite(np.array(scores, dtype=np.float32), what, [p.text for p in prompts], fix)
         return scores
 
     def score(

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visa.method.metrics import primary_metric as metrics_primary
 from visa.report.runs import labels, recall_ks, show, stages, swept_params
 
 if TYPE_CHECKING:
@@ -54,12 +55,8 @@ def _label(params: dict[str, Any], keys: Sequence[str]) -> str:
 
 # -- quality against cost ------------------------------------------------------------------------------------
 def primary_metric(rows: list[dict[str, Any]]) -> str | None:
-    """The metric a run is judged by: mAP@50 where runs report it (INQUIRE), else the smallest R@K."""
-    keys = {k for r in rows for k in r["metrics"]}
-    if "rerank/mAP@50" in keys:
-        return "mAP@50"
-    ks = recall_ks(rows)
-    return f"R@{ks[0]}" if ks else None
+    """The metric the runs are judged by (`visa.method.metrics.primary_metric` over all their keys)."""
+    return metrics_primary(k for r in rows for k in r["metrics"])
 
 
 def _per_query_seconds(row: dict[str, Any]) -> float | None:

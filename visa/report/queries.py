@@ -20,7 +20,7 @@ from typing import Any
 
 from visa.core.errors import VisaError
 from visa.data import Item
-from visa.method.records import read_results
+from visa.method.records import query_summary, rank_key, read_results, reranked_top, truth_rank
 from visa.report.page import document, esc, number
 
 PER_PAGE = 50
@@ -124,45 +124,9 @@ class Thumbnails:
 
 
 # -- one query -----------------------------------------------------------------------------------------------
-def reranked_top(record: dict[str, Any]) -> list[dict[str, Any]]:
-    """The re-ranked top-K of a record (`rerank_top` in newer runs, `visa_top` before)."""
-    return record.get("rerank_top") or record.get("visa_top") or []
-
-
-def truth_rank(top: list[dict[str, Any]], truth: set[str]) -> int | None:
-    """The 1-based rank of the first ground-truth item in a top-K list; None when none is in it."""
-    for rank, entry in enumerate(top, 1):
-        if entry["id"] in truth:
-            return rank
-    return None
-
-
-def _rank_key(rank: int | None, depth: int) -> int:
-    return rank if rank is not None else depth + 1
-
-
 def _rank_text(rank: int | None, depth: int) -> str:
     """A rank as shown: `3`, or `&gt;10` (escaped, ready for the page) when not in the top-K."""
     return str(rank) if rank is not None else f"&gt;{depth}"
-
-
-def query_summary(record: dict[str, Any]) -> dict[str, Any]:
-    """A query's ranks of its ground truth before and after re-ranking and what re-ranking did:
-    `helped` (ranked higher), `hurt` (lower) or `unchanged`; `change` = positions gained."""
-    truth = set(record.get("ground_truth") or [])
-    base, reranked = record.get("base_top") or [], reranked_top(record)
-    depth = max(len(base), len(reranked))
-    before, after = truth_rank(base, truth), truth_rank(reranked, truth)
-    change = _rank_key(before, depth) - _rank_key(after, depth)
-    status = "helped" if change > 0 else "hurt" if change < 0 else "unchanged"
-    return {
-        "index": record["index"],
-        "before": before,
-        "after": after,
-        "depth": depth,
-        "change": change,
-        "status": status,
-    }
 
 
 class _Renderer:
@@ -293,7 +257,7 @@ def pair_summary(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     ta, tb = reranked_top(a), reranked_top(b)
     depth = max(len(ta), len(tb))
     ra, rb = truth_rank(ta, truth), truth_rank(tb, truth)
-    change = _rank_key(rb, depth) - _rank_key(ra, depth)  # > 0: A ranks the ground truth higher
+    change = rank_key(rb, depth) - rank_key(ra, depth)  # > 0: A ranks the ground truth higher
     status = "A-better" if change > 0 else "B-better" if change < 0 else "same"
     differ = [e["id"] for e in ta] != [e["id"] for e in tb]
     return {

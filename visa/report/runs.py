@@ -14,7 +14,7 @@ from typing import Any
 from visa.config import GROUPS
 from visa.core.errors import VisaError
 from visa.core.overrides import parse_overrides
-from visa.method.metrics import recall_gains
+from visa.method.metrics import RECALL_KEY, recall_gains
 
 # Settings that explain a run, read from its config when they are not overridden.
 KEY_SETTINGS = ("fusion.alpha", "questions.num", "questions.max", "retrieval.top_k", "answers.mode")
@@ -272,7 +272,7 @@ def recall_ks(rows: list[dict[str, Any]]) -> list[int]:
     ks = set()
     for row in rows:
         for key in row["metrics"]:
-            match = re.fullmatch(r"(?:rerank|visa)/R@(\d+)", key)
+            match = RECALL_KEY.fullmatch(key)
             if match:
                 ks.add(int(match.group(1)))
     return sorted(ks)

@@ -3,7 +3,7 @@
 A run (`visa.method.pipeline.run_visa`) retrieves, lets its re-ranker prepare the whole run, then hands it
 one block of queries at a time: their top-K candidates and the backbone's scores in, a score per candidate
 out. The run fuses those scores with the backbone's (`visa.method.fusion`), orders, writes the records and
-evaluates; it knows no re-ranker's stages. Today's re-ranker is VISA (`visa.method.rerankers.visa`).
+evaluates; it knows no re-ranker's stages. The options are `conf/reranker/*.yaml` (docs/rerankers.md).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from visa.data import Item
 from visa.method.stages import Run
 
 
@@ -45,3 +46,16 @@ class Reranker(Protocol):
     def metrics(self) -> dict[str, Any]:
         """The re-ranker's own entries of metrics.json, once every block is scored."""
         ...
+
+
+def candidates(run: Run, queries: Sequence[int], top: torch.Tensor) -> list[tuple[int, Item]]:
+    """(query index, gallery item) of every candidate of a block, query by query, in top-K order."""
+    return [(q, run.dataset.gallery[gi]) for qi, q in enumerate(queries) for gi in top[qi].tolist()]
+
+
+def scored_pairs(values: list[float], queries: Sequence[int], top: torch.Tensor, field: str) -> Scored:
+    """A block's Scored from one value per candidate (in `candidates` order), each recorded as `field`."""
+    scores = torch.tensor(values, dtype=torch.float32).view(len(queries), top.shape[1])
+    return Scored(
+        scores, [{} for _ in queries], [[{field: round(float(s), 6)} for s in row] for row in scores]
+    )

@@ -14,7 +14,7 @@ from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
 from visa.method.keys import item_fingerprint
 from visa.method.passages import composed_query_text
-from visa.method.rerankers import Scored
+from visa.method.rerankers import Scored, candidates, scored_pairs
 from visa.method.stages import Run
 from visa.scorers import MediaScorer
 
@@ -37,22 +37,17 @@ class CrossEncoderReranker:
         self.query_texts = {q: composed_query_text(dataset.queries[q], {}) for q in queries}
 
     def score(self, run: Run, queries: Sequence[int], top: torch.Tensor, base: torch.Tensor) -> Scored:
-        dataset = run.dataset
-        pairs, fingerprints = [], []
-        for qi, q in enumerate(queries):
-            for gi in top[qi].tolist():
-                item = dataset.gallery[gi]
-                if item.kind != "image":
-                    raise VisaError(
-                        f"reranker=cross_encoder scores images; item {item.id} is a {item.kind} (use "
-                        "reranker=pointwise, whose judge sees video frames, or reranker=visa)"
-                    )
-                pairs.append(Prompt(self.query_texts[q], (item.path,), item.kind))
-                fingerprints.append(item_fingerprint(item))
-        values = run.cross_score(self.cross_encoder, pairs, fingerprints)
-        scores = torch.tensor(values, dtype=torch.float32).view(len(queries), top.shape[1])
-        fields = [[{"cross_score": round(float(s), 6)} for s in row] for row in scores]
-        return Scored(scores, [{} for _ in queries], fields)
+        pairs = candidates(run, queries, top)
+        for _, item in pairs:
+            if item.kind != "image":
+                raise VisaError(
+                    f"reranker=cross_encoder scores images; item {item.id} is a {item.kind} (use "
+                    "reranker=pointwise, whose judge sees video frames, or reranker=visa)"
+                )
+        prompts = [Prompt(self.query_texts[q], (item.path,), item.kind) for q, item in pairs]
+        fingerprints = [item_fingerprint(item) for _, item in pairs]
+        values = run.cross_score(self.cross_encoder, prompts, fingerprints)
+        return scored_pairs(values, queries, top, "cross_score")
 
     def metrics(self) -> dict[str, Any]:
         return {}

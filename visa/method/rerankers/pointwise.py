@@ -14,10 +14,11 @@ import torch
 
 from visa.core.errors import VisaError
 from visa.core.prompt import Prompt
+from visa.data import Item
 from visa.generation import Generator, YesNoScorer
 from visa.method.keys import item_fingerprint
 from visa.method.passages import composed_query_text
-from visa.method.rerankers import Scored
+from visa.method.rerankers import Scored, candidates, scored_pairs
 from visa.method.rerankers.visa import describe_candidates
 from visa.method.stages import Run
 
@@ -48,25 +49,20 @@ class PointwiseReranker:
         self.query_texts = {q: composed_query_text(dataset.queries[q], self.descriptions) for q in queries}
 
     def score(self, run: Run, queries: Sequence[int], top: torch.Tensor, base: torch.Tensor) -> Scored:
-        dataset = run.dataset
-        prompts, fingerprints = [], []
-        for qi, q in enumerate(queries):
-            for gi in top[qi].tolist():
-                item = dataset.gallery[gi]
-                text = PROMPT.format(
-                    kind=item.kind if item.kind != "text" else "text", query=self.query_texts[q]
-                )
-                if item.kind == "text":
-                    prompts.append(Prompt(text, context=item.text or ""))
-                else:
-                    context = self.descriptions.get(item.id) if self.judge.uses_context else None
-                    prompts.append(Prompt(text, (item.path,), item.kind, context=context))
-                fingerprints.append(item_fingerprint(item))
+        pairs = candidates(run, queries, top)
+        prompts = [self.prompt(q, item) for q, item in pairs]
+        fingerprints = [item_fingerprint(item) for _, item in pairs]
         p_yes = run.judge(self.judge, prompts, fingerprints, self.yes, self.no)
-        scores = torch.tensor(p_yes, dtype=torch.float32).view(len(queries), top.shape[1])
-        return Scored(
-            scores, [{} for _ in queries], [[{"p_yes": round(float(s), 6)} for s in row] for row in scores]
-        )
+        return scored_pairs(p_yes, queries, top, "p_yes")
+
+    def prompt(self, q: int, item: Item) -> Prompt:
+        """The judge's question about one candidate: a text item goes as context, media as media (or as its
+        description, for a judge that reads descriptions)."""
+        text = PROMPT.format(kind=item.kind, query=self.query_texts[q])
+        if item.kind == "text":
+            return Prompt(text, context=item.text or "")
+        context = self.descriptions.get(item.id) if self.judge.uses_context else None
+        return Prompt(text, (item.path,), item.kind, context=context)
 
     def metrics(self) -> dict[str, Any]:
         return {}
