@@ -215,7 +215,7 @@ RECALL_BOUND = {"hnsw": 90.0, "ivf_flat": 90.0, "ivf_pq": 40.0}
 @pytest.mark.parametrize("index", ["hnsw", "ivf_flat", "ivf_pq"])
 def test_approximate_recall_against_exact_and_the_index_is_kept(tmp_path, index):
     requires("faiss", "faiss")
-    from visa.method.ann import ann_recall, build_index
+    from visa.method.ann import ann_recall, build_index, index_path
 
     gallery = clustered(20_000, 32, 200)
     queries = torch.from_numpy(clustered(50, 32, 200, seed=7))
@@ -230,10 +230,42 @@ def test_approximate_recall_against_exact_and_the_index_is_kept(tmp_path, index)
     # the next run reads the index written beside the store
     again, metrics2 = build_index(index, settings, rows, folder=store.folder, progress=False)
     assert "retrieval/index_load_s" in metrics2 and "retrieval/index_build_s" not in metrics2
-    assert len(list(store.folder.glob("index-*.faiss"))) == 1
+    assert list(store.folder.glob("index-*.faiss")) == [index_path(store.folder, index, settings, 20_000, 32)]
     s1, i1 = ann.search(queries, 5)
     s2, i2 = again.search(queries, 5)
     assert torch.equal(i1, i2)
+
+
+@pytest.mark.parametrize("spec", ["faiss:Flat", "hnsw", "faiss:HNSW8,SQ8"])
+def test_a_flat_storage_is_reserved_before_adding_block_by_block(tmp_path, monkeypatch, spec):
+    """The flat vector storage is allocated for every item before the blocks are added (its buffer does
+    not double as it grows), and the blocks land where they belong: exact Flat equals exact search."""
+    requires("faiss", "faiss")
+    import faiss
+
+    from visa.method import ann
+
+    index = faiss.index_factory(16, "HNSW8,Flat", faiss.METRIC_INNER_PRODUCT)
+    ann.reserve(index, 1000)
+    storage = faiss.downcast_index(index.storage)
+    assert storage.ntotal == 0 and storage.codes.size() == 0  # reserved, empty
+    ivf = faiss.index_factory(16, "IVF4,Flat", faiss.METRIC_INNER_PRODUCT)
+    ann.reserve(ivf, 1000)  # nothing to reserve
+    assert ivf.ntotal == 0
+
+    monkeypatch.setattr(ann, "ADD_BLOCK", 128)  # 8 blocks, the last one short
+    gallery = clustered(1000, 16, 20)
+    queries = torch.from_numpy(clustered(10, 16, 20, seed=5))
+    rows = stored(tmp_path, gallery, shard_size=300, dtype="float16").rows()
+    built, metrics = ann.build_index(spec, RetrievalSettings(index=spec), rows, progress=False)
+    assert built.index.ntotal == 1000
+    assert metrics["retrieval/index_bytes"] == faiss.serialize_index(built.index).size  # counted, not copied
+    _, exact = topk_search(queries, rows, 5, index="faiss")
+    _, approx = built.search(queries, 5)
+    if spec == "faiss:Flat":
+        assert torch.equal(approx, exact)
+    else:
+        assert (approx[:, 0] == exact[:, 0]).float().mean() >= 0.9
 
 
 def test_the_bias_rides_in_the_index(tmp_path):
