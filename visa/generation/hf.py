@@ -194,7 +194,40 @@ def _complete(
 
 
 @dataclass(kw_only=True, eq=False)
-class HFTextGenerator(ChatSettings):
+class HFGeneratorBase:
+    """What both transformers generators share: where and how the weights load, the prefix and grammar caches,
+    the last batch's costs and P(Yes) from `first_token_probs` (each class reads its own model)."""
+
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    device: str = "auto"  # auto: all visible GPUs (device_map), else CPU
+    trust_remote_code: bool = False
+    # Reuse the key/value cache of the tokens the prompts of a batch start with (same replies, less work): a
+    # question prompt's instructions, or one item's media for all the questions about it
+    prefix_cache: bool = True
+    prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
+    grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
+    costs: list[Cost] = field(default_factory=list, init=False, repr=False)  # of the last generate()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # type: ignore[misc]  # ChatSettings', next in the generator's MRO
+        check_dtype(self.dtype)
+
+    def last_costs(self) -> list[Cost]:
+        """Tokens in and out of each prompt of the last generate() (`visa.cache.cost.CostReporting`)."""
+        return self.costs
+
+    def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
+        raise NotImplementedError
+
+    def yes_no_identity(self, yes: str, no: str) -> dict:
+        return scoring_identity(self.identity(), yes, no)  # type: ignore[attr-defined]
+
+    def yes_no(self, prompts: list[Prompt], yes: str = "Yes", no: str = "No") -> list[float]:
+        return yes_ratios(self.first_token_probs(prompts, (yes, no)))
+
+
+@dataclass(kw_only=True, eq=False)
+class HFTextGenerator(HFGeneratorBase, ChatSettings):
     """A text-only chat LLM (AutoModelForCausalLM, or a GGUF file read by transformers). With
     `uses_context: true` it answers questions about an item from the item's description (a "Socratic"
     answerer), which is how the demo answers without a vision-language model."""
@@ -202,25 +235,9 @@ class HFTextGenerator(ChatSettings):
     generator = "hf-text"
 
     gguf_file: str | None = None  # a GGUF file inside `model` (a folder or hub repo)
-    dtype: str = "float32"  # float32 | float16 | bfloat16
-    device: str = "auto"  # auto: all visible GPUs (device_map), else CPU
-    trust_remote_code: bool = False
-    # Reuse the key/value cache of the tokens every prompt of a batch starts with (same replies, less work)
-    prefix_cache: bool = True
-    prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
-    grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
-    costs: list[Cost] = field(default_factory=list, init=False, repr=False)  # of the last generate()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_dtype(self.dtype)
 
     def identity(self) -> dict:
         return {**super().identity(), "gguf_file": self.gguf_file, "dtype": self.dtype, **_noise(self)}
-
-    def last_costs(self) -> list[Cost]:
-        """Tokens in and out of each prompt of the last generate() (`visa.cache.cost.CostReporting`)."""
-        return self.costs
 
     def counters(self) -> dict[str, int]:
         """Prompt tokens that a cached prefix spared the model, and prefix tokens it ran."""
@@ -265,9 +282,6 @@ class HFTextGenerator(ChatSettings):
         return replies
 
     # -- P(Yes) (`visa.generation.YesNoScorer`) ------------------------------------------------------------
-    def yes_no_identity(self, yes: str, no: str) -> dict:
-        return scoring_identity(self.identity(), yes, no)
-
     @torch.no_grad()
     def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
         """Each word's probability as the first token of the reply, one prompt a forward pass (a context
@@ -288,12 +302,9 @@ class HFTextGenerator(ChatSettings):
             out += probs_from_logprobs(logprobs, tokenizer, words, self.model)
         return out
 
-    def yes_no(self, prompts: list[Prompt], yes: str = "Yes", no: str = "No") -> list[float]:
-        return yes_ratios(self.first_token_probs(prompts, (yes, no)))
-
 
 @dataclass(kw_only=True, eq=False)
-class HFVisionGenerator(MediaSettings):
+class HFVisionGenerator(HFGeneratorBase, MediaSettings):
     """A vision-language chat model (Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, ...) through its own processor and
     chat template (AutoProcessor + AutoModelForImageTextToText): images as images, videos as frames sampled
     at `video_fps`. Media come before the text in each message, so the questions about one item share a
@@ -302,19 +313,7 @@ class HFVisionGenerator(MediaSettings):
     generator = "hf-vision"
 
     batch_size: int = 8
-    dtype: str = "float32"  # float32 | float16 | bfloat16
-    device: str = "auto"  # auto: all visible GPUs (device_map), else CPU
-    trust_remote_code: bool = False
-    # Prompts about one item run from one prefix cache: the item's pixels are encoded once for all of them
-    prefix_cache: bool = True
     media_encoded: int = field(default=0, init=False)  # images and videos given to the vision encoder
-    prefixes: PrefixCache = field(default_factory=PrefixCache, init=False, repr=False)
-    grammars: GrammarCache = field(default_factory=GrammarCache, init=False, repr=False)
-    costs: list[Cost] = field(default_factory=list, init=False, repr=False)  # of the last generate()
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_dtype(self.dtype)
 
     def identity(self) -> dict:
         # "gguf_file": None keeps the identities (and so the caches) of the former single generator class.
@@ -327,10 +326,6 @@ class HFVisionGenerator(MediaSettings):
             "prefix_tokens/reused": self.prefixes.reused_tokens,
             "prefix_tokens/computed": self.prefixes.computed_tokens,
         }
-
-    def last_costs(self) -> list[Cost]:
-        """Tokens in and out of each prompt of the last generate() (`visa.cache.cost.CostReporting`)."""
-        return self.costs
 
     def _chat(self, processor, p: Prompt) -> tuple[str, list, list]:
         """(chat text, images, video frame lists) of one prompt."""
@@ -423,9 +418,6 @@ class HFVisionGenerator(MediaSettings):
         return replies  # type: ignore[return-value]
 
     # -- P(Yes) (`visa.generation.YesNoScorer`) ------------------------------------------------------------
-    def yes_no_identity(self, yes: str, no: str) -> dict:
-        return scoring_identity(self.identity(), yes, no)
-
     @torch.no_grad()
     def first_token_probs(self, prompts: list[Prompt], words: Sequence[str]) -> list[list[float]]:
         """Each word's probability as the first token of the reply, one prompt a forward pass (its media
@@ -441,6 +433,3 @@ class HFVisionGenerator(MediaSettings):
             logprobs = first_step_logprobs(lm, enc, processor.tokenizer.pad_token_id)
             out += probs_from_logprobs(logprobs, processor.tokenizer, words, self.model)
         return out
-
-    def yes_no(self, prompts: list[Prompt], yes: str = "Yes", no: str = "No") -> list[float]:
-        return yes_ratios(self.first_token_probs(prompts, (yes, no)))
