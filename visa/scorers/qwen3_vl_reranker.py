@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import torch
 
-from visa.core.devices import resolve_device
 from visa.core.errors import VisaError
-from visa.core.loading import DTYPES, check_dtype, load_once, load_pretrained, oom_hint, short_name
+from visa.core.loading import check_dtype, oom_hint, short_name
 from visa.core.prompt import Prompt
+from visa.generation.hf_loading import load_vision_model
 from visa.generation.media import read_image
 
 SYSTEM = (
@@ -31,17 +31,6 @@ SYSTEM = (
 INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
 MIN_PIXELS = 4 * 32 * 32
 MAX_PIXELS = 1800 * 32 * 32
-
-
-@load_once(maxsize=1)
-def _load(model: str, dtype: str, device: str, trust_remote_code: bool):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    processor = load_pretrained(AutoProcessor, model, trust_remote_code=trust_remote_code)
-    lm = load_pretrained(
-        AutoModelForImageTextToText, model, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
-    )
-    return processor, lm.to(resolve_device(device)).eval()
 
 
 class Qwen3VLReranker:
@@ -109,7 +98,8 @@ class Qwen3VLReranker:
     @torch.no_grad()
     def score_media(self, pairs: list[Prompt]) -> list[float]:
         """P(yes) / (P(yes) + P(no)) of each (query, image) pair, in (0, 1), higher is more relevant."""
-        processor, lm = _load(self.model, self.dtype, self.device, self.trust_remote_code)
+        # the vision-language loader the judge and answerer use (one pair at a time: padding plays no part)
+        processor, lm = load_vision_model(self.model, self.dtype, self.device, self.trust_remote_code)
         vocab = processor.tokenizer.get_vocab()
         if "yes" not in vocab or "no" not in vocab:
             raise VisaError(
